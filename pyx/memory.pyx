@@ -1,0 +1,380 @@
+"""Host physical memory: sparse frame contents, frame ownership, a frame allocator.
+
+See ``fastmmu/_core/memory.pxd`` for the layout.  Everything here runs with
+the GIL held and checks its arguments; the walkers read ``HostMemory.c``
+without the GIL.
+"""
+
+from libc.stdlib cimport calloc, free
+from libc.string cimport memset
+
+import numpy as np
+
+from fastmmu._core.types cimport (
+    FRAME_DATA,
+    FRAME_EPT,
+    FRAME_FREE,
+    FRAME_GUEST_PT,
+    FRAME_HYPERVISOR,
+    FRAME_SHADOW,
+    PAGE_SHIFT,
+    hpa_t,
+    pfn_t,
+    pte_t,
+    slot_t,
+    uint8_t,
+    uint32_t,
+    uint64_t,
+)
+
+from fastmmu.units import format_size, parse_size
+
+cdef slot_t _SLOT_LIMIT = 0xFFFFFFFF
+cdef uint64_t _OWNER_LIMIT = 1 << 24
+cdef int _KIND_LAST = FRAME_HYPERVISOR
+
+_KIND_NAMES = {
+    FRAME_FREE: "free",
+    FRAME_DATA: "data",
+    FRAME_GUEST_PT: "guest page table",
+    FRAME_SHADOW: "shadow table",
+    FRAME_EPT: "EPT",
+    FRAME_HYPERVISOR: "hypervisor",
+}
+
+
+class MemoryExhausted(MemoryError):
+    """No free host frames satisfy an allocation request."""
+
+
+cdef inline uint32_t _info(int kind, uint64_t owner) noexcept nogil:
+    return <uint32_t>(kind | (owner << 8))
+
+
+cdef class HostMemory:
+    """Host physical memory of any configured size, resident only where used.
+
+    >>> mem = HostMemory("1TiB")
+    >>> root = mem.alloc_frame(kind=FRAME_HYPERVISOR)
+    >>> mem.write(root << 12, 0x5000 | 1)
+    >>> hex(mem.read(root << 12))
+    '0x5001'
+    """
+
+    def __cinit__(self, size, *, int maxphyaddr=46):
+        cdef uint64_t nbytes = parse_size(size, "host memory size")
+        if maxphyaddr < 36 or maxphyaddr > 52:
+            raise ValueError(f"maxphyaddr: expected 36..52 bits, got {maxphyaddr}")
+        if nbytes == 0 or nbytes % 4096:
+            raise ValueError(
+                f"host memory size: expected a positive multiple of 4 KiB, got {nbytes} bytes")
+        if nbytes > (<uint64_t>1 << maxphyaddr):
+            raise ValueError(
+                f"host memory size: {format_size(nbytes)} exceeds what MAXPHYADDR={maxphyaddr} "
+                f"can address ({format_size(1 << maxphyaddr)})")
+        self.c.nframes = nbytes >> PAGE_SHIFT
+        self.c.maxphyaddr = <uint8_t>maxphyaddr
+        # calloc: untouched pages of these per-frame arrays never become resident.
+        self.c.slot_of = <slot_t *>calloc(self.c.nframes + 1, sizeof(slot_t))
+        self.c.frame_info = <uint32_t *>calloc(self.c.nframes + 1, sizeof(uint32_t))
+        self.c.trap = <uint8_t *>calloc(self.c.nframes + 1, sizeof(uint8_t))
+        if self.c.slot_of == NULL or self.c.frame_info == NULL or self.c.trap == NULL:
+            raise MemoryError(f"cannot reserve per-frame records for {format_size(nbytes)}")
+        self.c.ntraps = 0
+        self._slots_used = 1                      # slot 0: the zero frame
+        self._free_slots = []
+        self._search_hint = 0
+        self._owner_frames = {}
+        self.free_frames = self.c.nframes
+        self._set_capacity(16)
+
+    def __dealloc__(self):
+        free(self.c.slot_of)
+        free(self.c.frame_info)
+        free(self.c.trap)
+
+    # -- sizes ---------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        """Configured size in bytes."""
+        return self.c.nframes << PAGE_SHIFT
+
+    @property
+    def nframes(self) -> int:
+        return self.c.nframes
+
+    @property
+    def maxphyaddr(self) -> int:
+        return self.c.maxphyaddr
+
+    @property
+    def table_frames(self) -> int:
+        """Frames that currently hold content (page tables of any kind)."""
+        return self._slots_used - 1 - len(self._free_slots)
+
+    @property
+    def table_bytes(self) -> int:
+        """Bytes of the entries buffer, allocated capacity included: what content costs."""
+        return self._entries.nbytes
+
+    @property
+    def entries(self):
+        """A read-only view of every content slot, shape (slots, 512); row 0 is the zero frame.
+
+        Use ``slot_of(pfn)`` to find a frame's row.  Writes go through ``write``.
+        """
+        view = self._entries[: self._slots_used * 512].reshape(self._slots_used, 512)
+        view.flags.writeable = False
+        return view
+
+    def __repr__(self):
+        return (f"HostMemory({format_size(self.size)!r}, maxphyaddr={self.c.maxphyaddr}: "
+                f"{self.c.nframes - self.free_frames} frames allocated, "
+                f"{self.table_frames} with content)")
+
+    # -- content -------------------------------------------------------------
+
+    cdef void _set_capacity(self, uint64_t slots) except *:
+        new = np.zeros(slots * 512, dtype=np.uint64)
+        if self._entries is not None:
+            new[: len(self._entries)] = self._entries
+        self._entries = new
+        cdef uint64_t[::1] view = new
+        self.c.entries = &view[0]
+
+    cdef slot_t _ensure_slot(self, pfn_t pfn) except 0:
+        cdef slot_t slot = self.c.slot_of[pfn]
+        if slot:
+            return slot
+        if self._free_slots:
+            slot = self._free_slots.pop()
+        else:
+            if self._slots_used == _SLOT_LIMIT:
+                raise MemoryExhausted("no more frames can hold page-table content (2^32 slots)")
+            slot = self._slots_used
+            self._slots_used += 1
+            if <uint64_t>self._slots_used * 512 > <uint64_t>len(self._entries):
+                self._set_capacity(<uint64_t>len(self._entries) // 512 * 2)
+        self.c.slot_of[pfn] = slot
+        return slot
+
+    cdef void _release_slot(self, pfn_t pfn) noexcept:
+        cdef slot_t slot = self.c.slot_of[pfn]
+        if slot:
+            memset(&self.c.entries[(<uint64_t>slot) << 9], 0, 512 * sizeof(pte_t))
+            self.c.slot_of[pfn] = 0
+            self._free_slots.append(slot)
+
+    cdef pfn_t _checked_frame(self, hpa_t addr, str what) except? 0:
+        if addr & 7:
+            raise ValueError(f"{what}: address {addr:#x} is not 8-byte aligned")
+        if (addr >> PAGE_SHIFT) >= self.c.nframes:
+            raise ValueError(f"{what}: address {addr:#x} is beyond host memory "
+                             f"({format_size(self.size)})")
+        return addr >> PAGE_SHIFT
+
+    cpdef pte_t read(self, hpa_t addr) except? 0xFFFFFFFFFFFFFFFF:
+        """The 64-bit entry at host-physical ``addr`` (0 where the frame has no content)."""
+        cdef pfn_t pfn = self._checked_frame(addr, "read")
+        return self.c.entries[((<uint64_t>self.c.slot_of[pfn]) << 9) | ((addr >> 3) & 511)]
+
+    cpdef void write(self, hpa_t addr, pte_t value) except *:
+        """Store a 64-bit entry at host-physical ``addr``; the frame must be allocated."""
+        cdef pfn_t pfn = self._checked_frame(addr, "write")
+        if (self.c.frame_info[pfn] & 0xFF) == FRAME_FREE:
+            raise ValueError(f"write: frame {pfn:#x} (address {addr:#x}) is not allocated")
+        if value == 0 and self.c.slot_of[pfn] == 0:
+            return
+        cdef slot_t slot = self._ensure_slot(pfn)
+        self.c.entries[((<uint64_t>slot) << 9) | ((addr >> 3) & 511)] = value
+
+    def read_frame(self, pfn_t pfn):
+        """A copy of the 512 entries of frame ``pfn``."""
+        self._checked_frame(pfn << PAGE_SHIFT, "read_frame")
+        cdef uint64_t slot = self.c.slot_of[pfn]
+        return self._entries[slot * 512 : slot * 512 + 512].copy()
+
+    def slot_of(self, pfn_t pfn) -> int:
+        """Row of frame ``pfn`` in ``entries`` (0: the frame has no content)."""
+        self._checked_frame(pfn << PAGE_SHIFT, "slot_of")
+        return self.c.slot_of[pfn]
+
+    # -- ownership -----------------------------------------------------------
+
+    def owner_of(self, pfn_t pfn) -> int:
+        """Owner id of frame ``pfn`` (0: the hypervisor).  Meaningless for a free frame."""
+        self._checked_frame(pfn << PAGE_SHIFT, "owner_of")
+        return self.c.frame_info[pfn] >> 8
+
+    def kind_of(self, pfn_t pfn) -> int:
+        """Kind of frame ``pfn`` (a FrameKind value; 0 = free)."""
+        self._checked_frame(pfn << PAGE_SHIFT, "kind_of")
+        return self.c.frame_info[pfn] & 0xFF
+
+    def set_kind(self, pfn_t pfn, int kind):
+        """Change the kind of an allocated frame (a guest data page becoming a table)."""
+        self._checked_frame(pfn << PAGE_SHIFT, "set_kind")
+        _check_kind(kind)
+        cdef uint32_t info = self.c.frame_info[pfn]
+        if (info & 0xFF) == FRAME_FREE:
+            raise ValueError(f"set_kind: frame {pfn:#x} is not allocated")
+        self.c.frame_info[pfn] = (info & ~<uint32_t>0xFF) | <uint32_t>kind
+
+    def frames_owned(self, owner: int) -> int:
+        """How many frames ``owner`` holds."""
+        return self._owner_frames.get(owner, 0)
+
+    def set_trap(self, pfn_t pfn, bint on=True):
+        """Make every translated access to frame ``pfn`` stop the batch run loop (status TRAP)."""
+        self._checked_frame(pfn << PAGE_SHIFT, "set_trap")
+        if on and not self.c.trap[pfn]:
+            self.c.ntraps += 1
+        elif not on and self.c.trap[pfn]:
+            self.c.ntraps -= 1
+        self.c.trap[pfn] = 1 if on else 0
+
+    def is_trapped(self, pfn_t pfn) -> bool:
+        self._checked_frame(pfn << PAGE_SHIFT, "is_trapped")
+        return bool(self.c.trap[pfn])
+
+    # -- allocation ----------------------------------------------------------
+
+    def alloc(self, count=1, *, owner=0, kind=FRAME_DATA, lo=0, hi=None, contiguous=False):
+        """Allocate ``count`` free frames in ``[lo, hi)`` (frame numbers) for ``owner``.
+
+        Returns their frame numbers, ascending, as a ``uint64`` array.
+        ``contiguous=True`` asks for one run of consecutive frames.  Raises
+        ``MemoryExhausted`` when the range cannot satisfy the request; nothing
+        is allocated then.
+        """
+        cdef uint64_t n = _check_count(count)
+        cdef uint64_t start = lo
+        cdef uint64_t stop = self.c.nframes if hi is None else hi
+        cdef uint64_t own = _check_owner(owner)
+        _check_kind(kind)
+        if kind == FRAME_FREE:
+            raise ValueError("kind: cannot allocate frames as FRAME_FREE")
+        if start > stop or stop > self.c.nframes:
+            raise ValueError(f"lo/hi: range [{start:#x}, {stop:#x}) is not within "
+                             f"frames [0, {self.c.nframes:#x})")
+        out = np.empty(n, dtype=np.uint64)
+        cdef uint64_t[::1] frames = out
+        cdef uint64_t found = 0, pfn, run = 0
+        cdef uint32_t *info = self.c.frame_info
+        if start < self._search_hint:
+            start_scan = self._search_hint if self._search_hint < stop else stop
+        else:
+            start_scan = start
+        cdef uint64_t scan = start_scan
+        cdef bint want_run = contiguous
+        if n == 0:
+            return out
+        with nogil:
+            if want_run:
+                pfn = scan
+                while pfn < stop and run < n:
+                    if info[pfn] == 0:
+                        run += 1
+                    else:
+                        run = 0
+                    pfn += 1
+                if run == n:
+                    for found in range(n):
+                        frames[found] = pfn - n + found
+                    found = n
+            else:
+                pfn = scan
+                while pfn < stop and found < n:
+                    if info[pfn] == 0:
+                        frames[found] = pfn
+                        found += 1
+                    pfn += 1
+        if found < n:
+            raise MemoryExhausted(
+                f"host memory exhausted: {n} {'contiguous ' if contiguous else ''}frame(s) "
+                f"requested in frames [{start:#x}, {stop:#x}), {self.free_frames} free in all")
+        self._claim(frames, own, kind)
+        if start <= self._search_hint and not contiguous:
+            self._search_hint = frames[n - 1] + 1
+        return out
+
+    def alloc_frame(self, *, owner=0, kind=FRAME_DATA, lo=0, hi=None) -> int:
+        """Allocate one frame and return its number."""
+        return int(self.alloc(1, owner=owner, kind=kind, lo=lo, hi=hi)[0])
+
+    def alloc_at(self, pfns, *, owner=0, kind=FRAME_DATA):
+        """Allocate exactly the frames ``pfns`` (all must be free), e.g. a scattered layout."""
+        arr = np.ascontiguousarray(pfns, dtype=np.uint64).reshape(-1)
+        cdef uint64_t own = _check_owner(owner)
+        _check_kind(kind)
+        if kind == FRAME_FREE:
+            raise ValueError("kind: cannot allocate frames as FRAME_FREE")
+        cdef uint64_t[::1] frames = arr
+        cdef Py_ssize_t i
+        if len(np.unique(arr)) != len(arr):
+            raise ValueError("alloc_at: the same frame is listed twice")
+        for i in range(frames.shape[0]):
+            if frames[i] >= self.c.nframes:
+                raise ValueError(f"alloc_at: frame {frames[i]:#x} is beyond host memory")
+            if self.c.frame_info[frames[i]] != 0:
+                raise ValueError(f"alloc_at: frame {frames[i]:#x} is already allocated")
+        self._claim(frames, own, kind)
+        return arr
+
+    cdef void _claim(self, uint64_t[::1] frames, uint64_t owner, int kind) except *:
+        cdef Py_ssize_t i
+        cdef uint32_t info = _info(kind, owner)
+        for i in range(frames.shape[0]):
+            self.c.frame_info[frames[i]] = info
+        self.free_frames -= frames.shape[0]
+        self._owner_frames[owner] = self._owner_frames.get(owner, 0) + frames.shape[0]
+
+    def free(self, pfns):
+        """Return frames to the free pool; their content (if any) is erased."""
+        arr = np.ascontiguousarray(np.atleast_1d(pfns), dtype=np.uint64)
+        cdef uint64_t[::1] frames = arr
+        cdef Py_ssize_t i
+        cdef uint64_t pfn
+        for i in range(frames.shape[0]):
+            pfn = frames[i]
+            if pfn >= self.c.nframes or self.c.frame_info[pfn] == 0:
+                raise ValueError(f"free: frame {pfn:#x} is not allocated")
+        for i in range(frames.shape[0]):
+            pfn = frames[i]
+            owner = self.c.frame_info[pfn] >> 8
+            self._owner_frames[owner] -= 1
+            self.c.frame_info[pfn] = 0
+            if self.c.trap[pfn]:
+                self.c.trap[pfn] = 0
+                self.c.ntraps -= 1
+            self._release_slot(pfn)
+            if pfn < self._search_hint:
+                self._search_hint = pfn
+        self.free_frames += frames.shape[0]
+
+
+cdef uint64_t _check_count(object count) except? 0:
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+        raise ValueError(f"count: expected a non-negative integer, got {count!r}")
+    return count
+
+
+cdef uint64_t _check_owner(object owner) except? 0:
+    if isinstance(owner, bool) or not isinstance(owner, (int, np.integer)) \
+            or owner < 0 or owner >= _OWNER_LIMIT:
+        raise ValueError(f"owner: expected an id in 0..{_OWNER_LIMIT - 1} (0 = hypervisor), "
+                         f"got {owner!r}")
+    return owner
+
+
+cdef int _check_kind(object kind) except -1:
+    if isinstance(kind, bool) or not isinstance(kind, (int, np.integer)) \
+            or kind < 0 or kind > _KIND_LAST:
+        raise ValueError(f"kind: expected a FrameKind (0..{_KIND_LAST}), got {kind!r}")
+    return 0
+
+
+def kind_name(int kind) -> str:
+    """Human name of a FrameKind value."""
+    return _KIND_NAMES.get(kind, f"kind {kind}")

@@ -1,0 +1,1 @@
+"""The compiled MMU core (Cython).  Contracts: the ``.pxd`` files beside this one."""

@@ -1,0 +1,301 @@
+# cython: language_level=3
+"""Set-associative translation caches: the TLBs, paging-structure caches and nested TLB.
+
+One structure serves all three.  Each way holds a *tag* (what is cached), a
+*ctx* (whose it is: PCID, global, VPID, EPT tag), a *frame* (the payload: a
+4 KiB frame number) and *attrs* (32 bits the owner of the cache defines:
+permissions for a TLB, accumulated rights for a paging-structure cache).
+
+    tag   = TAG_VALID | size_code << 56 | vpn            (vpn = va >> shift, 48 bits)
+    ctx   = pcid (11:0) | CTX_GLOBAL (bit 12) | vpid << 16 (31:16) | eptag << 32 (63:32)
+
+Lookups and fills are ``inline`` so the run loop compiles them in place;
+the victim search is branch-free (a branchy one costs 2x on random traces,
+see ../shared/limit/README.md).  ``now`` is a caller-supplied clock (the
+access number): LRU and FIFO stamps are compared, never a global counter.
+"""
+
+from fastmmu._core.types cimport uint8_t, uint32_t, uint64_t
+
+cdef extern from *:
+    """
+    #define FASTMMU_TAG_VALID (1ULL << 63)
+    #define FASTMMU_TAG_SIZE_SHIFT 56
+    #define FASTMMU_VPN_MASK ((1ULL << 48) - 1)
+    #define FASTMMU_CTX_PCID_MASK 0xFFFULL
+    #define FASTMMU_CTX_GLOBAL (1ULL << 12)
+    #define FASTMMU_CTX_VPID_SHIFT 16
+    #define FASTMMU_CTX_VPID_MASK (0xFFFFULL << 16)
+    #define FASTMMU_CTX_EPTAG_SHIFT 32
+    #define FASTMMU_CTX_EPTAG_MASK (0xFFFFFFFFULL << 32)
+    """
+    const uint64_t TAG_VALID "FASTMMU_TAG_VALID"
+    const int TAG_SIZE_SHIFT "FASTMMU_TAG_SIZE_SHIFT"
+    const uint64_t VPN_MASK "FASTMMU_VPN_MASK"
+    const uint64_t CTX_PCID_MASK "FASTMMU_CTX_PCID_MASK"
+    const uint64_t CTX_GLOBAL "FASTMMU_CTX_GLOBAL"
+    const int CTX_VPID_SHIFT "FASTMMU_CTX_VPID_SHIFT"
+    const uint64_t CTX_VPID_MASK "FASTMMU_CTX_VPID_MASK"
+    const int CTX_EPTAG_SHIFT "FASTMMU_CTX_EPTAG_SHIFT"
+    const uint64_t CTX_EPTAG_MASK "FASTMMU_CTX_EPTAG_MASK"
+
+# Replacement policies.
+cdef enum:
+    POLICY_LRU = 0      # true LRU: stamp = last use, victim = smallest stamp
+    POLICY_PLRU = 1     # bit-PLRU (MRU bits): stamp = 1 when used; all set -> clear the others
+    POLICY_FIFO = 2     # stamp = fill time, hits do not refresh it
+    POLICY_RANDOM = 3   # xorshift64 over the ways (invalid ways first)
+
+# Size codes: which granularity an entry covers.  A TLB probes the codes it
+# holds; a paging-structure cache holds one code whose shift is 39 (PML4E),
+# 30 (PDPTE), 21 (PDE) or 48 (PML5E): the shift per code is per structure.
+cdef enum:
+    SIZE_4K = 0
+    SIZE_2M = 1
+    SIZE_1G = 2
+    SIZE_REGION = 3
+    MAX_SIZES = 4
+
+# Invalidation selectors, combined with |.  An entry is invalidated when it
+# passes every selector given.  See tlb_invalidate.
+cdef enum:
+    INV_MATCH_VPID = 1        # entry's VPID == ctx's VPID
+    INV_MATCH_PCID = 2        # entry's PCID == ctx's PCID (global entries: see INV_GLOBAL_ANY_PCID)
+    INV_MATCH_EPTAG = 4       # entry's EPT tag == ctx's EPT tag
+    INV_EPTAG_NONZERO = 8     # entry's EPT tag != 0 (derived from some EPT)
+    INV_MATCH_ADDR = 16       # entry covers the given address
+    INV_KEEP_GLOBAL = 32      # global entries survive
+    INV_GLOBAL_ANY_PCID = 64  # with INV_MATCH_PCID: global entries match whatever their PCID
+    INV_SKIP_VPID0 = 128      # entries of VPID 0 (the host) survive
+
+
+ctypedef struct tlb_t:
+    uint64_t *tag          # per way, index set * ways + way; 0 = invalid
+    uint64_t *ctx          # per way: PCID | global | VPID | EPT tag
+    uint64_t *frame        # per way: 4 KiB frame number of the start of what is cached
+    uint32_t *attrs        # per way: owner-defined attribute bits
+    uint64_t *stamp        # per way: replacement state (see the policies)
+    uint64_t sets          # any positive number (a 1536-entry 12-way STLB has 128 sets)
+    uint64_t set_mask      # sets - 1 when sets is a power of two
+    uint32_t ways
+    uint8_t pow2           # 1: index = vpn & set_mask; 0: index = vpn % sets
+    uint8_t policy         # POLICY_*
+    uint8_t nsizes         # size codes held, probed in this order (smallest page first)
+    uint8_t codes[4]       # the codes held
+    uint8_t shift[4]       # per size code: address shift (12, 21, 30, or the region's)
+    uint64_t rng           # xorshift64 state, POLICY_RANDOM
+    uint64_t hits          # lookups that hit
+    uint64_t misses        # lookups that missed
+    uint64_t fills         # entries written
+    uint64_t evictions     # fills that displaced a valid entry
+    uint64_t invalidated   # entries removed by invalidations and flushes
+
+
+ctypedef struct tlb_hit_t:
+    uint64_t frame         # frame number of the start of the cached region
+    uint32_t attrs
+    uint8_t code           # size code of the entry that hit
+    uint64_t pos           # way index (set * ways + way), for tlb_drop
+
+
+cdef inline uint64_t tlb_ctx(uint32_t pcid, uint32_t vpid, uint32_t eptag, bint is_global) noexcept nogil:
+    """The ctx word for an entry or a lookup (``is_global`` only matters for a fill)."""
+    return ((<uint64_t>pcid & CTX_PCID_MASK) | ((<uint64_t>vpid & 0xFFFF) << CTX_VPID_SHIFT)
+            | (<uint64_t>eptag << CTX_EPTAG_SHIFT) | (CTX_GLOBAL if is_global else 0))
+
+
+cdef inline uint64_t tlb_set_base(const tlb_t *t, uint64_t vpn) noexcept nogil:
+    if t.pow2:
+        return (vpn & t.set_mask) * t.ways
+    return (vpn % t.sets) * t.ways
+
+
+cdef inline bint tlb_ctx_matches(uint64_t entry_ctx, uint64_t want) noexcept nogil:
+    """VPID and EPT tag must be equal; the PCID too, unless the entry is global."""
+    cdef uint64_t mask = ~CTX_GLOBAL
+    if entry_ctx & CTX_GLOBAL:
+        mask = ~(CTX_GLOBAL | CTX_PCID_MASK)
+    return ((entry_ctx ^ want) & mask) == 0
+
+
+cdef inline void tlb_touch(tlb_t *t, uint64_t base, uint64_t pos, uint64_t now) noexcept nogil:
+    """Replacement bookkeeping for a hit at ``pos`` in the set starting at ``base``."""
+    cdef uint32_t w
+    cdef uint64_t all_used
+    if t.policy == POLICY_LRU:
+        t.stamp[pos] = now
+    elif t.policy == POLICY_PLRU:
+        t.stamp[pos] = 1
+        all_used = 1
+        for w in range(t.ways):
+            all_used &= (t.stamp[base + w] != 0)
+        if all_used:
+            for w in range(t.ways):
+                t.stamp[base + w] = 0
+            t.stamp[pos] = 1
+
+
+cdef inline bint tlb_lookup(tlb_t *t, uint64_t va, uint64_t want_ctx, uint64_t now,
+                            tlb_hit_t *hit) noexcept nogil:
+    """Find the entry that translates ``va`` for ``want_ctx``; 1 on a hit (``hit`` filled)."""
+    cdef uint32_t i, w
+    cdef uint64_t vpn, want, base
+    for i in range(t.nsizes):
+        vpn = (va >> t.shift[t.codes[i]]) & VPN_MASK
+        want = TAG_VALID | (<uint64_t>t.codes[i] << TAG_SIZE_SHIFT) | vpn
+        base = tlb_set_base(t, vpn)
+        for w in range(t.ways):
+            if t.tag[base + w] == want and tlb_ctx_matches(t.ctx[base + w], want_ctx):
+                tlb_touch(t, base, base + w, now)
+                hit.frame = t.frame[base + w]
+                hit.attrs = t.attrs[base + w]
+                hit.code = t.codes[i]
+                hit.pos = base + w
+                t.hits += 1
+                return 1
+    t.misses += 1
+    return 0
+
+
+cdef inline uint64_t tlb_victim(tlb_t *t, uint64_t base) noexcept nogil:
+    """Way index to overwrite in the set starting at ``base``."""
+    cdef uint64_t victim = base, oldest, s, take, i
+    cdef uint32_t w
+    if t.policy == POLICY_LRU or t.policy == POLICY_FIFO:
+        # Invalid ways have stamp 0, so they go first.  Branch-free minimum.
+        oldest = t.stamp[base]
+        for i in range(base + 1, base + t.ways):
+            s = t.stamp[i]
+            take = -(<uint64_t>(s < oldest))
+            oldest ^= (oldest ^ s) & take
+            victim ^= (victim ^ i) & take
+        return victim
+    for w in range(t.ways):
+        if t.tag[base + w] == 0:
+            return base + w
+    if t.policy == POLICY_PLRU:
+        for w in range(t.ways):
+            if t.stamp[base + w] == 0:
+                return base + w
+        return base
+    # POLICY_RANDOM: xorshift64
+    t.rng ^= t.rng << 13
+    t.rng ^= t.rng >> 7
+    t.rng ^= t.rng << 17
+    return base + t.rng % t.ways
+
+
+cdef inline int tlb_code_for(const tlb_t *t, uint8_t code) noexcept nogil:
+    """The largest size code this structure holds that is not larger than ``code`` (-1: none).
+
+    A translation of a page size the structure does not hold is cached as a
+    smaller piece of it (splintering), as hardware does for a 4 KiB-only L1.
+    """
+    cdef int best = -1
+    cdef uint32_t i
+    for i in range(t.nsizes):
+        if t.shift[t.codes[i]] <= t.shift[code] and (best < 0 or t.shift[t.codes[i]] > t.shift[best]):
+            best = t.codes[i]
+    return best
+
+
+cdef inline void tlb_fill(tlb_t *t, uint64_t va, uint8_t code, uint64_t ctx, uint64_t frame,
+                          uint32_t attrs, uint64_t now) noexcept nogil:
+    """Cache a translation of ``va`` covering a region of size ``code`` starting at ``frame``.
+
+    The caller has just missed on ``va`` (or dropped the entry), so no
+    duplicate is looked for.  When the structure does not hold ``code``, a
+    smaller piece is cached; when it holds nothing small enough, nothing is.
+    """
+    cdef int use = tlb_code_for(t, code)
+    cdef uint64_t vpn, base, pos, sub
+    if use < 0:
+        return
+    if use != code:
+        # frame of the start of the smaller piece that contains va
+        sub = (va & ((<uint64_t>1 << t.shift[code]) - 1)) >> t.shift[use]
+        frame += sub << (t.shift[use] - 12)
+    vpn = (va >> t.shift[use]) & VPN_MASK
+    base = tlb_set_base(t, vpn)
+    pos = tlb_victim(t, base)
+    if t.tag[pos] != 0:
+        t.evictions += 1
+    t.tag[pos] = TAG_VALID | (<uint64_t>use << TAG_SIZE_SHIFT) | vpn
+    t.ctx[pos] = ctx
+    t.frame[pos] = frame
+    t.attrs[pos] = attrs
+    t.fills += 1
+    if t.policy == POLICY_PLRU:
+        t.stamp[pos] = 0   # tlb_touch sets it and clears the others when the set is full
+        tlb_touch(t, base, pos, now)
+    elif t.policy != POLICY_RANDOM:
+        t.stamp[pos] = now
+
+
+cdef inline void tlb_drop(tlb_t *t, uint64_t pos) noexcept nogil:
+    """Remove the entry at ``pos`` (e.g. one whose cached rights did not allow an access)."""
+    if t.tag[pos] != 0:
+        t.tag[pos] = 0
+        t.stamp[pos] = 0
+        t.invalidated += 1
+
+
+cdef inline bint tlb_entry_selected(const tlb_t *t, uint64_t pos, uint32_t how, uint64_t ctx,
+                                    uint64_t va) noexcept nogil:
+    cdef uint64_t tag = t.tag[pos], c = t.ctx[pos]
+    cdef uint8_t code
+    cdef bint is_global = (c & CTX_GLOBAL) != 0
+    if tag == 0:
+        return 0
+    if (how & INV_MATCH_VPID) and ((c ^ ctx) & CTX_VPID_MASK):
+        return 0
+    if (how & INV_SKIP_VPID0) and (c & CTX_VPID_MASK) == 0:
+        return 0
+    if (how & INV_MATCH_EPTAG) and ((c ^ ctx) & CTX_EPTAG_MASK):
+        return 0
+    if (how & INV_EPTAG_NONZERO) and (c & CTX_EPTAG_MASK) == 0:
+        return 0
+    if (how & INV_KEEP_GLOBAL) and is_global:
+        return 0
+    if (how & INV_MATCH_PCID) and ((c ^ ctx) & CTX_PCID_MASK):
+        if not (is_global and (how & INV_GLOBAL_ANY_PCID)):
+            return 0
+    if how & INV_MATCH_ADDR:
+        code = <uint8_t>((tag >> TAG_SIZE_SHIFT) & 7)
+        if ((va >> t.shift[code]) & VPN_MASK) != (tag & VPN_MASK):
+            return 0
+    return 1
+
+
+cdef inline uint64_t tlb_invalidate(tlb_t *t, uint32_t how, uint64_t ctx, uint64_t va) noexcept nogil:
+    """Remove every entry selected by ``how`` (INV_* flags); returns how many went.
+
+    With INV_MATCH_ADDR only the sets that can hold ``va`` are scanned.
+    """
+    cdef uint64_t removed = 0, pos, base, vpn
+    cdef uint32_t i, w
+    if how & INV_MATCH_ADDR:
+        for i in range(t.nsizes):
+            vpn = (va >> t.shift[t.codes[i]]) & VPN_MASK
+            base = tlb_set_base(t, vpn)
+            for w in range(t.ways):
+                if tlb_entry_selected(t, base + w, how, ctx, va):
+                    t.tag[base + w] = 0
+                    t.stamp[base + w] = 0
+                    removed += 1
+    else:
+        for pos in range(t.sets * t.ways):
+            if tlb_entry_selected(t, pos, how, ctx, va):
+                t.tag[pos] = 0
+                t.stamp[pos] = 0
+                removed += 1
+    t.invalidated += removed
+    return removed
+
+
+cdef class TLB:
+    """A Python-owned translation cache; ``c`` points into its numpy arrays."""
+    cdef tlb_t c
+    cdef object _tag, _ctx, _frame, _attrs, _stamp   # the numpy arrays behind c
+    cdef readonly str name
+    cdef readonly uint64_t clock                      # for the per-access API
