@@ -38,7 +38,8 @@ def parse_size(value: int | str, what: str = "size") -> int:
 
 def format_size(nbytes: int) -> str:
     """The shortest exact binary-unit spelling of ``nbytes`` ("2GiB", "4097B")."""
-    for suffix, factor in (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    units = (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
+    for suffix, factor in units:
         if nbytes and nbytes % factor == 0:
             return f"{nbytes // factor}{suffix}"
     return f"{nbytes}B"
