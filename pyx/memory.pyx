@@ -196,7 +196,7 @@ cdef class HostMemory:
         The run must stay inside one allocated frame.
         """
         cdef pfn_t pfn = self._checked_frame(addr, "write_run")
-        if ((addr >> 3) & 511) + count > 512:
+        if count > 512 - ((addr >> 3) & 511):
             raise ValueError(f"write_run: {count} entries from {addr:#x} cross the end of the frame")
         if (self.c.frame_info[pfn] & 0xFF) == FRAME_FREE:
             raise ValueError(f"write_run: frame {pfn:#x} (address {addr:#x}) is not allocated")
@@ -211,30 +211,30 @@ cdef class HostMemory:
 
     def read_frame(self, pfn_t pfn):
         """A copy of the 512 entries of frame ``pfn``."""
-        self._checked_frame(pfn << PAGE_SHIFT, "read_frame")
+        _check_pfn(self, pfn, "read_frame")
         cdef uint64_t slot = self.c.slot_of[pfn]
         return self._entries[slot * 512 : slot * 512 + 512].copy()
 
     def slot_of(self, pfn_t pfn) -> int:
         """Row of frame ``pfn`` in ``entries`` (0: the frame has no content)."""
-        self._checked_frame(pfn << PAGE_SHIFT, "slot_of")
+        _check_pfn(self, pfn, "slot_of")
         return self.c.slot_of[pfn]
 
     # -- ownership -----------------------------------------------------------
 
     def owner_of(self, pfn_t pfn) -> int:
         """Owner id of frame ``pfn`` (0: the hypervisor).  Meaningless for a free frame."""
-        self._checked_frame(pfn << PAGE_SHIFT, "owner_of")
+        _check_pfn(self, pfn, "owner_of")
         return self.c.frame_info[pfn] >> 8
 
     def kind_of(self, pfn_t pfn) -> int:
         """Kind of frame ``pfn`` (a FrameKind value; 0 = free)."""
-        self._checked_frame(pfn << PAGE_SHIFT, "kind_of")
+        _check_pfn(self, pfn, "kind_of")
         return self.c.frame_info[pfn] & 0xFF
 
     def set_kind(self, pfn_t pfn, int kind):
         """Change the kind of an allocated frame (a guest data page becoming a table)."""
-        self._checked_frame(pfn << PAGE_SHIFT, "set_kind")
+        _check_pfn(self, pfn, "set_kind")
         _check_kind(kind)
         cdef uint32_t info = self.c.frame_info[pfn]
         if (info & 0xFF) == FRAME_FREE:
@@ -247,7 +247,7 @@ cdef class HostMemory:
 
     def set_trap(self, pfn_t pfn, bint on=True):
         """Make every translated access to frame ``pfn`` stop the batch run loop (status TRAP)."""
-        self._checked_frame(pfn << PAGE_SHIFT, "set_trap")
+        _check_pfn(self, pfn, "set_trap")
         if on and not self.c.trap[pfn]:
             self.c.ntraps += 1
         elif not on and self.c.trap[pfn]:
@@ -255,7 +255,7 @@ cdef class HostMemory:
         self.c.trap[pfn] = 1 if on else 0
 
     def is_trapped(self, pfn_t pfn) -> bool:
-        self._checked_frame(pfn << PAGE_SHIFT, "is_trapped")
+        _check_pfn(self, pfn, "is_trapped")
         return bool(self.c.trap[pfn])
 
     # -- allocation ----------------------------------------------------------
@@ -356,6 +356,8 @@ cdef class HostMemory:
         cdef uint64_t[::1] frames = arr
         cdef Py_ssize_t i
         cdef uint64_t pfn
+        if len(np.unique(arr)) != len(arr):
+            raise ValueError("free: the same frame is listed twice")
         for i in range(frames.shape[0]):
             pfn = frames[i]
             if pfn >= self.c.nframes or self.c.frame_info[pfn] == 0:
@@ -372,6 +374,14 @@ cdef class HostMemory:
             if pfn < self._search_hint:
                 self._search_hint = pfn
         self.free_frames += frames.shape[0]
+
+
+cdef int _check_pfn(HostMemory mem, pfn_t pfn, str what) except -1:
+    # A frame number, not an address: pfn << 12 could wrap past 2**64 into memory.
+    if pfn >= mem.c.nframes:
+        raise ValueError(f"{what}: frame {pfn:#x} is beyond host memory "
+                         f"({format_size(mem.size)}, {mem.c.nframes:#x} frames)")
+    return 0
 
 
 cdef uint64_t _check_count(object count) except? 0:
@@ -398,3 +408,7 @@ cdef int _check_kind(object kind) except -1:
 def kind_name(int kind) -> str:
     """Human name of a FrameKind value."""
     return _KIND_NAMES.get(kind, f"kind {kind}")
+
+
+# Whether this module was built with FASTMMU_CYTHON_DEBUG=1 (checks on); `fastmmu info` reports it.
+BUILD_DEBUG = FASTMMU_DEBUG
