@@ -20,6 +20,9 @@ if os.environ.get("FASTMMU_MODULES"):
     MODULES = [m for m in os.environ["FASTMMU_MODULES"].split(",") if m in MODULES]
 
 DEBUG = os.environ.get("FASTMMU_CYTHON_DEBUG", "") not in ("", "0")
+# Each variant keeps its generated C and objects in its own build tree: pip builds in the
+# source tree, and a release build must never reuse a debug build's files or the reverse.
+VARIANT = "debug" if DEBUG else "release"
 
 directives = {
     "language_level": 3,
@@ -54,5 +57,10 @@ setup(
         include_path=["src"],
         compiler_directives=directives,
         compile_time_env={"FASTMMU_DEBUG": DEBUG},
+        build_dir=f"build/cython-{VARIANT}",
     ),
+    options={
+        "build": {"build_base": f"build/{VARIANT}"},
+        "build_ext": {"parallel": os.cpu_count() or 1},
+    },
 )
