@@ -140,6 +140,7 @@ class Attr(IntFlag):
     U = 1 << 1
     XD = 1 << 2
     D = 1 << 3
+    G = 1 << 4
     EPT_R = 1 << 16
     EPT_W = 1 << 17
     EPT_X = 1 << 18
