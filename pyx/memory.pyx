@@ -71,7 +71,7 @@ cdef class HostMemory:
         if nbytes > (<uint64_t>1 << maxphyaddr):
             raise ValueError(
                 f"host memory size: {format_size(nbytes)} exceeds what MAXPHYADDR={maxphyaddr} "
-                f"can address ({format_size(1 << maxphyaddr)})")
+                f"can address ({format_size((<uint64_t>1) << maxphyaddr)})")
         self.c.nframes = nbytes >> PAGE_SHIFT
         self.c.maxphyaddr = <uint8_t>maxphyaddr
         # calloc: untouched pages of these per-frame arrays never become resident.
