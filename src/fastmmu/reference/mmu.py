@@ -1,0 +1,370 @@
+"""The reference MMU: what the compiled batch run loop does, one readable access at a time.
+
+Per access: canonical check, the L1 TLB of its kind (instruction or data),
+then the L2, then a walk (native or 2D) that uses the paging-structure caches
+and the nested TLB.  A cached translation is used only if its cached rights
+allow the access (and, for a write, its dirty flags are set); otherwise it is
+dropped and the next level is tried.  The batch stops at the first access
+that is not translated: a fault, or a frame the caller asked to trap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastmmu.arch import (
+    CR3_NOFLUSH,
+    CR3_PCID_MASK,
+    PAGE_SHIFT,
+    Access,
+    Attr,
+    Status,
+    is_canonical,
+)
+from fastmmu.cpu import CpuState, EptConfig
+from fastmmu.reference import paging
+from fastmmu.reference.tlb import TLB
+from fastmmu.tlbconfig import PSC_LEVELS, PSC_SHIFTS, CacheGeometry, TLBConfig
+from fastmmu.translation import Walk
+
+SIZE_CODE = {4096: 0, 2 << 20: 1, 1 << 30: 2}
+CODE_SIZE = {0: "4K", 1: "2M", 2: "1G"}
+SIZE_SHIFT = {"4K": 12, "2M": 21, "1G": 30}
+HISTOGRAM_BUCKETS = 64
+
+# tlb.pxd's invalidation selectors
+INV_MATCH_VPID = 1
+INV_MATCH_PCID = 2
+INV_MATCH_EPTAG = 4
+INV_EPTAG_NONZERO = 8
+INV_MATCH_ADDR = 16
+INV_KEEP_GLOBAL = 32
+INV_GLOBAL_ANY_PCID = 64
+INV_SKIP_VPID0 = 128
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Where a batch stopped: ``stopped`` is the index of the first access not
+    translated (``len(addresses)`` when all were), with its fault record."""
+
+    stopped: int
+    status: Status
+    fault: Walk | None
+
+    @property
+    def complete(self) -> bool:
+        return self.status == Status.OK
+
+
+def fill_target(structures: Sequence[TLB], geometries: Sequence[CacheGeometry], code: int) -> int:
+    """Which structure of a level caches a translation of size ``code`` (-1: none).
+
+    The one holding the largest page size not above ``code``; the first on a tie.
+    """
+    best, best_shift = -1, -1
+    for index, geometry in enumerate(geometries):
+        shifts = [SIZE_SHIFT[s] for s in geometry.sizes if SIZE_SHIFT[s] <= SIZE_SHIFT[CODE_SIZE[code]]]
+        if shifts and max(shifts) > best_shift:
+            best, best_shift = index, max(shifts)
+    return best
+
+
+class MMU:
+    """One logical processor's translation hardware over a HostMemory (reference model)."""
+
+    def __init__(self, mem: Any, *, tlb: TLBConfig | None = None, cpu: CpuState | None = None,
+                 ept: EptConfig | None = None, vpid: int = 0) -> None:
+        self.mem = mem
+        self.config = tlb if tlb is not None else TLBConfig.skylake()
+        self.levels: dict[str, list[TLB]] = {}
+        for name in ("l1i", "l1d", "l2"):
+            self.levels[name] = [
+                TLB(g.entries, g.ways, sizes=g.sizes, policy=g.policy, name=f"{name}[{i}]")
+                for i, g in enumerate(getattr(self.config, name))
+            ]
+        self.psc = {
+            name: TLB(g.entries, g.ways, sizes=("region",), region_shift=PSC_SHIFTS[name],
+                      policy=g.policy, name=f"psc.{name}")
+            for name, g in self.config.psc.items()
+        }
+        g = self.config.nested_tlb
+        self.nested = TLB(g.entries, g.ways, sizes=g.sizes, policy=g.policy, name="nested") if g else None
+        self.set_context(cpu or CpuState(), ept=ept, vpid=vpid)
+        self.reset_counters()
+
+    # -- state -------------------------------------------------------------------
+
+    def set_context(self, cpu: CpuState, *, ept: EptConfig | None = None, vpid: int = 0) -> None:
+        """Load processor state without invalidating anything (a VM entry or world switch)."""
+        if not isinstance(cpu, CpuState):
+            raise TypeError(f"cpu: expected a CpuState, got {type(cpu).__name__}")
+        if ept is not None and not isinstance(ept, EptConfig):
+            raise TypeError(f"ept: expected an EptConfig or None, got {type(ept).__name__}")
+        if not 0 <= vpid < 1 << 16:
+            raise ValueError(f"vpid: expected 0..65535, got {vpid!r}")
+        cpu.validate(self.mem.maxphyaddr)
+        if ept is not None:
+            ept.validate(self.mem.maxphyaddr)
+        self.cpu, self.ept, self.vpid = cpu, ept, vpid
+
+    @property
+    def eptag(self) -> int:
+        return self.ept.eptag if self.ept is not None else 0
+
+    def _all_tlbs(self) -> list[TLB]:
+        return [t for level in self.levels.values() for t in level]
+
+    def _walk_caches(self) -> dict[str, Any]:
+        caches: dict[str, Any] = dict(self.psc)
+        if self.cpu.levels == 4:
+            caches.pop("pml5e", None)
+        if self.nested is not None:
+            caches["nested"] = self.nested
+        caches["pcid"] = self.cpu.pcid
+        caches["vpid"] = self.vpid
+        return caches
+
+    # -- invalidation (docs/core-semantics.md, "Invalidations") --------------------
+
+    def _invalidate(self, tlb_how: int | None, psc_how: int | None, nested_how: int | None, *,
+                    va: int = 0, pcid: int = 0, vpid: int | None = None, eptag: int | None = None) -> None:
+        vpid = self.vpid if vpid is None else vpid
+        eptag = self.eptag if eptag is None else eptag
+        if tlb_how is not None:
+            for t in self._all_tlbs():
+                t.invalidate(tlb_how, va=va, pcid=pcid, vpid=vpid, eptag=eptag)
+        if psc_how is not None:
+            for t in self.psc.values():
+                t.invalidate(psc_how, va=va, pcid=pcid, vpid=vpid, eptag=eptag)
+        if nested_how is not None and self.nested is not None:
+            self.nested.invalidate(nested_how, va=va, pcid=0, vpid=0, eptag=eptag)
+
+    def mov_cr3(self, value: int) -> None:
+        """MOV to CR3 (4.10.4.1): load a new root, flushing the new PCID's non-global entries
+        unless PCIDE=1 and bit 63 (no-flush) is set."""
+        noflush = bool(value & CR3_NOFLUSH)
+        if noflush and not self.cpu.cr4_pcide:
+            raise ValueError("mov_cr3: bit 63 (no-flush) is reserved while CR4.PCIDE=0")
+        new = CpuState(**{**self.cpu.__dict__, "cr3": value & ~CR3_NOFLUSH})
+        new.validate(self.mem.maxphyaddr)
+        self.cpu = new
+        if not noflush:
+            pcid = (value & CR3_PCID_MASK) if self.cpu.cr4_pcide else 0
+            self._invalidate(INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL,
+                             INV_MATCH_VPID | INV_MATCH_PCID, None, pcid=pcid)
+
+    def invlpg(self, va: int) -> None:
+        self._check_canonical(va, "invlpg")
+        self._invalidate(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_GLOBAL_ANY_PCID,
+                         INV_MATCH_VPID | INV_MATCH_PCID, None, va=va, pcid=self.cpu.pcid)
+
+    def invpcid(self, kind: int, *, pcid: int = 0, va: int = 0) -> None:
+        if kind not in (0, 1, 2, 3):
+            raise ValueError(f"invpcid: type must be 0..3, got {kind!r}")
+        if not 0 <= pcid < 4096:
+            raise ValueError(f"invpcid: pcid must be 0..4095, got {pcid!r}")
+        if kind == 0:
+            self._check_canonical(va, "invpcid")
+        tlb_how = {0: INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_KEEP_GLOBAL,
+                   1: INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL,
+                   2: INV_MATCH_VPID,
+                   3: INV_MATCH_VPID | INV_KEEP_GLOBAL}[kind]
+        psc_how = INV_MATCH_VPID | INV_MATCH_PCID if kind in (0, 1) else INV_MATCH_VPID
+        self._invalidate(tlb_how, psc_how, None, va=va, pcid=pcid)
+
+    def invvpid(self, kind: int, *, vpid: int = 0, va: int = 0) -> None:
+        if kind not in (0, 1, 2, 3):
+            raise ValueError(f"invvpid: type must be 0..3, got {kind!r}")
+        if not 0 <= vpid < 1 << 16:
+            raise ValueError(f"invvpid: vpid must be 0..65535, got {vpid!r}")
+        if kind != 2 and vpid == 0:
+            raise ValueError("invvpid: VPID 0 is only valid with the all-context type (2)")
+        if kind == 0:
+            self._check_canonical(va, "invvpid")
+        tlb_how = {0: INV_MATCH_VPID | INV_MATCH_ADDR, 1: INV_MATCH_VPID, 2: INV_SKIP_VPID0,
+                   3: INV_MATCH_VPID | INV_KEEP_GLOBAL}[kind]
+        psc_how = INV_SKIP_VPID0 if kind == 2 else INV_MATCH_VPID
+        self._invalidate(tlb_how, psc_how, None, va=va, vpid=vpid)
+
+    def invept(self, kind: int, *, eptag: int = 0) -> None:
+        if kind not in (1, 2):
+            raise ValueError(f"invept: type must be 1 (single context) or 2 (all contexts), got {kind!r}")
+        if kind == 1:
+            if not 0 < eptag < 1 << 32:
+                raise ValueError(f"invept: single-context needs an EPT tag 1..2^32-1, got {eptag!r}")
+            self._invalidate(INV_MATCH_EPTAG, INV_MATCH_EPTAG, INV_MATCH_EPTAG, eptag=eptag)
+        else:
+            self._invalidate(INV_EPTAG_NONZERO, INV_EPTAG_NONZERO, 0, eptag=0)
+
+    def flush(self) -> None:
+        """Empty every translation cache."""
+        self._invalidate(0, 0, 0)
+
+    def _check_canonical(self, va: int, what: str) -> None:
+        if not isinstance(va, int) or not 0 <= va < 1 << 64 or not is_canonical(va, self.cpu.levels):
+            raise ValueError(f"{what}: {va!r} is not a canonical linear address")
+
+    # -- translation ---------------------------------------------------------------
+
+    def _allows(self, attrs: int, access: int) -> bool:
+        """Whether a cached translation may serve ``access`` without a walk."""
+        if paging.check_access(attrs, access, self.cpu):
+            return False
+        write = access & Access.WRITE
+        if write and not attrs & Attr.D:
+            return False
+        need = Attr.EPT_W if write else Attr.EPT_X if access & Access.FETCH else Attr.EPT_R
+        if not attrs & need:
+            return False
+        return not (write and self.ept is not None and self.ept.ad and not attrs & Attr.EPT_D)
+
+    def _probe(self, level: list[TLB], va: int, access: int) -> tuple[int, int, str] | None:
+        for t in level:
+            hit = t.lookup(va, pcid=self.cpu.pcid, vpid=self.vpid, eptag=self.eptag)
+            if hit is None:
+                continue
+            if self._allows(hit[1], access):
+                return hit
+            t.drop(va, pcid=self.cpu.pcid, vpid=self.vpid, eptag=self.eptag)
+            self.counts["tlb_rights_drops"] += 1
+        return None
+
+    def _fill(self, name: str, va: int, code: int, frame: int, attrs: int, is_global: bool) -> None:
+        level = self.levels[name]
+        index = fill_target(level, getattr(self.config, name), code)
+        if index >= 0:
+            level[index].fill(va, frame, size=CODE_SIZE[code], attrs=attrs, pcid=self.cpu.pcid,
+                              vpid=self.vpid, eptag=self.eptag, global_=is_global)
+
+    def translate_one(self, va: int, access: int = 0, *, trace: bool = False) -> Walk:
+        """Translate one access through the caches and, if needed, a walk."""
+        if access & ~15 or (access & Access.WRITE and access & Access.FETCH):
+            raise ValueError(f"access: {access!r} is not a valid access kind (bits 0..3, never WRITE|FETCH)")
+        self.counts["accesses"] += 1
+        if not is_canonical(va, self.cpu.levels):
+            self.counts["faults"]["gp"] += 1
+            return Walk(status=Status.GP, fault_address=va, guest_linear_address=va)
+        l1_name = "l1i" if access & Access.FETCH else "l1d"
+        hit = None
+        if self.levels[l1_name]:
+            hit = self._probe(self.levels[l1_name], va, access)
+            self.counts[l1_name]["hits" if hit else "misses"] += 1
+        if hit is None and self.levels["l2"]:
+            hit = self._probe(self.levels["l2"], va, access)
+            self.counts["l2"]["hits" if hit else "misses"] += 1
+            if hit is not None:
+                frame, attrs, size = hit
+                self._fill(l1_name, va, SIZE_CODE[1 << SIZE_SHIFT[size]], frame, attrs, bool(attrs & Attr.G))
+        if hit is not None:
+            frame, attrs, size = hit
+            page = 1 << SIZE_SHIFT[size]
+            result = Walk(status=Status.OK, host_address=(frame << PAGE_SHIFT) | (va & (page - 1)),
+                          page_size=page, attrs=attrs)
+        else:
+            result = self._walk(va, access, trace)
+            if result.status != Status.OK:
+                self.counts["faults"][result.status.name.lower()] += 1
+                return result
+            code = SIZE_CODE[result.page_size]
+            frame = (result.host_address & ~(result.page_size - 1)) >> PAGE_SHIFT
+            self._fill("l2", va, code, frame, result.attrs, result.is_global)
+            self._fill(l1_name, va, code, frame, result.attrs, result.is_global)
+        if self.mem.is_trapped(result.host_address >> PAGE_SHIFT):
+            self.counts["faults"]["trap"] += 1
+            return Walk(status=Status.TRAP, host_address=result.host_address, page_size=result.page_size,
+                        attrs=result.attrs, fault_address=va, guest_linear_address=va)
+        return result
+
+    def _walk(self, va: int, access: int, trace: bool) -> Walk:
+        caches = self._walk_caches()
+        if self.ept is None:
+            result = paging.walk(self.mem, self.cpu, va, access, caches=caches, trace=trace)
+        else:
+            result = paging.walk_nested(self.mem, self.cpu, self.ept, va, access, caches=caches, trace=trace)
+        self.counts["walks"] += 1
+        self.counts["walk_refs_histogram"][min(result.references, HISTOGRAM_BUCKETS - 1)] += 1
+        for level in range(5):
+            self.counts["guest_refs"][level] += result.guest_refs[level]
+            self.counts["ept_refs"][level] += result.ept_refs[level]
+        return result
+
+    def translate(self, addresses: np.ndarray, kinds: np.ndarray | int | None = None, *,
+                  out: np.ndarray | None = None, status: np.ndarray | None = None,
+                  start: int = 0) -> BatchResult:
+        """Translate ``addresses[start:]`` into ``out``; stop at the first access not translated."""
+        addresses, kinds, out, status = check_batch(addresses, kinds, out, status, start)
+        for i in range(start, len(addresses)):
+            result = self.translate_one(int(addresses[i]), int(kinds[i]))
+            out[i] = result.host_address
+            status[i] = result.status
+            if result.status != Status.OK:
+                return BatchResult(i, result.status, result)
+        return BatchResult(len(addresses), Status.OK, None)
+
+    # -- counters ----------------------------------------------------------------
+
+    def reset_counters(self) -> None:
+        self.counts: dict[str, Any] = {
+            "accesses": 0,
+            "l1i": {"hits": 0, "misses": 0},
+            "l1d": {"hits": 0, "misses": 0},
+            "l2": {"hits": 0, "misses": 0},
+            "walks": 0,
+            "walk_refs_histogram": [0] * HISTOGRAM_BUCKETS,
+            "guest_refs": [0] * 5,
+            "ept_refs": [0] * 5,
+            "faults": {"page_fault": 0, "gp": 0, "ept_violation": 0, "ept_misconfig": 0, "trap": 0},
+            "tlb_rights_drops": 0,
+        }
+        for t in self.structures().values():
+            t.reset_stats()
+
+    def structures(self) -> dict[str, TLB]:
+        named = {t.name: t for t in self._all_tlbs()}
+        named.update({t.name: t for t in self.psc.values()})
+        if self.nested is not None:
+            named["nested"] = self.nested
+        return named
+
+    def counters(self) -> dict[str, Any]:
+        """Every counter, as plain Python data (the same layout as the compiled MMU's)."""
+        result = {key: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+                  for key, v in self.counts.items()}
+        result["structures"] = {name: t.stats() for name, t in self.structures().items()}
+        return result
+
+
+def check_batch(addresses: Any, kinds: Any, out: Any, status: Any, start: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a batch's arrays (the same checks, and messages, as the compiled MMU)."""
+    if not isinstance(addresses, np.ndarray) or addresses.dtype != np.uint64 or addresses.ndim != 1:
+        raise TypeError("addresses: expected a 1-D numpy array of uint64")
+    n = len(addresses)
+    if kinds is None or isinstance(kinds, (int, np.integer)):
+        kinds = np.full(n, 0 if kinds is None else int(kinds), dtype=np.uint8)
+    if not isinstance(kinds, np.ndarray) or kinds.dtype != np.uint8 or kinds.shape != (n,):
+        raise TypeError(f"kinds: expected a uint8 array of length {n} (or one int for all)")
+    bad = (kinds & ~np.uint8(15)) | ((kinds & 1) & ((kinds >> 1) & 1))
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"kinds[{index}]: {int(kinds[index])} is not a valid access kind "
+                         "(bits 0..3, never WRITE|FETCH)")
+    if out is None:
+        out = np.zeros(n, dtype=np.uint64)
+    elif not isinstance(out, np.ndarray) or out.dtype != np.uint64 or out.shape != (n,):
+        raise TypeError(f"out: expected a uint64 array of length {n}")
+    if status is None:
+        status = np.zeros(n, dtype=np.uint8)
+    elif not isinstance(status, np.ndarray) or status.dtype != np.uint8 or status.shape != (n,):
+        raise TypeError(f"status: expected a uint8 array of length {n}")
+    if not isinstance(start, (int, np.integer)) or not 0 <= start <= n:
+        raise ValueError(f"start: expected 0..{n}, got {start!r}")
+    return addresses, kinds, out, status
+
+
+__all__ = ["MMU", "BatchResult", "check_batch", "fill_target", "PSC_LEVELS"]
