@@ -124,9 +124,10 @@ cdef class HostMemory:
 
         Use ``slot_of(pfn)`` to find a frame's row.  Writes go through ``write``.
         """
-        view = self._entries[: self._slots_used * 512].reshape(self._slots_used, 512)
-        view.flags.writeable = False
-        return view
+        # Through a read-only buffer: a plain view could be made writable again
+        # (flags.writeable = True) and a write to row 0 would corrupt the zero frame.
+        used = memoryview(self._entries[: self._slots_used * 512]).toreadonly()
+        return np.asarray(used).reshape(self._slots_used, 512)
 
     def __repr__(self):
         return (f"HostMemory({format_size(self.size)!r}, maxphyaddr={self.c.maxphyaddr}: "
