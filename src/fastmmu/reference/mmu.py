@@ -10,8 +10,8 @@ that is not translated: a fault, or a frame the caller asked to trap.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,10 +25,11 @@ from fastmmu.arch import (
     Status,
     is_canonical,
 )
+from fastmmu.batch import BatchResult, check_batch
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.reference import paging
 from fastmmu.reference.tlb import TLB
-from fastmmu.tlbconfig import PSC_LEVELS, PSC_SHIFTS, CacheGeometry, TLBConfig
+from fastmmu.tlbconfig import PSC_SHIFTS, CacheGeometry, TLBConfig
 from fastmmu.translation import Walk
 
 SIZE_CODE = {4096: 0, 2 << 20: 1, 1 << 30: 2}
@@ -45,20 +46,6 @@ INV_MATCH_ADDR = 16
 INV_KEEP_GLOBAL = 32
 INV_GLOBAL_ANY_PCID = 64
 INV_SKIP_VPID0 = 128
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """Where a batch stopped: ``stopped`` is the index of the first access not
-    translated (``len(addresses)`` when all were), with its fault record."""
-
-    stopped: int
-    status: Status
-    fault: Walk | None
-
-    @property
-    def complete(self) -> bool:
-        return self.status == Status.OK
 
 
 def fill_target(structures: Sequence[TLB], geometries: Sequence[CacheGeometry], code: int) -> int:
@@ -303,7 +290,9 @@ class MMU:
             out[i] = result.host_address
             status[i] = result.status
             if result.status != Status.OK:
-                return BatchResult(i, result.status, result)
+                # A batch's fault record leaves per-walk reference detail to translate_one.
+                fault = dataclasses.replace(result, guest_refs=(0,) * 5, ept_refs=(0,) * 5, trace=())
+                return BatchResult(i, result.status, fault)
         return BatchResult(len(addresses), Status.OK, None)
 
     # -- counters ----------------------------------------------------------------
@@ -339,32 +328,4 @@ class MMU:
         return result
 
 
-def check_batch(addresses: Any, kinds: Any, out: Any, status: Any, start: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validate a batch's arrays (the same checks, and messages, as the compiled MMU)."""
-    if not isinstance(addresses, np.ndarray) or addresses.dtype != np.uint64 or addresses.ndim != 1:
-        raise TypeError("addresses: expected a 1-D numpy array of uint64")
-    n = len(addresses)
-    if kinds is None or isinstance(kinds, (int, np.integer)):
-        kinds = np.full(n, 0 if kinds is None else int(kinds), dtype=np.uint8)
-    if not isinstance(kinds, np.ndarray) or kinds.dtype != np.uint8 or kinds.shape != (n,):
-        raise TypeError(f"kinds: expected a uint8 array of length {n} (or one int for all)")
-    bad = (kinds & ~np.uint8(15)) | ((kinds & 1) & ((kinds >> 1) & 1))
-    if bad.any():
-        index = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"kinds[{index}]: {int(kinds[index])} is not a valid access kind "
-                         "(bits 0..3, never WRITE|FETCH)")
-    if out is None:
-        out = np.zeros(n, dtype=np.uint64)
-    elif not isinstance(out, np.ndarray) or out.dtype != np.uint64 or out.shape != (n,):
-        raise TypeError(f"out: expected a uint64 array of length {n}")
-    if status is None:
-        status = np.zeros(n, dtype=np.uint8)
-    elif not isinstance(status, np.ndarray) or status.dtype != np.uint8 or status.shape != (n,):
-        raise TypeError(f"status: expected a uint8 array of length {n}")
-    if not isinstance(start, (int, np.integer)) or not 0 <= start <= n:
-        raise ValueError(f"start: expected 0..{n}, got {start!r}")
-    return addresses, kinds, out, status
-
-
-__all__ = ["MMU", "BatchResult", "check_batch", "fill_target", "PSC_LEVELS"]
+__all__ = ["MMU", "fill_target"]

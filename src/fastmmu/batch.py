@@ -1,0 +1,58 @@
+"""What both MMU backends share about a batch: its result and the checks of its arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fastmmu.arch import Status
+from fastmmu.translation import Walk
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Where a batch stopped: ``stopped`` is the index of the first access not
+    translated (``len(addresses)`` when all were), with its fault record."""
+
+    stopped: int
+    status: Status
+    fault: Walk | None
+
+    @property
+    def complete(self) -> bool:
+        return self.status == Status.OK
+
+
+def check_batch(addresses: Any, kinds: Any, out: Any, status: Any, start: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a batch's arrays (the same checks, and messages, as the compiled MMU)."""
+    if not isinstance(addresses, np.ndarray) or addresses.dtype != np.uint64 or addresses.ndim != 1:
+        raise TypeError("addresses: expected a 1-D numpy array of uint64")
+    n = len(addresses)
+    if kinds is None or isinstance(kinds, (int, np.integer)):
+        kinds = np.full(n, 0 if kinds is None else int(kinds), dtype=np.uint8)
+    if not isinstance(kinds, np.ndarray) or kinds.dtype != np.uint8 or kinds.shape != (n,):
+        raise TypeError(f"kinds: expected a uint8 array of length {n} (or one int for all)")
+    bad = (kinds & ~np.uint8(15)) | ((kinds & 1) & ((kinds >> 1) & 1))
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"kinds[{index}]: {int(kinds[index])} is not a valid access kind "
+                         "(bits 0..3, never WRITE|FETCH)")
+    if out is None:
+        out = np.zeros(n, dtype=np.uint64)
+    elif not isinstance(out, np.ndarray) or out.dtype != np.uint64 or out.shape != (n,):
+        raise TypeError(f"out: expected a uint64 array of length {n}")
+    if status is None:
+        status = np.zeros(n, dtype=np.uint8)
+    elif not isinstance(status, np.ndarray) or status.dtype != np.uint8 or status.shape != (n,):
+        raise TypeError(f"status: expected a uint8 array of length {n}")
+    for name, array in (("addresses", addresses), ("kinds", kinds), ("out", out), ("status", status)):
+        if not array.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a contiguous array (use np.ascontiguousarray)")
+    if not out.flags.writeable or not status.flags.writeable:
+        raise ValueError("out/status: expected writable arrays")
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start <= n:
+        raise ValueError(f"start: expected 0..{n}, got {start!r}")
+    return addresses, kinds, out, status
