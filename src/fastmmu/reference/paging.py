@@ -19,12 +19,14 @@ memory and fill the translation caches.  A fault changes nothing.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from fastmmu.arch import (
+    ACCESS_VALID_MASK,
     ADDR_MASK,
     ATTR_PKEY_SHIFT,
     EPT,
@@ -40,69 +42,88 @@ from fastmmu.arch import (
     is_canonical,
     level_shift,
 )
-from fastmmu.cpu import CpuState, EptConfig, _check_levels
+from fastmmu.cpu import CpuState, EptConfig
+from fastmmu.reference.tlb import TLB, Entry
 from fastmmu.translation import Reference, Walk
+from fastmmu.units import format_size
 
-# Bits 20..22 of a translation's attrs: the EPT memory type (docs/core-semantics.md, TLB entries).
-ATTR_MEMTYPE_SHIFT = 20
 ATTR_EPT_RIGHTS_SHIFT = 16  # ATTR_EPT_R/W/X are EPT R/W/X (bits 0..2) shifted here
+ATTR_MEMTYPE_SHIFT = 20  # bits 22:20: the EPT memory type of the final leaf (0 natively)
 GUEST_RIGHTS = Attr.W | Attr.U | Attr.XD  # what a paging-structure cache entry accumulates
 
 # Paging-structure caches: the dict key, and the level of the entry each one caches (4.10.3).
 PSC_LEVEL = {"pde": 2, "pdpte": 3, "pml4e": 4, "pml5e": 5}
 CACHE_KEYS = (*PSC_LEVEL, "nested", "pcid", "vpid")
+PAGE_SIZE_NAMES_BY_CODE = ("4K", "2M", "1G", "region")
 PAGE_SIZE_NAMES = {4096: "4K", 2 << 20: "2M", 1 << 30: "1G"}
-PAGE_SIZE_BYTES = {name: size for size, name in PAGE_SIZE_NAMES.items()}
-_U64 = (1 << 64) - 1
 
 
-# -- arguments -------------------------------------------------------------------
+# -- arguments (the same checks, in the same order and words, as pyx/paging.pyx) ---------------
+
+
+def _integer(value: Any, what: str, limit: int) -> int:
+    """``value`` as an int in [0, limit); TypeError/ValueError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what}: expected an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if value < 0:
+        raise ValueError(f"{what}: expected a non-negative integer, got {value}")
+    if value >= limit:
+        raise ValueError(f"{what}: expected 0 <= {what} < {limit:#x}, got {value:#x}")
+    return value
 
 
 def check_access_byte(access: Any) -> int:
-    """The access kind as an int; ValueError for bits 4..7 or WRITE|FETCH (docs: "Access kinds")."""
-    if isinstance(access, bool) or not hasattr(access, "__index__"):
-        raise TypeError(f"access: expected an access byte (an int of Access flags), got {access!r}")
-    value = operator.index(access)
-    if value < 0 or value & ~0xF or (value & Access.WRITE and value & Access.FETCH):
-        raise ValueError(f"access: {access!r} is not a valid access kind (bits 0..3, never WRITE|FETCH)")
+    """An access-kind byte (docs: "Access kinds"): bits 0..3 only, never WRITE and FETCH together."""
+    value = _integer(access, "access", 256)
+    if value & ~ACCESS_VALID_MASK:
+        raise ValueError(f"access: bits 4..7 must be zero (WRITE=1, FETCH=2, USER=4, IMPLICIT=8), got {value:#x}")
+    if value & Access.WRITE and value & Access.FETCH:
+        raise ValueError(f"access: WRITE and FETCH together is not an access kind, got {value:#x}")
     return value
 
 
-def _check_u64(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{what}: expected an integer address, got {value!r}")
-    value = operator.index(value)
-    if not 0 <= value <= _U64:
-        raise ValueError(f"{what}: expected a 64-bit unsigned address, got {value:#x}")
-    return value
+def _check_mem(mem: Any) -> Any:
+    if not all(hasattr(mem, name) for name in ("read", "write", "nframes", "maxphyaddr")):
+        raise TypeError(f"mem: expected a fastmmu.HostMemory, got {type(mem).__name__}")
+    return mem
+
+
+def _check_level_count(levels: Any, what: str) -> None:
+    if isinstance(levels, bool) or levels not in (4, 5):
+        raise ValueError(f"{what}: expected 4 or 5 paging levels, got {levels!r}")
 
 
 def _check_cpu(cpu: Any, maxphyaddr: int) -> CpuState:
+    """Check a CpuState again (its fields are mutable)."""
     if not isinstance(cpu, CpuState):
-        raise TypeError(f"cpu: expected a CpuState, got {type(cpu).__name__}")
-    _check_levels(cpu.levels, "levels")
-    cpu.validate(maxphyaddr)
+        raise TypeError(f"cpu: expected a fastmmu.cpu.CpuState, got {type(cpu).__name__}")
+    _check_level_count(cpu.levels, "cpu.levels")
+    _integer(cpu.cr3, "cpu.cr3", 1 << 64)
+    _integer(cpu.pkru, "cpu.pkru", 1 << 32)
+    cpu.validate(maxphyaddr)  # CR3 bits beyond MAXPHYADDR (or bit 63): ValueError
     return cpu
 
 
 def _check_ept(ept: Any, maxphyaddr: int) -> EptConfig:
+    """Check an EptConfig again (its fields are mutable)."""
     if not isinstance(ept, EptConfig):
-        raise TypeError(f"ept: expected an EptConfig, got {type(ept).__name__}")
-    _check_levels(ept.levels, "EPT levels")
+        raise TypeError(f"ept: expected a fastmmu.cpu.EptConfig, got {type(ept).__name__}")
+    _check_level_count(ept.levels, "ept.levels")
+    root = _integer(ept.root, "ept.root", 1 << 64)
+    if root & 0xFFF:
+        raise ValueError(f"ept.root: {root:#x} is not 4 KiB aligned")
+    if _integer(ept.eptag, "ept.eptag", 1 << 32) == 0:
+        raise ValueError("ept.eptag: expected 1..2^32-1, got 0")
+    if ept.memtype not in (0, 6):
+        raise ValueError(f"ept.memtype: the EPTP allows UC (0) or WB (6), got {ept.memtype!r}")
     ept.validate(maxphyaddr)
     return ept
 
 
-def _check_caches(caches: Any) -> Mapping[str, Any]:
-    if caches is None:
-        return {}
-    if not isinstance(caches, Mapping):
-        raise TypeError(f"caches: expected a dict such as {{'pde': TLB, 'nested': TLB}} or None, got {caches!r}")
-    for key in caches:
-        if key not in CACHE_KEYS:
-            raise ValueError(f"caches: unknown key {key!r}; expected some of {', '.join(CACHE_KEYS)}")
-    return caches
+def _check_root_in_memory(mem: Any, root: int, what: str) -> None:
+    if root >> 12 >= mem.nframes:
+        raise ValueError(f"{what}: root table {root:#x} is beyond host memory ({format_size(mem.nframes << 12)})")
 
 
 # -- the permission rules (4.6) and the error code (4.7) -------------------------------
@@ -218,6 +239,98 @@ def _index(address: int, level: int) -> int:
     return (address >> level_shift(level)) & 511
 
 
+# -- the translation caches a walk uses ----------------------------------------------------------
+
+PSC_NAMES = {2: "PDE", 3: "PDPTE", 4: "PML4E", 5: "PML5E"}
+SIZE_SHIFTS = {"4K": 12, "2M": 21, "1G": 30}
+
+
+def _check_tlb(obj: Any, key: str, kind: str) -> TLB:
+    if not isinstance(obj, TLB):
+        raise TypeError(f"caches[{key!r}]: expected a fastmmu.reference.tlb.TLB, got {type(obj).__name__}")
+    if obj.kind != kind:
+        raise ValueError(f"caches[{key!r}]: expected a TLB of kind {kind!r}, got kind {obj.kind!r}")
+    return obj
+
+
+def _held_shift(tlb: TLB, name: str) -> int:
+    return tlb.region_shift if name == "region" else SIZE_SHIFTS.get(name, -1)
+
+
+class _Caches:
+    """The caches one walk uses (docs/core-semantics.md, "How a walk uses them").
+
+    Every lookup and every fill takes its structure's own clock and advances
+    it, as ``TLB.lookup`` and ``TLB.fill`` do.  Structures the walk has no use
+    for (a PML5E cache in a 4-level walk, a nested TLB natively) are checked
+    and ignored.  The reference TLB has no public way to drop the entry that
+    just hit, so ``lookup`` returns the entry itself (``TLB._find``, as
+    ``fastmmu.reference.tlb.simulate`` uses it) and ``drop`` removes exactly it.
+    """
+
+    def __init__(self, caches: Any, levels: int, *, x86: bool, nested: bool, pcid: int, eptag: int) -> None:
+        self.psc: dict[int, TLB] = {}
+        self.nested: TLB | None = None
+        self.ctx = (pcid, 0, eptag)
+        self.nested_ctx = (0, 0, eptag)
+        if caches is None:
+            return
+        if isinstance(caches, Mapping):
+            for key in caches:
+                if key not in CACHE_KEYS:
+                    raise ValueError(f"caches: unknown key {key!r}; expected some of {', '.join(CACHE_KEYS)}")
+
+            def get(key: str) -> Any:
+                return caches.get(key)
+        elif not any(hasattr(caches, key) for key in CACHE_KEYS):
+            raise TypeError(f"caches: expected a dict such as {{'pde': TLB, 'nested': TLB}} or None, "
+                            f"got {type(caches).__name__}")
+        else:
+            def get(key: str) -> Any:
+                return getattr(caches, key, None)
+        for key, level in PSC_LEVEL.items():
+            obj = get(key)
+            if obj is None:
+                continue
+            tlb = _check_tlb(obj, key, "psc")
+            shift = level_shift(level)
+            held = _held_shift(tlb, tlb.sizes[0])
+            if len(tlb.sizes) != 1 or held != shift:
+                raise ValueError(f"caches[{key!r}]: a {PSC_NAMES[level]} cache holds regions of "
+                                 f"{format_size(1 << shift)} (region_shift={shift}), got region_shift={held}")
+            if x86 and level <= levels:
+                self.psc[level] = tlb
+        obj = get("nested")
+        if obj is not None:
+            tlb = _check_tlb(obj, "nested", "ntlb")
+            if any(size not in SIZE_SHIFTS for size in tlb.sizes):
+                raise ValueError("caches['nested']: a nested TLB holds 4K, 2M or 1G pages")
+            if nested:
+                self.nested = tlb
+        vpid = get("vpid")
+        vpid = 0 if vpid is None else _integer(vpid, "caches['vpid']", 1 << 16)
+        override = get("pcid")
+        if override is not None:
+            pcid = _integer(override, "caches['pcid']", 1 << 12)
+        self.ctx = (pcid, vpid, eptag)
+
+    @staticmethod
+    def lookup(tlb: TLB, address: int, ctx: tuple[int, int, int]) -> Entry | None:
+        return tlb._find(address, *ctx, tlb._tick())
+
+    @staticmethod
+    def drop(tlb: TLB, entry: Entry) -> None:
+        """Remove exactly ``entry`` (one whose cached rights did not allow the access)."""
+        ways = tlb._set_of(entry.vpn)
+        ways[ways.index(entry)] = None
+        tlb._invalidated += 1
+
+    @staticmethod
+    def fill(tlb: TLB, address: int, size: str, frame: int, attrs: int, ctx: tuple[int, int, int]) -> None:
+        pcid, vpid, eptag = ctx
+        tlb.fill(address, frame, size=size, attrs=attrs, pcid=pcid, vpid=vpid, eptag=eptag)
+
+
 # -- one translation in progress ---------------------------------------------------------
 
 
@@ -228,7 +341,7 @@ class _EptResult:
     status: Status
     hpa: int = 0
     rights: int = 0  # EPT R/W/X (bits 0..2): of the translation, or so far when it failed
-    page_size: int = 0
+    page_size: int = 0  # of the EPT page (whatever piece of it a nested-TLB entry holds)
     memtype: int = 0
     dirty: bool = True  # ATTR_EPT_D: the leaf's D after this access, or EPT A/D off
 
@@ -250,15 +363,14 @@ class _Translation:
     """References made so far, and what a successful translation will write and fill."""
 
     mem: Any
-    caches: Mapping[str, Any]
+    caches: _Caches
     keep_trace: bool
     guest_refs: list[int] = field(default_factory=lambda: [0] * 5)
     ept_refs: list[int] = field(default_factory=lambda: [0] * 5)
     trace: list[Reference] = field(default_factory=list)
     flag_updates: list[tuple[int, int]] = field(default_factory=list)  # (host address, bits to OR in)
-    psc_fills: list[tuple[Any, int, int, int]] = field(default_factory=list)  # (cache, va, frame, attrs)
     nested_fills: list[tuple[int, int, int, int]] = field(default_factory=list)  # (gpa, frame, size, attrs)
-    nested_pages: set[tuple[int, int]] = field(default_factory=set)  # EPT pages (base, size) filled
+    psc_fills: list[tuple[int, int, int]] = field(default_factory=list)  # (level, frame, attrs)
 
     def read(self, dimension: str, level: int, address: int) -> int:
         """One memory reference: the entry at host-physical ``address`` (zeros beyond memory)."""
@@ -272,17 +384,20 @@ class _Translation:
         return Walk(status=status, guest_refs=tuple(self.guest_refs), ept_refs=tuple(self.ept_refs),
                     trace=tuple(self.trace), **fields)
 
-    def commit(self, pcid: int, vpid: int, eptag: int) -> None:
+    def commit(self, va: int) -> None:
         """The translation succeeded: set the A/D flags, then fill the caches (docs: fills)."""
         for address, bits in self.flag_updates:
             current = self.mem.read(address)  # OR into what is there now: tables may alias
             if current & bits != bits:
                 self.mem.write(address, current | bits)
-        for cache, va, frame, attrs in self.psc_fills:
-            cache.fill(va, frame, size="region", attrs=attrs, pcid=pcid, vpid=vpid, eptag=eptag)
-        nested = self.caches.get("nested")
-        for gpa, frame, size, attrs in self.nested_fills:
-            nested.fill(gpa, frame, size=PAGE_SIZE_NAMES[size], attrs=attrs, eptag=eptag)
+        caches = self.caches
+        for level, frame, attrs in self.psc_fills:  # from the top level down
+            caches.fill(caches.psc[level], va, "region", frame, attrs, caches.ctx)
+        pages = set()
+        for gpa, frame, size, attrs in self.nested_fills:  # in walk order, once per EPT page
+            if (frame, size) not in pages:
+                pages.add((frame, size))
+                caches.fill(caches.nested, gpa, PAGE_SIZE_NAMES[size], frame, attrs, caches.nested_ctx)
 
 
 # -- EPT (29.3) -------------------------------------------------------------------------------
@@ -298,19 +413,19 @@ def _translate_gpa(t: _Translation, ept: EptConfig, gpa: int, need: int) -> _Ept
         return _EptResult(Status.EPT_VIOLATION)
     is_write = need == EPT.W
 
-    nested = t.caches.get("nested")
+    nested = t.caches.nested
     if nested is not None:
-        hit = nested.lookup(gpa, eptag=ept.eptag)
+        hit = t.caches.lookup(nested, gpa, t.caches.nested_ctx)
         if hit is not None:
-            frame, attrs, size_name = hit
-            rights = (attrs >> ATTR_EPT_RIGHTS_SHIFT) & EPT.RWX
-            dirty = bool(attrs & Attr.EPT_D)
-            if rights & need and not (is_write and ept.ad and not dirty):
-                size = PAGE_SIZE_BYTES[size_name]
-                return _EptResult(Status.OK, hpa=(frame << 12) | (gpa & (size - 1)), rights=rights,
-                                  page_size=size, memtype=(attrs >> ATTR_MEMTYPE_SHIFT) & 7, dirty=dirty)
+            rights = (hit.attrs >> ATTR_EPT_RIGHTS_SHIFT) & EPT.RWX
+            if rights & need and (not is_write or hit.attrs & Attr.EPT_D):
+                # The EPT page size is that of the entry that hit (a piece, if it was splintered).
+                size = 1 << SIZE_SHIFTS[PAGE_SIZE_NAMES_BY_CODE[hit.code]]
+                return _EptResult(Status.OK, hpa=(hit.frame << 12) | (gpa & (size - 1)), rights=rights,
+                                  page_size=size, memtype=(hit.attrs >> ATTR_MEMTYPE_SHIFT) & 7,
+                                  dirty=bool(hit.attrs & Attr.EPT_D))
             # The cached rights do not allow this access: forget the entry and walk the EPT.
-            nested.drop(gpa, eptag=ept.eptag)
+            t.caches.drop(nested, hit)
 
     table = ept.root
     rights = int(EPT.RWX)
@@ -339,13 +454,15 @@ def _translate_gpa(t: _Translation, ept: EptConfig, gpa: int, need: int) -> _Ept
         if is_write:
             t.flag_updates.append((used[-1], EPT.D))
     dirty = not ept.ad or bool(entry & EPT.D) or is_write
-    if nested is not None and (page, size) not in t.nested_pages:  # one fill per EPT page per access
-        t.nested_pages.add((page, size))
-        attrs = (rights << ATTR_EPT_RIGHTS_SHIFT | (Attr.EPT_D if dirty else 0)
-                 | memtype << ATTR_MEMTYPE_SHIFT)
-        t.nested_fills.append((gpa, page >> 12, size, attrs))
+    if nested is not None:
+        t.nested_fills.append((gpa, page >> 12, size, _ept_attrs(rights, dirty, memtype)))
     return _EptResult(Status.OK, hpa=page | (gpa & (size - 1)), rights=rights, page_size=size,
                       memtype=memtype, dirty=dirty)
+
+
+def _ept_attrs(rights: int, dirty: bool, memtype: int) -> int:
+    """The EPT part of a translation's attrs (bits 22:16), also a nested-TLB entry's attrs."""
+    return int(rights << ATTR_EPT_RIGHTS_SHIFT | (Attr.EPT_D if dirty else 0) | memtype << ATTR_MEMTYPE_SHIFT)
 
 
 def _ept_exit(t: _Translation, result: _EptResult, gpa: int, access_bits: int, *, gla: int | None,
@@ -364,7 +481,7 @@ def _ept_exit(t: _Translation, result: _EptResult, gpa: int, access_bits: int, *
                 qualification |= ((ExitQual.GLA_USER if guest_attrs & Attr.U else 0)
                                   | (ExitQual.GLA_WRITABLE if guest_attrs & Attr.W else 0)
                                   | (ExitQual.GLA_XD if guest_attrs & Attr.XD else 0))
-    return t.result(Status.EPT_VIOLATION, fault_address=gpa, exit_qualification=qualification,
+    return t.result(Status.EPT_VIOLATION, fault_address=gpa, exit_qualification=int(qualification),
                     guest_linear_address=linear)
 
 
@@ -377,64 +494,50 @@ def _data_access(access: int) -> tuple[int, int]:
     return EPT.R, ExitQual.READ
 
 
-def walk_ept(mem: Any, ept: EptConfig, gpa: int, access: int = 0, *, caches: Mapping[str, Any] | None = None,
+def walk_ept(mem: Any, ept: EptConfig, gpa: int, access: int = 0, *, caches: Any = None,
              trace: bool = False) -> Walk:
     """Translate guest-physical ``gpa`` through the EPT alone (no linear address: exit-qual bit 7 = 0).
 
-    Only ``caches["nested"]`` is used.
+    ``caches`` may name a nested TLB only: ``{"nested": TLB}``.
     """
-    access = check_access_byte(access)
-    gpa = _check_u64(gpa, "gpa")
+    mem = _check_mem(mem)
     ept = _check_ept(ept, mem.maxphyaddr)
-    t = _Translation(mem, _check_caches(caches), trace)
+    _check_root_in_memory(mem, ept.root, "ept.root")
+    gpa = _integer(gpa, "gpa", 1 << 64)
+    access = check_access_byte(access)
+    t = _Translation(mem, _Caches(caches, ept.levels, x86=False, nested=True, pcid=0, eptag=ept.eptag),
+                     bool(trace))
     need, access_bit = _data_access(access)
     result = _translate_gpa(t, ept, gpa, need)
     if result.status != Status.OK:
         return _ept_exit(t, result, gpa, access_bit, gla=None, ept=ept)
-    t.commit(0, 0, ept.eptag)
-    attrs = (result.rights << ATTR_EPT_RIGHTS_SHIFT | (Attr.EPT_D if result.dirty else 0)
-             | result.memtype << ATTR_MEMTYPE_SHIFT)
+    t.commit(gpa)
     return t.result(Status.OK, host_address=result.hpa, guest_physical_address=gpa, page_size=result.page_size,
-                    attrs=attrs, memtype=result.memtype)
+                    attrs=_ept_attrs(result.rights, result.dirty, result.memtype), memtype=result.memtype)
 
 
 # -- the x86 walk, native or nested (4.4, 4.5) ------------------------------------------------------
 
 
-def _psc_lookup(t: _Translation, va: int, levels: int, pcid: int, vpid: int, eptag: int
-                ) -> tuple[int, int, int] | None:
-    """Probe the paging-structure caches, lowest level first: (level of the cached entry, frame, attrs)."""
-    for name, level in PSC_LEVEL.items():
-        cache = t.caches.get(name)
-        if cache is None or level > levels:
-            continue
-        hit = cache.lookup(va, pcid=pcid, vpid=vpid, eptag=eptag)
-        if hit is not None:
-            frame, attrs, _ = hit
-            return level, frame, attrs
-    return None
-
-
-def _walk_linear(mem: Any, cpu: CpuState, ept: EptConfig | None, va: int, access: int,
-                 caches: Mapping[str, Any], keep_trace: bool) -> Walk:
+def _walk_linear(mem: Any, cpu: CpuState, ept: EptConfig | None, va: int, access: int, caches: _Caches,
+                 keep_trace: bool) -> Walk:
     t = _Translation(mem, caches, keep_trace)
     # 1. Canonical check (3.3.7.1): a #GP, before any reference.
     if not is_canonical(va, cpu.levels):
         return t.result(Status.GP, fault_address=va, guest_linear_address=va)
-    pcid = cpu.pcid if caches.get("pcid") is None else caches["pcid"]
-    vpid = caches.get("vpid") or 0
-    eptag = ept.eptag if ept is not None else 0
     is_write = bool(access & Access.WRITE)
     # Guest paging-structure accesses are reads for EPT, or writes when EPT A/D is on (29.3.3.2).
     table_need = EPT.W if ept is not None and ept.ad else EPT.R
     table_access = ExitQual.READ | (ExitQual.WRITE if table_need == EPT.W else 0)
 
-    # 2. Start at the root, or below the lowest paging-structure cache that knows this address.
+    # 2. Start at the root, or below the lowest paging-structure cache that knows this address (4.10.3).
     level, table, rights = cpu.levels, cpu.root, int(Attr.W | Attr.U)
-    hit = _psc_lookup(t, va, cpu.levels, pcid, vpid, eptag)
-    if hit is not None:
-        cached_level, frame, cached_rights = hit
-        level, table, rights = cached_level - 1, frame << 12, cached_rights & GUEST_RIGHTS
+    for cached_level in range(2, cpu.levels + 1):
+        psc = caches.psc.get(cached_level)
+        hit = None if psc is None else caches.lookup(psc, va, caches.ctx)
+        if hit is not None:
+            level, table, rights = cached_level - 1, hit.frame << 12, hit.attrs & GUEST_RIGHTS
+            break
 
     used: list[_GuestEntry] = []
     while True:
@@ -460,7 +563,7 @@ def _walk_linear(mem: Any, cpu: CpuState, ept: EptConfig | None, va: int, access
             rights &= ~int(Attr.U)
         if entry & PTE.NX:
             rights |= Attr.XD
-        used.append(_GuestEntry(level, address, host_address, entry, rights, ept_rights))
+        used.append(_GuestEntry(level, address, host_address, entry, int(rights), ept_rights))
         if leaf:
             break
         table = entry & ADDR_MASK
@@ -471,16 +574,16 @@ def _walk_linear(mem: Any, cpu: CpuState, ept: EptConfig | None, va: int, access
     attrs = rights & (Attr.W | Attr.U)
     if rights & Attr.XD and cpu.efer_nxe:
         attrs |= Attr.XD
-    if entry & PTE.D or is_write:
-        attrs |= Attr.D
-    is_global = bool(cpu.cr4_pge and entry & PTE.G)
-    if is_global:
-        attrs |= Attr.G
     pkey = (entry >> PTE_PKEY_SHIFT) & 0xF
     attrs |= pkey << ATTR_PKEY_SHIFT
     error_code = check_access(attrs, access, cpu)
     if error_code:
         return t.result(Status.PAGE_FAULT, error_code=error_code, fault_address=va, guest_linear_address=va)
+    if entry & PTE.D or is_write:
+        attrs |= Attr.D
+    is_global = bool(cpu.cr4_pge and entry & PTE.G)
+    if is_global:
+        attrs |= Attr.G
     physical = (entry & ADDR_MASK & ~(page_size - 1)) | (va & (page_size - 1))
 
     # 5. Under EPT: the final guest-physical address, then the A/D writes to the guest tables.
@@ -500,27 +603,26 @@ def _walk_linear(mem: Any, cpu: CpuState, ept: EptConfig | None, va: int, access
                                  used_entry.address, ExitQual.WRITE, gla=va, ept=ept)
         host_address, memtype = result.hpa, result.memtype
         page_size = min(page_size, result.page_size)
-        attrs |= (result.rights << ATTR_EPT_RIGHTS_SHIFT | (Attr.EPT_D if result.dirty else 0)
-                  | memtype << ATTR_MEMTYPE_SHIFT)
+        attrs |= _ept_attrs(result.rights, result.dirty, result.memtype)
 
     # 6. Success: A in every entry read, D in the leaf on a write (4.8); cache the upper entries.
     for used_entry in used:
         flags = PTE.A | (PTE.D if used_entry.level == level and is_write else 0)
         t.flag_updates.append((used_entry.host_address, flags))
-    for used_entry in used[:-1]:
-        name = next(key for key, cached_level in PSC_LEVEL.items() if cached_level == used_entry.level)
-        cache = caches.get(name)
-        if cache is not None:
-            t.psc_fills.append((cache, va, (used_entry.value & ADDR_MASK) >> 12, used_entry.rights))
-    t.commit(pcid, vpid, eptag)
+    for used_entry in used[:-1]:  # the non-leaf entries read, top level first
+        if used_entry.level in caches.psc:
+            t.psc_fills.append((used_entry.level, (used_entry.value & ADDR_MASK) >> 12, used_entry.rights))
+    t.commit(va)
     return t.result(Status.OK, host_address=host_address, guest_physical_address=physical if ept else 0,
                     page_size=page_size, attrs=int(attrs), is_global=is_global, pkey=pkey, memtype=memtype,
                     guest_linear_address=va)
 
 
-def walk(mem: Any, cpu: CpuState, va: int, access: int = 0, *, caches: Mapping[str, Any] | None = None,
-         trace: bool = False) -> Walk:
+def walk(mem: Any, cpu: CpuState, va: int, access: int = 0, *, caches: Any = None, trace: bool = False) -> Walk:
     """Translate linear address ``va`` natively: ``cpu.cr3`` holds the host-physical root.
+
+    ``caches`` may name paging-structure caches: ``{"pde": TLB, "pdpte": TLB,
+    "pml4e": TLB, "pml5e": TLB, "pcid": int, "vpid": int}`` (TLBs of kind "psc").
 
     >>> from fastmmu.reference.memory import HostMemory
     >>> from fastmmu.tables import PageTable
@@ -531,20 +633,30 @@ def walk(mem: Any, cpu: CpuState, va: int, access: int = 0, *, caches: Mapping[s
     >>> hex(w.host_address), w.guest_refs
     ('0x2123', (1, 1, 1, 1, 0))
     """
-    access = check_access_byte(access)
-    va = _check_u64(va, "va")
+    mem = _check_mem(mem)
     cpu = _check_cpu(cpu, mem.maxphyaddr)
-    return _walk_linear(mem, cpu, None, va, access, _check_caches(caches), trace)
-
-
-def walk_nested(mem: Any, cpu: CpuState, ept: EptConfig, gva: int, access: int = 0, *,
-                caches: Mapping[str, Any] | None = None, trace: bool = False) -> Walk:
-    """Translate guest linear address ``gva`` in two dimensions: ``cpu.cr3`` is guest-physical."""
+    _check_root_in_memory(mem, cpu.root, "cpu.cr3")
+    va = _integer(va, "va", 1 << 64)
     access = check_access_byte(access)
-    gva = _check_u64(gva, "gva")
+    caches_used = _Caches(caches, cpu.levels, x86=True, nested=False, pcid=cpu.pcid, eptag=0)
+    return _walk_linear(mem, cpu, None, va, access, caches_used, bool(trace))
+
+
+def walk_nested(mem: Any, cpu: CpuState, ept: EptConfig, gva: int, access: int = 0, *, caches: Any = None,
+                trace: bool = False) -> Walk:
+    """Translate guest linear address ``gva`` in two dimensions: ``cpu.cr3`` is guest-physical.
+
+    ``caches`` may name paging-structure caches (keyed by linear address, caching
+    guest-physical table frames) and a nested TLB (``"nested"``).
+    """
+    mem = _check_mem(mem)
     cpu = _check_cpu(cpu, mem.maxphyaddr)
     ept = _check_ept(ept, mem.maxphyaddr)
-    return _walk_linear(mem, cpu, ept, gva, access, _check_caches(caches), trace)
+    _check_root_in_memory(mem, ept.root, "ept.root")
+    gva = _integer(gva, "gva", 1 << 64)
+    access = check_access_byte(access)
+    caches_used = _Caches(caches, cpu.levels, x86=True, nested=True, pcid=cpu.pcid, eptag=ept.eptag)
+    return _walk_linear(mem, cpu, ept, gva, access, caches_used, bool(trace))
 
 
 __all__ = ["walk", "walk_ept", "walk_nested", "check_access", "check_access_byte", "fault_bits",
