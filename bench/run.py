@@ -33,11 +33,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import traces  # noqa: E402
-from fastmmu.tables import EptTable, PageTable  # noqa: E402
 
 import fastmmu  # noqa: E402
 from fastmmu.arch import EPT, PTE, FrameKind  # noqa: E402
 from fastmmu.cpu import CpuState  # noqa: E402
+from fastmmu.tables import EptTable, PageTable  # noqa: E402
 from fastmmu.tlbconfig import CacheGeometry, TLBConfig  # noqa: E402
 
 GIB = 1 << 30
