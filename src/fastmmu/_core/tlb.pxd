@@ -28,6 +28,13 @@ cdef extern from *:
     #define FASTMMU_CTX_VPID_MASK (0xFFFFULL << 16)
     #define FASTMMU_CTX_EPTAG_SHIFT 32
     #define FASTMMU_CTX_EPTAG_MASK (0xFFFFFFFFULL << 32)
+    /* Branch hints: a way scan matches at most once, so a tag match is the
+     * unlikely case; laid out of line, the scan costs one taken branch a way. */
+    #if defined(__GNUC__) || defined(__clang__)
+    #define FASTMMU_UNLIKELY(x) __builtin_expect(!!(x), 0)
+    #else
+    #define FASTMMU_UNLIKELY(x) (x)
+    #endif
     """
     const uint64_t TAG_VALID "FASTMMU_TAG_VALID"
     const int TAG_SIZE_SHIFT "FASTMMU_TAG_SIZE_SHIFT"
@@ -38,6 +45,7 @@ cdef extern from *:
     const uint64_t CTX_VPID_MASK "FASTMMU_CTX_VPID_MASK"
     const int CTX_EPTAG_SHIFT "FASTMMU_CTX_EPTAG_SHIFT"
     const uint64_t CTX_EPTAG_MASK "FASTMMU_CTX_EPTAG_MASK"
+    bint unlikely "FASTMMU_UNLIKELY"(bint condition) noexcept nogil
 
 # Replacement policies.
 cdef enum:
@@ -113,75 +121,144 @@ cdef inline uint64_t tlb_set_base(const tlb_t *t, uint64_t vpn) noexcept nogil:
 cdef inline bint tlb_ctx_matches(uint64_t entry_ctx, uint64_t want) noexcept nogil:
     """VPID and EPT tag must be equal; the PCID too, unless the entry is global."""
     cdef uint64_t mask = ~CTX_GLOBAL
+    if entry_ctx == want:            # the common case, one compare
+        return 1
     if entry_ctx & CTX_GLOBAL:
         mask = ~(CTX_GLOBAL | CTX_PCID_MASK)
     return ((entry_ctx ^ want) & mask) == 0
 
 
+# The PLRU and random helpers take array pointers and scalars, never the
+# tlb_t: a run loop that copies a tlb_t into a local (so that its fields live
+# in registers) must not let the local's address escape into a call the
+# compiler may decide not to inline.
+
+cdef inline void tlb_plru_touch(uint64_t *stamp, uint64_t base, uint64_t pos, uint32_t ways) noexcept nogil:
+    """Set the MRU bit of ``pos``; when that sets them all, clear the others."""
+    cdef uint64_t i, all_used = 1
+    stamp[pos] = 1
+    for i in range(base, base + ways):
+        all_used &= (stamp[i] != 0)
+    if all_used:
+        for i in range(base, base + ways):
+            stamp[i] = 0
+        stamp[pos] = 1
+
+
+cdef inline uint64_t tlb_free_way(const uint64_t *tag, uint64_t base, uint32_t ways) noexcept nogil:
+    """The first invalid way of the set starting at ``base``; ``base + ways`` when it is full."""
+    cdef uint64_t i
+    for i in range(base, base + ways):
+        if tag[i] == 0:
+            return i
+    return base + ways
+
+
+cdef inline uint64_t tlb_plru_victim(const uint64_t *stamp, uint64_t base, uint32_t ways) noexcept nogil:
+    """In a full set: the first way whose MRU bit is clear (the first way if none is)."""
+    cdef uint64_t i
+    for i in range(base, base + ways):
+        if stamp[i] == 0:
+            return i
+    return base
+
+
+cdef inline uint64_t xorshift64(uint64_t x) noexcept nogil:
+    x ^= x << 13
+    x ^= x >> 7
+    x ^= x << 17
+    return x
+
+
 cdef inline void tlb_touch(tlb_t *t, uint64_t base, uint64_t pos, uint64_t now) noexcept nogil:
     """Replacement bookkeeping for a hit at ``pos`` in the set starting at ``base``."""
-    cdef uint32_t w
-    cdef uint64_t all_used
     if t.policy == POLICY_LRU:
         t.stamp[pos] = now
     elif t.policy == POLICY_PLRU:
-        t.stamp[pos] = 1
-        all_used = 1
-        for w in range(t.ways):
-            all_used &= (t.stamp[base + w] != 0)
-        if all_used:
-            for w in range(t.ways):
-                t.stamp[base + w] = 0
-            t.stamp[pos] = 1
+        tlb_plru_touch(t.stamp, base, pos, t.ways)
+
+
+cdef inline uint64_t tlb_want_tag(uint8_t code, uint64_t vpn) noexcept nogil:
+    """The tag an entry of size ``code`` for page number ``vpn`` carries."""
+    return TAG_VALID | (<uint64_t>code << TAG_SIZE_SHIFT) | vpn
+
+
+cdef inline bint tlb_find(const tlb_t *t, uint64_t base, uint64_t want_tag, uint64_t want_ctx,
+                          uint64_t *found) noexcept nogil:
+    """Look in the set starting at ``base`` for the entry tagged ``want_tag`` that ``want_ctx`` may
+    use; 1 and its way index in ``found`` if there is one.  Changes nothing."""
+    cdef uint64_t pos = base, end = base + t.ways
+    while True:                      # a set has at least one way
+        if unlikely(t.tag[pos] == want_tag) and tlb_ctx_matches(t.ctx[pos], want_ctx):
+            found[0] = pos
+            return 1
+        pos += 1
+        if pos == end:
+            return 0
+
+
+cdef inline bint tlb_probe(tlb_t *t, uint64_t base, uint64_t want_tag, uint64_t want_ctx, uint64_t now,
+                           tlb_hit_t *hit) noexcept nogil:
+    """Search the set starting at ``base`` for ``want_tag`` in context ``want_ctx``; 1 on a hit.
+
+    ``tlb_lookup`` for one size code: on a hit it fills ``hit`` and records
+    the use for the policy.  It counts nothing (the caller counts one hit or
+    miss per lookup), so a run loop over single-size structures can call it
+    with the shift and tag bits hoisted out of the loop.
+    """
+    cdef uint64_t pos
+    if not tlb_find(t, base, want_tag, want_ctx, &pos):
+        return 0
+    tlb_touch(t, base, pos, now)
+    hit.frame = t.frame[pos]
+    hit.attrs = t.attrs[pos]
+    hit.code = <uint8_t>((want_tag >> TAG_SIZE_SHIFT) & 7)
+    hit.pos = pos
+    return 1
 
 
 cdef inline bint tlb_lookup(tlb_t *t, uint64_t va, uint64_t want_ctx, uint64_t now,
                             tlb_hit_t *hit) noexcept nogil:
     """Find the entry that translates ``va`` for ``want_ctx``; 1 on a hit (``hit`` filled)."""
-    cdef uint32_t i, w
-    cdef uint64_t vpn, want, base
+    cdef uint32_t i
+    cdef uint8_t code
+    cdef uint64_t vpn
     for i in range(t.nsizes):
-        vpn = (va >> t.shift[t.codes[i]]) & VPN_MASK
-        want = TAG_VALID | (<uint64_t>t.codes[i] << TAG_SIZE_SHIFT) | vpn
-        base = tlb_set_base(t, vpn)
-        for w in range(t.ways):
-            if t.tag[base + w] == want and tlb_ctx_matches(t.ctx[base + w], want_ctx):
-                tlb_touch(t, base, base + w, now)
-                hit.frame = t.frame[base + w]
-                hit.attrs = t.attrs[base + w]
-                hit.code = t.codes[i]
-                hit.pos = base + w
-                t.hits += 1
-                return 1
+        code = t.codes[i]
+        vpn = (va >> t.shift[code]) & VPN_MASK
+        if tlb_probe(t, tlb_set_base(t, vpn), tlb_want_tag(code, vpn), want_ctx, now, hit):
+            t.hits += 1
+            return 1
     t.misses += 1
     return 0
 
 
+cdef inline uint64_t tlb_oldest_way(const uint64_t *stamp, uint64_t base, uint32_t ways) noexcept nogil:
+    """LRU and FIFO victim: the way with the smallest stamp, the first among equals.
+
+    Invalid ways have stamp 0 (valid ones ``now >= 1``), so they go first.
+    Branch-free: on random traces the comparison is unpredictable.
+    """
+    cdef uint64_t victim = base, oldest = stamp[base], s, take, i
+    for i in range(base + 1, base + ways):
+        s = stamp[i]
+        take = -(<uint64_t>(s < oldest))
+        oldest ^= (oldest ^ s) & take
+        victim ^= (victim ^ i) & take
+    return victim
+
+
 cdef inline uint64_t tlb_victim(tlb_t *t, uint64_t base) noexcept nogil:
-    """Way index to overwrite in the set starting at ``base``."""
-    cdef uint64_t victim = base, oldest, s, take, i
-    cdef uint32_t w
+    """Way index to overwrite in the set starting at ``base`` (an invalid way first)."""
+    cdef uint64_t victim
     if t.policy == POLICY_LRU or t.policy == POLICY_FIFO:
-        # Invalid ways have stamp 0, so they go first.  Branch-free minimum.
-        oldest = t.stamp[base]
-        for i in range(base + 1, base + t.ways):
-            s = t.stamp[i]
-            take = -(<uint64_t>(s < oldest))
-            oldest ^= (oldest ^ s) & take
-            victim ^= (victim ^ i) & take
+        return tlb_oldest_way(t.stamp, base, t.ways)
+    victim = tlb_free_way(t.tag, base, t.ways)
+    if victim != base + t.ways:
         return victim
-    for w in range(t.ways):
-        if t.tag[base + w] == 0:
-            return base + w
     if t.policy == POLICY_PLRU:
-        for w in range(t.ways):
-            if t.stamp[base + w] == 0:
-                return base + w
-        return base
-    # POLICY_RANDOM: xorshift64
-    t.rng ^= t.rng << 13
-    t.rng ^= t.rng >> 7
-    t.rng ^= t.rng << 17
+        return tlb_plru_victim(t.stamp, base, t.ways)
+    t.rng = xorshift64(t.rng)          # POLICY_RANDOM
     return base + t.rng % t.ways
 
 
@@ -199,6 +276,33 @@ cdef inline int tlb_code_for(const tlb_t *t, uint8_t code) noexcept nogil:
     return best
 
 
+cdef inline void tlb_write(tlb_t *t, uint64_t base, uint64_t pos, uint64_t tag, uint64_t ctx,
+                           uint64_t frame, uint32_t attrs, uint64_t now) noexcept nogil:
+    """Overwrite way ``pos`` (of the set starting at ``base``) with a new entry, as a fill."""
+    t.evictions += t.tag[pos] != 0
+    t.tag[pos] = tag
+    t.ctx[pos] = ctx
+    t.frame[pos] = frame
+    t.attrs[pos] = attrs
+    t.fills += 1
+    if t.policy == POLICY_PLRU:
+        t.stamp[pos] = 0   # the touch sets it and clears the others when the set is full
+        tlb_plru_touch(t.stamp, base, pos, t.ways)
+    elif t.policy != POLICY_RANDOM:
+        t.stamp[pos] = now
+
+
+cdef inline void tlb_store(tlb_t *t, uint64_t base, uint64_t tag, uint64_t ctx, uint64_t frame,
+                           uint32_t attrs, uint64_t now) noexcept nogil:
+    """Write an entry with ``tag`` into the set starting at ``base``, over the policy's victim.
+
+    ``tlb_fill`` once the size and the set are known.  A run loop over LRU or
+    FIFO structures can call ``tlb_write(t, base, tlb_oldest_way(...), ...)``
+    directly: the compiler inlines that where it would not inline this.
+    """
+    tlb_write(t, base, tlb_victim(t, base), tag, ctx, frame, attrs, now)
+
+
 cdef inline void tlb_fill(tlb_t *t, uint64_t va, uint8_t code, uint64_t ctx, uint64_t frame,
                           uint32_t attrs, uint64_t now) noexcept nogil:
     """Cache a translation of ``va`` covering a region of size ``code`` starting at ``frame``.
@@ -208,28 +312,14 @@ cdef inline void tlb_fill(tlb_t *t, uint64_t va, uint8_t code, uint64_t ctx, uin
     smaller piece is cached; when it holds nothing small enough, nothing is.
     """
     cdef int use = tlb_code_for(t, code)
-    cdef uint64_t vpn, base, pos, sub
+    cdef uint64_t vpn
     if use < 0:
         return
     if use != code:
         # frame of the start of the smaller piece that contains va
-        sub = (va & ((<uint64_t>1 << t.shift[code]) - 1)) >> t.shift[use]
-        frame += sub << (t.shift[use] - 12)
+        frame += ((va & ((<uint64_t>1 << t.shift[code]) - 1)) >> t.shift[use]) << (t.shift[use] - 12)
     vpn = (va >> t.shift[use]) & VPN_MASK
-    base = tlb_set_base(t, vpn)
-    pos = tlb_victim(t, base)
-    if t.tag[pos] != 0:
-        t.evictions += 1
-    t.tag[pos] = TAG_VALID | (<uint64_t>use << TAG_SIZE_SHIFT) | vpn
-    t.ctx[pos] = ctx
-    t.frame[pos] = frame
-    t.attrs[pos] = attrs
-    t.fills += 1
-    if t.policy == POLICY_PLRU:
-        t.stamp[pos] = 0   # tlb_touch sets it and clears the others when the set is full
-        tlb_touch(t, base, pos, now)
-    elif t.policy != POLICY_RANDOM:
-        t.stamp[pos] = now
+    tlb_store(t, tlb_set_base(t, vpn), tlb_want_tag(<uint8_t>use, vpn), ctx, frame, attrs, now)
 
 
 cdef inline void tlb_drop(tlb_t *t, uint64_t pos) noexcept nogil:
@@ -298,4 +388,10 @@ cdef class TLB:
     cdef tlb_t c
     cdef object _tag, _ctx, _frame, _attrs, _stamp   # the numpy arrays behind c
     cdef readonly str name
-    cdef readonly uint64_t clock                      # for the per-access API
+    cdef readonly uint64_t clock                      # next ``now`` of the per-access API (starts at 1)
+    cdef readonly str kind                            # "tlb", "psc" (paging-structure cache) or "ntlb" (nested)
+    cdef readonly uint64_t seed                       # initial xorshift64 state (POLICY_RANDOM)
+
+    cdef uint64_t _tick(self) noexcept
+    cdef uint64_t _by_kind(self, int tlb_how, int psc_how, int ntlb_how, uint32_t pcid, uint32_t vpid,
+                           uint32_t eptag, uint64_t va) noexcept

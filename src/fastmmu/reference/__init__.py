@@ -1,0 +1,1 @@
+"""Pure-Python twins of the compiled core, written for reading and for differential tests."""
