@@ -257,6 +257,12 @@ def _held_shift(tlb: TLB, name: str) -> int:
     return tlb.region_shift if name == "region" else SIZE_SHIFTS.get(name, -1)
 
 
+def _held_size(tlb: TLB, page_size: int) -> str | None:
+    """The size a structure caches a page of ``page_size`` as: the largest it holds that fits (tlb_code_for)."""
+    fitting = [name for name in tlb.sizes if 1 << SIZE_SHIFTS[name] <= page_size]
+    return max(fitting, key=SIZE_SHIFTS.__getitem__) if fitting else None
+
+
 class _Caches:
     """The caches one walk uses (docs/core-semantics.md, "How a walk uses them").
 
@@ -393,10 +399,11 @@ class _Translation:
         caches = self.caches
         for level, frame, attrs in self.psc_fills:  # from the top level down
             caches.fill(caches.psc[level], va, "region", frame, attrs, caches.ctx)
-        pages = set()
-        for gpa, frame, size, attrs in self.nested_fills:  # in walk order, once per EPT page
-            if (frame, size) not in pages:
-                pages.add((frame, size))
+        regions = set()
+        for gpa, frame, size, attrs in self.nested_fills:  # in walk order, once per region cached
+            held = _held_size(caches.nested, size)
+            if held is not None and (held, gpa >> SIZE_SHIFTS[held]) not in regions:
+                regions.add((held, gpa >> SIZE_SHIFTS[held]))
                 caches.fill(caches.nested, gpa, PAGE_SIZE_NAMES[size], frame, attrs, caches.nested_ctx)
 
 
