@@ -1,0 +1,910 @@
+# cython: language_level=3
+"""Page walkers: x86-64 paging, EPT and the two-dimensional (nested) walk.
+
+This file is the C-level contract of ``fastmmu._core.paging`` and holds the
+hot kernels themselves, ``cdef inline ... noexcept nogil``, so that the batch
+run loop (``pyx/mmu.pyx``) compiles them in place.  The rules are those of
+``docs/core-semantics.md``, to the letter: the pure-Python reference model
+implements the same document and the two are compared step by step.
+
+How a walk is organised:
+
+* Every entry is read with ``mem_read`` (safe for any address: frames beyond
+  memory or without content read as zeros) and checked for presence and
+  reserved bits before anything derived from it is used.
+* Nothing is written while walking.  A/D updates, paging-structure-cache
+  fills and nested-TLB fills are collected in a ``walk_pending_t`` and
+  committed only when the whole translation succeeds.  Entries whose flags
+  are already set are not recorded: one combined test per entry sends the
+  rare cases (not present, reserved bit, A clear) to a cold helper, so the
+  steady state costs nothing.
+* The walks are independent of each other, so their speed is set by how
+  many fit in the processor's out-of-order window: instructions per walk
+  count.  The hot path passes ``<no_trace_t *>NULL`` as ``trace``: the
+  fused type makes Cython compile a variant without any recording.  Each
+  walker calls the EPT translation from one place, so a caller with one call
+  site gets one flat function (GCC inlines a function called once whatever
+  its size; ../shared/limit/README.md measured 2-4x for a walker that was
+  not inlined).
+* Architectural events are data: the kernels return a status (WALK_*) and
+  fill a ``walk_t``; they never raise.
+
+Derived fields of ``paging_t`` and ``ept_t`` (reserved-bit masks, permission
+tables) are computed by ``paging_prepare`` / ``ept_prepare``: call them again
+after changing any control bit.
+"""
+
+from fastmmu._core.memory cimport mem_entry_index, mem_read, mem_t
+from fastmmu._core.tlb cimport tlb_code_for, tlb_drop, tlb_fill, tlb_hit_t, tlb_lookup, tlb_t
+from fastmmu._core.types cimport (
+    ACC_FETCH,
+    ACC_IMPLICIT,
+    ACC_USER,
+    ACC_VALID_MASK,
+    ACC_WRITE,
+    ADDR_MASK,
+    EPT_A,
+    EPT_D,
+    EPT_MEMTYPE_SHIFT,
+    EPT_PS,
+    EPT_RWX,
+    EPT_W,
+    PAGE_SHIFT,
+    PTE_A,
+    PTE_D,
+    PTE_G,
+    PTE_NX,
+    PTE_P,
+    PTE_PKEY_SHIFT,
+    PTE_PS,
+    PTE_RW,
+    PTE_US,
+    gpa_t,
+    gva_t,
+    hpa_t,
+    int64_t,
+    pte_t,
+    uint8_t,
+    uint16_t,
+    uint32_t,
+    uint64_t,
+)
+
+# -- constants (the same values as fastmmu.arch; a test checks that they agree) --------
+
+cdef enum WalkStatus:
+    WALK_OK = 0
+    WALK_PAGE_FAULT = 1
+    WALK_GP = 2                  # non-canonical linear address: #GP, no reference made
+    WALK_EPT_VIOLATION = 3
+    WALK_EPT_MISCONFIG = 4
+    WALK_TRAP = 5                # set by the run loop only (trapped host frame)
+
+# Rights cached with a translation: the TLB's attrs (docs/core-semantics.md).
+cdef enum:
+    ATTR_W = 1 << 0              # writable: R/W=1 at every level
+    ATTR_U = 1 << 1              # user-mode address: U/S=1 at every level
+    ATTR_XD = 1 << 2             # execute-disable (EFER.NXE and XD=1 at some level)
+    ATTR_D = 1 << 3              # the leaf's dirty flag is set
+    ATTR_G = 1 << 4              # global: G=1 in the leaf and CR4.PGE
+    ATTR_RIGHTS = 7              # W | U | XD: what check_access looks at, besides the key
+    ATTR_PKEY_SHIFT = 8          # bits 11:8: protection key of the leaf
+    ATTR_PKEY_MASK = 0xF00
+    ATTR_EPT_SHIFT = 16          # bits 18:16: EPT R, W, X of the final guest-physical address
+    ATTR_EPT_R = 1 << 16
+    ATTR_EPT_W = 1 << 17
+    ATTR_EPT_X = 1 << 18
+    ATTR_EPT_D = 1 << 19         # the EPT leaf's dirty flag is set (or EPT A/D is off)
+    ATTR_MEMTYPE_SHIFT = 20      # bits 22:20: EPT memory type of the final GPA's leaf (0 natively)
+
+# Page-fault error code (SDM Vol. 3A, 4.7).
+cdef enum:
+    PFERR_P = 1 << 0
+    PFERR_W = 1 << 1
+    PFERR_U = 1 << 2
+    PFERR_RSVD = 1 << 3
+    PFERR_ID = 1 << 4
+    PFERR_PK = 1 << 5
+
+# EPT-violation exit qualification (SDM Vol. 3C, Table 28-7).
+cdef enum:
+    EQ_READ = 1 << 0
+    EQ_WRITE = 1 << 1
+    EQ_FETCH = 1 << 2
+    EQ_RIGHTS_SHIFT = 3          # bits 5:3: R, W, X of the translation so far
+    EQ_GLA_VALID = 1 << 7
+    EQ_FINAL = 1 << 8            # the final guest-physical address (0: a guest paging-structure entry)
+    EQ_GLA_USER = 1 << 9         # advanced information, with EQ_FINAL: the guest rights
+    EQ_GLA_WRITABLE = 1 << 10
+    EQ_GLA_XD = 1 << 11
+
+# Which dimension a traced reference belongs to.
+cdef enum:
+    REF_GUEST = 0                # x86 paging (native tables or the guest's)
+    REF_EPT = 1
+
+cdef enum:
+    MAX_LEVELS = 5
+    TRACE_CAPACITY = 40          # a 5/5 walk makes at most 35 references
+    MAX_EPT_RECORDS = 40         # EPT flag records: 6 translations x (5 A + 1 D) at most
+    MAX_NESTED_FILLS = 6         # EPT translations in one 2D walk: 5 guest entries + the final GPA
+
+# Memory types 2, 3 and 7 are reserved in an EPT leaf (SDM 29.3.3.1).
+cdef enum:
+    EPT_BAD_MEMTYPES = (1 << 2) | (1 << 3) | (1 << 7)
+
+
+# -- state -----------------------------------------------------------------------------
+
+ctypedef struct paging_t:
+    hpa_t root                   # top-level table: host-physical natively, guest-physical nested
+    uint32_t pcid                # CR3[11:0] when CR4.PCIDE, else 0
+    uint32_t pkru
+    uint8_t levels               # 4, or 5 with LA57
+    uint8_t wp                   # CR0.WP
+    uint8_t nxe                  # EFER.NXE
+    uint8_t pge                  # CR4.PGE
+    uint8_t smep                 # CR4.SMEP
+    uint8_t smap                 # CR4.SMAP
+    uint8_t pke                  # CR4.PKE
+    uint8_t ac                   # EFLAGS.AC
+    uint8_t maxphyaddr
+    # Derived by paging_prepare:
+    uint8_t canonical_shift      # 47 (4 levels) or 56 (5 levels): bits above must copy this one
+    uint64_t rsvd[6][2]          # [level][PS bit]: reserved bits of a present entry (4.5)
+    uint64_t check[6][2]         # [level][PS bit]: rsvd | P | A: the fast test's mask
+    uint64_t leaf_mask[6]        # [level]: an entry ends the walk iff entry & leaf_mask != 0
+    uint8_t access_error[16][8]  # [access][W|U|XD]: error code of a denial, 0 = allowed (no PK)
+    uint16_t pk_deny[16]         # [access]: bit k set = protection key k denies it (0: PKE off, fetch)
+    uint8_t fault_bits[16]       # [access]: the W, U and I/D bits of its page-fault error codes
+
+
+ctypedef struct ept_t:
+    hpa_t root                   # host-physical address of the top EPT table
+    uint32_t eptag               # names this EPT in translation caches (EP4TA)
+    uint8_t levels               # 4 or 5
+    uint8_t ad                   # EPTP bit 6: accessed and dirty flags
+    uint8_t execute_only         # execute-only translations allowed
+    uint8_t advanced_exit_info   # exit-qualification bits 11:9 reported
+    uint8_t maxphyaddr
+    # Derived by ept_prepare:
+    uint8_t width                # 12 + 9 * levels: guest-physical bits the EPT translates
+    uint8_t odd_xwr              # bit (entry & 7) set: not present (0) or a misconfigured R/W/X
+    uint64_t a_bit               # EPT_A with A/D on, else 0
+    uint32_t pt_need             # EPT right a guest paging-structure access needs: R, or W with ad
+    uint32_t pt_qual             # its exit-qualification access bits: read, or read|write with ad
+    uint64_t rsvd[6][2]          # [level][bit 7]: reserved bits of a present entry (29.3.3.1)
+    uint64_t check[6][2]         # [level][bit 7]: rsvd | a_bit: the fast test's mask
+    uint64_t leaf_mask[6]        # [level]: an entry maps a page iff entry & leaf_mask != 0
+
+
+ctypedef struct walk_t:
+    uint8_t status               # WALK_*
+    uint8_t page_shift           # 12, 21 or 30 (OK only)
+    uint8_t is_global            # CR4.PGE and G in the leaf (OK only)
+    uint8_t pkey                 # protection key of the leaf (OK only)
+    uint8_t memtype              # EPT memory type of the final translation (OK only; 0 natively)
+    uint32_t error_code          # page fault: the error code
+    uint32_t attrs               # OK: ATTR_* as the TLB caches them
+    uint32_t refs                # memory references made, both dimensions
+    hpa_t host_address           # OK: the translation
+    gpa_t guest_physical_address # OK: the final GPA (nested), the input GPA (EPT alone), 0 natively
+    uint64_t fault_address       # page fault and #GP: the linear address; EPT faults: the exact GPA
+    uint64_t exit_qualification  # EPT violation only
+    gva_t guest_linear_address   # the linear address translated (0 for a guest-physical access)
+
+
+ctypedef struct walk_counts_t:
+    uint32_t guest_refs[6]       # x86-dimension references by level 1..5 (index 0 unused)
+    uint32_t ept_refs[6]         # EPT-dimension references by level 1..5
+
+
+ctypedef struct walk_ref_t:      # one reference, for the teaching view
+    hpa_t address                # host-physical address read
+    pte_t value                  # the entry as read (before any A/D update)
+    uint8_t dimension            # REF_GUEST or REF_EPT
+    uint8_t level                # 1 (PT) .. 5 (PML5)
+
+
+ctypedef struct walk_trace_t:    # what a walk records for tests and ``fastmmu explain``
+    walk_counts_t counts         # references per dimension and level
+    uint32_t count               # references listed in ``refs``
+    walk_ref_t refs[TRACE_CAPACITY]
+
+
+ctypedef struct no_trace_t:      # the hot path records nothing: pass <no_trace_t *>NULL
+    uint8_t unused
+
+ctypedef fused trace_kind:       # selects, at compile time, a kernel that records or not
+    walk_trace_t
+    no_trace_t
+
+
+ctypedef struct walk_caches_t:
+    tlb_t *psc[6]                # paging-structure caches by level: [2] PDE, [3] PDPTE, [4] PML4E,
+                                 # [5] PML5E; NULL = none ([0], [1] unused)
+    tlb_t *nested                # nested TLB, guest-physical -> host-physical; NULL = none
+    uint64_t ctx                 # ctx of paging-structure-cache lookups and fills: PCID, VPID, EPT tag
+    uint64_t nested_ctx          # ctx of nested-TLB lookups and fills: EPT tag only
+    uint64_t now                 # run loop: the stamp of every lookup and fill (the access number)
+    uint8_t tick                 # 1: per-access API semantics (TLB.lookup/fill): each lookup and
+                                 # fill takes its structure's clock below and advances it
+    uint64_t psc_clock[6]        # with tick: each paging-structure cache's next stamp
+    uint64_t nested_clock        # with tick: the nested TLB's next stamp
+
+
+ctypedef struct ept_xlate_t:     # one guest-physical -> host-physical translation
+    hpa_t hpa
+    uint32_t rights              # R/W/X ANDed over the entries used (exit qualification 5:3)
+    uint32_t refs                # references it made
+    uint8_t shift                # page shift of the EPT page (of the nested-TLB entry on a hit)
+    uint8_t memtype
+    uint8_t dirty                # the leaf's D is set once the walk commits (or A/D is off)
+
+
+ctypedef struct walk_pending_t:  # what a walk will write and fill if it succeeds
+    uint32_t n_guest             # x86 entry flag updates
+    uint64_t guest_pos[MAX_LEVELS]     # index in mem.entries
+    uint64_t guest_bits[MAX_LEVELS]    # PTE_A / PTE_D to set
+    gpa_t guest_gpa[MAX_LEVELS]        # the entry's address in its table's space
+    uint32_t guest_rights[MAX_LEVELS]  # EPT rights of that address (EPT_RWX natively)
+    uint32_t n_ept               # EPT entry flag updates
+    uint64_t ept_pos[MAX_EPT_RECORDS]
+    uint64_t ept_bits[MAX_EPT_RECORDS]
+    uint32_t n_fills             # nested-TLB fills (EPT translations that were walked)
+    gpa_t fill_gpa[MAX_NESTED_FILLS]
+    uint64_t fill_frame[MAX_NESTED_FILLS]   # host frame where the EPT page starts
+    uint32_t fill_attrs[MAX_NESTED_FILLS]
+    uint8_t fill_code[MAX_NESTED_FILLS]     # SIZE_4K / SIZE_2M / SIZE_1G of the EPT page
+    pte_t vals[6]                # [level]: the non-leaf entries read (paging-structure-cache fills)
+
+
+# -- Python-facing conversion (pyx/paging.pyx; checks with the GIL) -------------------
+
+cdef int paging_from_cpu(paging_t *p, object cpu, uint8_t maxphyaddr) except -1
+cdef int ept_from_config(ept_t *e, object ept, uint8_t maxphyaddr) except -1
+
+
+# -- preparation ------------------------------------------------------------------------
+
+cdef inline uint64_t _bits(int hi, int lo) noexcept nogil:
+    """Mask of bits hi..lo inclusive."""
+    return ((<uint64_t>1 << (hi + 1)) - 1) & ~((<uint64_t>1 << lo) - 1)
+
+
+cdef inline uint32_t _access_fault_bits(const paging_t *p, uint32_t access) noexcept nogil:
+    """The W, U and I/D bits of a page fault caused by ``access`` (4.7)."""
+    cdef uint32_t err = 0
+    if access & ACC_WRITE:
+        err |= PFERR_W
+    if (access & ACC_USER) and not (access & ACC_IMPLICIT):
+        err |= PFERR_U
+    if (access & ACC_FETCH) and (p.smep or p.nxe):
+        err |= PFERR_ID
+    return err
+
+
+cdef inline bint _denied_by_rights(const paging_t *p, uint32_t access, uint32_t attrs) noexcept nogil:
+    """Whether the rights W/U/XD of a translation deny ``access`` (4.6), keys aside."""
+    cdef bint user = (access & ACC_USER) and not (access & ACC_IMPLICIT)
+    cdef bint write = (access & ACC_WRITE) != 0
+    cdef bint fetch = (access & ACC_FETCH) != 0
+    cdef bint writable = (attrs & ATTR_W) != 0
+    cdef bint user_page = (attrs & ATTR_U) != 0
+    cdef bint xd = (attrs & ATTR_XD) != 0
+    if user:
+        return (not user_page) or (write and not writable) or (fetch and xd)
+    if fetch:
+        # SMEP: no supervisor fetch from a user-mode address (4.6.1).
+        return (user_page and p.smep != 0) or xd
+    # Supervisor data access.  SMAP: a user-mode address only with EFLAGS.AC, never implicitly.
+    if user_page and p.smap != 0 and not (p.ac != 0 and not (access & ACC_IMPLICIT)):
+        return 1
+    return write and p.wp != 0 and not writable
+
+
+cdef inline uint16_t _keys_denying(const paging_t *p, uint32_t access) noexcept nogil:
+    """Protection keys whose PKRU bits deny ``access`` to a user-mode address (4.6.2)."""
+    cdef uint16_t keys = 0
+    cdef int key
+    cdef bint user = (access & ACC_USER) and not (access & ACC_IMPLICIT)
+    cdef bint write = (access & ACC_WRITE) != 0
+    if not p.pke or (access & ACC_FETCH):
+        return 0
+    for key in range(16):
+        if (p.pkru >> (2 * key)) & 1:                         # AD: no data access
+            keys |= <uint16_t>(1 << key)
+        elif write and ((p.pkru >> (2 * key + 1)) & 1) and (user or p.wp != 0):   # WD
+            keys |= <uint16_t>(1 << key)
+    return keys
+
+
+cdef inline void paging_prepare(paging_t *p) noexcept nogil:
+    """Derive the masks and permission tables from the control bits of ``p``."""
+    cdef uint64_t base = _bits(51, p.maxphyaddr) if p.maxphyaddr < 52 else 0
+    cdef uint32_t access, rights
+    cdef int level, ps
+    if not p.nxe:
+        base |= PTE_NX                                        # XD is reserved without NXE
+    p.canonical_shift = 56 if p.levels == 5 else 47
+    for level in range(6):
+        p.rsvd[level][0] = base
+        p.rsvd[level][1] = base
+        p.leaf_mask[level] = 0
+    p.rsvd[2][1] = base | _bits(20, 13)                       # 2 MiB page
+    p.rsvd[3][1] = base | _bits(29, 13)                       # 1 GiB page
+    p.rsvd[4][1] = base | PTE_PS                              # PS is reserved in a PML4E ...
+    p.rsvd[5][1] = base | PTE_PS                              # ... and in a PML5E
+    for level in range(6):
+        for ps in range(2):
+            p.check[level][ps] = p.rsvd[level][ps] | PTE_P | PTE_A
+    p.leaf_mask[1] = ~(<uint64_t>0)                           # a PTE always maps a page
+    p.leaf_mask[2] = PTE_PS
+    p.leaf_mask[3] = PTE_PS
+    for access in range(16):
+        p.fault_bits[access] = <uint8_t>_access_fault_bits(p, access)
+        p.pk_deny[access] = _keys_denying(p, access)
+        for rights in range(8):
+            if _denied_by_rights(p, access, rights):
+                p.access_error[access][rights] = <uint8_t>(PFERR_P | p.fault_bits[access])
+            else:
+                p.access_error[access][rights] = 0
+
+
+cdef inline void ept_prepare(ept_t *e) noexcept nogil:
+    """Derive the masks of ``e`` from its configuration."""
+    cdef uint64_t base = _bits(51, e.maxphyaddr) if e.maxphyaddr < 52 else 0
+    cdef int level, ps
+    e.width = <uint8_t>(PAGE_SHIFT + 9 * e.levels)
+    # Not present (0); W without R (2, 6); X without R (4) unless execute-only is supported.
+    e.odd_xwr = <uint8_t>((1 << 0) | (1 << 2) | (1 << 6) | (0 if e.execute_only else (1 << 4)))
+    e.a_bit = EPT_A if e.ad else 0
+    e.pt_need = EPT_W if e.ad else 1
+    e.pt_qual = (EQ_READ | EQ_WRITE) if e.ad else EQ_READ
+    for level in range(6):
+        e.rsvd[level][0] = base
+        e.rsvd[level][1] = base
+        e.leaf_mask[level] = 0
+    e.rsvd[4][0] = base | _bits(7, 3)                         # bits 7:3 of a PML4E ...
+    e.rsvd[4][1] = base | _bits(7, 3)
+    e.rsvd[5][0] = base | _bits(7, 3)                         # ... and of a PML5E
+    e.rsvd[5][1] = base | _bits(7, 3)
+    e.rsvd[2][0] = base | _bits(6, 3)                         # non-leaf PDE / PDPTE
+    e.rsvd[3][0] = base | _bits(6, 3)
+    e.rsvd[2][1] = base | _bits(20, 12)                       # 2 MiB page
+    e.rsvd[3][1] = base | _bits(29, 12)                       # 1 GiB page
+    for level in range(6):
+        for ps in range(2):
+            e.check[level][ps] = e.rsvd[level][ps] | e.a_bit
+    e.leaf_mask[1] = ~(<uint64_t>0)
+    e.leaf_mask[2] = EPT_PS
+    e.leaf_mask[3] = EPT_PS
+
+
+cdef inline void walk_caches_init(walk_caches_t *c) noexcept nogil:
+    """No caches at all (then fill in the ones in use and the ctx words)."""
+    cdef int level
+    for level in range(6):
+        c.psc[level] = NULL
+        c.psc_clock[level] = 0
+    c.nested = NULL
+    c.ctx = 0
+    c.nested_ctx = 0
+    c.now = 0
+    c.tick = 0
+    c.nested_clock = 0
+
+
+# -- the permission check (TLB hits and the end of every walk) ------------------------
+
+cdef inline uint32_t check_access(uint32_t attrs, uint32_t access, const paging_t *p) noexcept nogil:
+    """Page-fault error code with which the translation ``attrs`` denies ``access``; 0 = allowed.
+
+    One function for TLB hits and walks, so the two can never disagree (4.6).
+    """
+    cdef uint32_t kind = access & ACC_VALID_MASK
+    cdef uint32_t err = p.access_error[kind][attrs & ATTR_RIGHTS]
+    if (attrs & ATTR_U) and ((p.pk_deny[kind] >> ((attrs >> ATTR_PKEY_SHIFT) & 15)) & 1):
+        err |= PFERR_P | PFERR_PK | p.fault_bits[kind]
+    return err
+
+
+cdef inline uint32_t ept_access_need(uint32_t access) noexcept nogil:
+    """EPT right an access needs, which is also its exit-qualification bit: R, W or X."""
+    return <uint32_t>1 << (access & (ACC_WRITE | ACC_FETCH))
+
+
+cdef inline uint64_t ept_qualification(const ept_t *ept, uint32_t access_bits, uint32_t rights,
+                                       bint has_linear, bint final, uint32_t guest_attrs) noexcept nogil:
+    """Exit qualification of an EPT violation (Table 28-7)."""
+    cdef uint64_t q = access_bits | (rights << EQ_RIGHTS_SHIFT)
+    if has_linear:
+        q |= EQ_GLA_VALID
+        if final:
+            q |= EQ_FINAL
+            if ept.advanced_exit_info:
+                q |= ((EQ_GLA_USER if guest_attrs & ATTR_U else 0)
+                      | (EQ_GLA_WRITABLE if guest_attrs & ATTR_W else 0)
+                      | (EQ_GLA_XD if guest_attrs & ATTR_XD else 0))
+    return q
+
+
+cdef inline uint32_t ept_attrs(const ept_xlate_t *x) noexcept nogil:
+    """The EPT part of attrs (bits 22:16) of translation ``x``: also a nested-TLB entry's attrs."""
+    return ((x.rights << ATTR_EPT_SHIFT) | (ATTR_EPT_D if x.dirty else 0)
+            | (<uint32_t>x.memtype << ATTR_MEMTYPE_SHIFT))
+
+
+# -- recording, results, commit (shared by the walkers) ----------------------------------
+
+cdef inline void _trace_add(walk_trace_t *trace, uint8_t dimension, int level, hpa_t address,
+                            pte_t value) noexcept nogil:
+    cdef walk_ref_t *r
+    if dimension == REF_EPT:
+        trace.counts.ept_refs[level] += 1
+    else:
+        trace.counts.guest_refs[level] += 1
+    if trace.count < TRACE_CAPACITY:
+        r = &trace.refs[trace.count]
+        r.address = address
+        r.value = value
+        r.dimension = dimension
+        r.level = <uint8_t>level
+        trace.count += 1
+
+
+cdef inline void walk_trace_clear(walk_trace_t *trace) noexcept nogil:
+    cdef int level
+    for level in range(6):
+        trace.counts.guest_refs[level] = 0
+        trace.counts.ept_refs[level] = 0
+    trace.count = 0
+
+
+cdef inline int _finish_fault(walk_t *out, int status, uint64_t fault_address, uint32_t error_code,
+                              uint64_t qualification, uint32_t refs) noexcept nogil:
+    out.status = <uint8_t>status
+    out.page_shift = 0
+    out.is_global = 0
+    out.pkey = 0
+    out.memtype = 0
+    out.error_code = error_code
+    out.attrs = 0
+    out.refs = refs
+    out.host_address = 0
+    out.guest_physical_address = 0
+    out.fault_address = fault_address
+    out.exit_qualification = qualification
+    return status
+
+
+cdef inline uint64_t _stamp(walk_caches_t *c, uint64_t *clock) noexcept nogil:
+    """Replacement stamp of one lookup or fill: ``now``, or (tick) the structure's clock, advanced."""
+    if c.tick:
+        clock[0] += 1
+        return clock[0] - 1
+    return c.now
+
+
+cdef inline void _record_guest_flags(walk_pending_t *pend, uint64_t pos, uint64_t bits, gpa_t gpa,
+                                     uint32_t rights) noexcept nogil:
+    if pend.n_guest < MAX_LEVELS:
+        pend.guest_pos[pend.n_guest] = pos
+        pend.guest_bits[pend.n_guest] = bits
+        pend.guest_gpa[pend.n_guest] = gpa
+        pend.guest_rights[pend.n_guest] = rights
+        pend.n_guest += 1
+
+
+cdef inline void _record_ept_flags(walk_pending_t *pend, uint64_t pos, uint64_t bits) noexcept nogil:
+    if pend.n_ept < MAX_EPT_RECORDS:
+        pend.ept_pos[pend.n_ept] = pos
+        pend.ept_bits[pend.n_ept] = bits
+        pend.n_ept += 1
+
+
+cdef inline void _commit(mem_t *m, gva_t va, walk_caches_t *caches, walk_pending_t *pend, int start,
+                         int leaf_level, uint64_t allow, uint64_t xd) noexcept nogil:
+    """The access succeeded: set the recorded flags, then fill the caches (docs: fills).
+
+    ``allow``/``xd`` are the rights the walk started from (a paging-structure
+    cache hit's), from which each cached level's rights are rebuilt.
+    """
+    cdef uint32_t i, j
+    cdef int level, held
+    cdef bint seen
+    cdef tlb_t *ntlb = caches.nested if caches != NULL else NULL
+    for i in range(pend.n_guest):
+        m.entries[pend.guest_pos[i]] |= pend.guest_bits[i]
+    for i in range(pend.n_ept):
+        m.entries[pend.ept_pos[i]] |= pend.ept_bits[i]
+    if caches == NULL:
+        return
+    # Paging-structure caches, top level down: the non-leaf entries this walk read.
+    for level in range(start, leaf_level, -1):
+        allow &= pend.vals[level]
+        xd |= pend.vals[level]
+        if caches.psc[level] != NULL:
+            tlb_fill(caches.psc[level], va, caches.psc[level].codes[0], caches.ctx,
+                     (pend.vals[level] & ADDR_MASK) >> PAGE_SHIFT,
+                     (<uint32_t>(allow >> 1) & (ATTR_W | ATTR_U)) | (ATTR_XD if xd & PTE_NX else 0),
+                     _stamp(caches, &caches.psc_clock[level]))
+    # Nested TLB: the EPT translations walked, in order, at most once per region it holds (the
+    # size it would cache, tlb_code_for, and the address bits above it); none it cannot hold.
+    if ntlb != NULL:
+        for i in range(pend.n_fills):
+            held = tlb_code_for(ntlb, pend.fill_code[i])
+            if held < 0:
+                continue
+            seen = 0
+            for j in range(i):
+                if (tlb_code_for(ntlb, pend.fill_code[j]) == held
+                        and (pend.fill_gpa[j] >> ntlb.shift[held]) == (pend.fill_gpa[i] >> ntlb.shift[held])):
+                    seen = 1
+            if not seen:
+                tlb_fill(ntlb, pend.fill_gpa[i], pend.fill_code[i], caches.nested_ctx, pend.fill_frame[i],
+                         pend.fill_attrs[i], _stamp(caches, &caches.nested_clock))
+
+
+# -- EPT (29.3) -------------------------------------------------------------------------
+
+cdef inline int _ept_entry_attention(const ept_t *ept, pte_t e, int level, uint64_t pos,
+                                     walk_pending_t *pend) noexcept nogil:
+    """An EPT entry the fast test flagged: its status, or WALK_OK once its A flag is recorded."""
+    if (e & EPT_RWX) == 0:
+        return WALK_EPT_VIOLATION                              # not present (29.3.2)
+    if ((ept.odd_xwr >> (e & EPT_RWX)) & 1) or (e & ept.rsvd[level][(e >> 7) & 1]):
+        return WALK_EPT_MISCONFIG                              # 29.3.3.1
+    _record_ept_flags(pend, pos, EPT_A)                        # A clear with A/D on (29.3.5)
+    return WALK_OK
+
+
+cdef inline int _ept_walk(mem_t *m, const ept_t *ept, gpa_t gpa, uint32_t need, ept_xlate_t *x,
+                          walk_pending_t *pend, trace_kind *trace) noexcept nogil:
+    """Walk the EPT for ``gpa`` (within its width), for an access needing the right ``need``.
+
+    Returns WALK_OK, WALK_EPT_VIOLATION or WALK_EPT_MISCONFIG; ``x.rights``
+    is the AND of R/W/X over the entries read (0 after a not-present entry).
+    """
+    cdef int level = ept.levels, status
+    cdef int shift = PAGE_SHIFT + 9 * (level - 1)
+    cdef uint64_t table = ept.root, host_addr, e, offset_mask
+    cdef uint32_t rights = <uint32_t>EPT_RWX, refs = 0
+    while True:
+        host_addr = table | (((gpa >> shift) & 511) << 3)
+        e = mem_read(m, host_addr)
+        refs += 1
+        if trace_kind is walk_trace_t:
+            _trace_add(trace, REF_EPT, level, host_addr, e)
+        if ((ept.odd_xwr >> (e & EPT_RWX)) & 1) or ((e ^ ept.a_bit) & ept.check[level][(e >> 7) & 1]):
+            status = _ept_entry_attention(ept, e, level, mem_entry_index(m, host_addr), pend)
+            if status != WALK_OK:
+                x.refs = refs
+                x.rights = 0 if status == WALK_EPT_VIOLATION else rights & <uint32_t>(e & EPT_RWX)
+                return status
+        rights &= <uint32_t>(e & EPT_RWX)
+        if e & ept.leaf_mask[level]:
+            break
+        table = e & ADDR_MASK
+        level -= 1
+        shift -= 9
+    x.refs = refs
+    x.rights = rights
+    if (EPT_BAD_MEMTYPES >> ((e >> EPT_MEMTYPE_SHIFT) & 7)) & 1:
+        return WALK_EPT_MISCONFIG                              # reserved memory type in the leaf
+    if (rights & need) == 0:
+        return WALK_EPT_VIOLATION                              # 29.3.3.2
+    x.dirty = 1
+    if ept.ad:
+        x.dirty = (e & EPT_D) != 0 or (need & EPT_W) != 0
+        if (need & EPT_W) and not (e & EPT_D):                 # dirty the leaf on a write (29.3.5)
+            _record_ept_flags(pend, mem_entry_index(m, host_addr), EPT_D)
+    offset_mask = (<uint64_t>1 << shift) - 1
+    x.hpa = (e & ADDR_MASK & ~offset_mask) | (gpa & offset_mask)
+    x.shift = <uint8_t>shift
+    x.memtype = <uint8_t>((e >> EPT_MEMTYPE_SHIFT) & 7)
+    return WALK_OK
+
+
+cdef inline bint _nested_tlb_hit(walk_caches_t *caches, gpa_t gpa, uint32_t need,
+                                 ept_xlate_t *x) noexcept nogil:
+    """A nested-TLB entry that allows the access (else none, and one that does not is dropped)."""
+    cdef tlb_hit_t hit
+    cdef tlb_t *ntlb = caches.nested
+    cdef uint32_t rights
+    cdef uint64_t piece_mask
+    if not tlb_lookup(ntlb, gpa, caches.nested_ctx, _stamp(caches, &caches.nested_clock), &hit):
+        return 0
+    rights = (hit.attrs >> ATTR_EPT_SHIFT) & <uint32_t>EPT_RWX
+    if (rights & need) and ((need & EPT_W) == 0 or (hit.attrs & ATTR_EPT_D)):
+        # The EPT page size is the size of the entry that hit (docs: nested TLB entry).
+        piece_mask = (<uint64_t>1 << ntlb.shift[hit.code]) - 1
+        x.hpa = (hit.frame << PAGE_SHIFT) + (gpa & piece_mask)
+        x.rights = rights
+        x.refs = 0
+        x.shift = ntlb.shift[hit.code]
+        x.memtype = <uint8_t>((hit.attrs >> ATTR_MEMTYPE_SHIFT) & 7)
+        x.dirty = (hit.attrs & ATTR_EPT_D) != 0
+        return 1
+    tlb_drop(ntlb, hit.pos)
+    return 0
+
+
+cdef inline int ept_translate(mem_t *m, const ept_t *ept, gpa_t gpa, uint32_t need,
+                              walk_caches_t *caches, ept_xlate_t *x, walk_pending_t *pend,
+                              trace_kind *trace) noexcept nogil:
+    """One guest-physical translation: the nested TLB if an entry allows the access, else a walk.
+
+    ``need`` is the EPT right the access needs (EPT_R, EPT_W or EPT_X).  A
+    walked translation is recorded in ``pend`` for a nested-TLB fill.
+    """
+    cdef int status
+    cdef bint cached = caches != NULL and caches.nested != NULL
+    if gpa >> ept.width:                                       # before any lookup or reference
+        x.refs = 0
+        x.rights = 0
+        return WALK_EPT_VIOLATION
+    if cached and _nested_tlb_hit(caches, gpa, need, x):
+        return WALK_OK
+    status = _ept_walk(m, ept, gpa, need, x, pend, trace)
+    if cached and status == WALK_OK and pend.n_fills < MAX_NESTED_FILLS:
+        pend.fill_gpa[pend.n_fills] = gpa
+        pend.fill_frame[pend.n_fills] = (x.hpa >> x.shift) << (x.shift - PAGE_SHIFT)
+        pend.fill_attrs[pend.n_fills] = ept_attrs(x)
+        pend.fill_code[pend.n_fills] = <uint8_t>((x.shift - PAGE_SHIFT) // 9)
+        pend.n_fills += 1
+    return status
+
+
+# -- x86 paging (4.4 - 4.8) -----------------------------------------------------------
+
+cdef inline int _psc_start(const paging_t *p, gva_t va, walk_caches_t *caches, uint64_t *table,
+                           uint64_t *allow, uint64_t *xd) noexcept nogil:
+    """Paging-structure caches (4.10.3), lowest level first: the level the walk starts at."""
+    cdef tlb_hit_t hit
+    cdef int level
+    for level in range(2, p.levels + 1):
+        if caches.psc[level] != NULL and tlb_lookup(caches.psc[level], va, caches.ctx,
+                                                    _stamp(caches, &caches.psc_clock[level]), &hit):
+            table[0] = hit.frame << PAGE_SHIFT
+            allow[0] = (<uint64_t>(hit.attrs & (ATTR_W | ATTR_U))) << 1
+            xd[0] = PTE_NX if hit.attrs & ATTR_XD else 0
+            return level - 1
+    return p.levels
+
+
+cdef inline int _x86_entry_attention(const paging_t *p, pte_t e, int level, uint32_t access,
+                                     uint64_t pos, gpa_t entry_addr, uint32_t ept_rights,
+                                     walk_pending_t *pend) noexcept nogil:
+    """An entry the fast test flagged: a page-fault error code, or -1 once its A flag is recorded."""
+    if not (e & PTE_P):
+        return p.fault_bits[access & ACC_VALID_MASK]
+    if e & p.rsvd[level][(e >> 7) & 1]:
+        return PFERR_P | PFERR_RSVD | p.fault_bits[access & ACC_VALID_MASK]
+    _record_guest_flags(pend, pos, PTE_A, entry_addr, ept_rights)      # 4.8
+    return -1
+
+
+cdef inline uint32_t _x86_rights(pte_t leaf, uint64_t allow, uint64_t xd) noexcept nogil:
+    """attrs W/U/XD and the key of a translation (4.6): R/W and U/S ANDed, XD ORed over its entries."""
+    return ((<uint32_t>(allow >> 1) & (ATTR_W | ATTR_U)) | (ATTR_XD if xd & PTE_NX else 0)
+            | (<uint32_t>((leaf >> PTE_PKEY_SHIFT) & 15) << ATTR_PKEY_SHIFT))
+
+
+cdef inline uint32_t _x86_leaf_flags(const paging_t *p, pte_t leaf, uint32_t access) noexcept nogil:
+    """attrs D and G of an allowed access: D once the access commits (4.8), G with CR4.PGE."""
+    cdef uint32_t flags = 0
+    if (leaf & PTE_D) or (access & ACC_WRITE):
+        flags |= ATTR_D
+    if p.pge and (leaf & PTE_G):
+        flags |= ATTR_G
+    return flags
+
+
+cdef inline uint64_t _page_address(pte_t leaf, uint64_t address, int shift) noexcept nogil:
+    """The address a leaf maps ``address`` to: its frame bits above the page offset, plus the offset."""
+    cdef uint64_t offset_mask = (<uint64_t>1 << shift) - 1
+    return (leaf & ADDR_MASK & ~offset_mask) | (address & offset_mask)
+
+
+cdef inline void _record_leaf_dirty(const mem_t *m, hpa_t host_addr, gpa_t entry_addr, uint32_t ept_rights,
+                                    walk_pending_t *pend) noexcept nogil:
+    """A write through a leaf whose D flag is clear: set it on success (4.8)."""
+    cdef uint64_t pos = mem_entry_index(m, host_addr)
+    if pend.n_guest > 0 and pend.guest_pos[pend.n_guest - 1] == pos:
+        pend.guest_bits[pend.n_guest - 1] |= PTE_D              # the leaf's A is recorded already
+    else:
+        _record_guest_flags(pend, pos, PTE_D, entry_addr, ept_rights)
+
+
+cdef inline int _finish_ok(walk_t *out, const paging_t *p, pte_t leaf, uint32_t attrs, int shift,
+                           hpa_t host_address, gpa_t gpa, uint8_t memtype, uint32_t refs) noexcept nogil:
+    out.status = WALK_OK
+    out.page_shift = <uint8_t>shift
+    out.is_global = (attrs & ATTR_G) != 0
+    out.pkey = <uint8_t>((leaf >> PTE_PKEY_SHIFT) & 15)
+    out.memtype = memtype
+    out.error_code = 0
+    out.attrs = attrs
+    out.refs = refs
+    out.host_address = host_address
+    out.guest_physical_address = gpa
+    out.fault_address = 0
+    out.exit_qualification = 0
+    return WALK_OK
+
+
+cdef inline int walk_native(mem_t *m, const paging_t *p, gva_t va, uint32_t access,
+                            walk_caches_t *caches, trace_kind *trace, walk_t *out) noexcept nogil:
+    """Native translation of linear address ``va``: tables in host memory from ``p.root`` (4.5).
+
+    ``access`` is an access-kind byte (ACC_*), checked by the caller.
+    """
+    cdef walk_pending_t pend
+    cdef int level = p.levels, start, shift, err
+    cdef uint64_t table = p.root, host_addr, e
+    cdef uint64_t allow = PTE_RW | PTE_US       # ANDed over the entries: R/W and U/S
+    cdef uint64_t xd = 0                        # ORed over the entries: XD
+    cdef uint64_t start_allow, start_xd
+    cdef uint32_t refs = 0, attrs = 0
+
+    out.guest_linear_address = va
+    if <uint64_t>((<int64_t>va >> p.canonical_shift) + 1) > 1:       # canonical (3.3.7.1)
+        return _finish_fault(out, WALK_GP, va, 0, 0, 0)
+    pend.n_guest = 0
+    pend.n_ept = 0
+    pend.n_fills = 0
+    if caches != NULL:
+        level = _psc_start(p, va, caches, &table, &allow, &xd)
+    start = level
+    start_allow = allow
+    start_xd = xd
+    shift = PAGE_SHIFT + 9 * (level - 1)
+    while True:
+        host_addr = table | (((va >> shift) & 511) << 3)
+        e = mem_read(m, host_addr)
+        refs += 1
+        if trace_kind is walk_trace_t:
+            _trace_add(trace, REF_GUEST, level, host_addr, e)
+        # One test for the common case: present, no reserved bit, A already set.
+        if (e ^ (PTE_P | PTE_A)) & p.check[level][(e >> 7) & 1]:
+            err = _x86_entry_attention(p, e, level, access, mem_entry_index(m, host_addr), host_addr,
+                                       <uint32_t>EPT_RWX, &pend)
+            if err >= 0:
+                return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, refs)
+        allow &= e
+        xd |= e
+        if e & p.leaf_mask[level]:
+            break
+        pend.vals[level] = e
+        table = e & ADDR_MASK
+        level -= 1
+        shift -= 9
+    # The leaf: permission check (4.6), then the D flag of a write.
+    attrs = _x86_rights(e, allow, xd)
+    err = <int>check_access(attrs, access, p)
+    if err:
+        return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, refs)
+    if (access & ACC_WRITE) and not (e & PTE_D):
+        _record_leaf_dirty(m, host_addr, host_addr, <uint32_t>EPT_RWX, &pend)
+    attrs |= _x86_leaf_flags(p, e, access)
+    _commit(m, va, caches, &pend, start, level, start_allow, start_xd)
+    return _finish_ok(out, p, e, attrs | ATTR_EPT_R | ATTR_EPT_W | ATTR_EPT_X | ATTR_EPT_D, shift,
+                      _page_address(e, va, shift), 0, 0, refs)
+
+
+cdef inline int walk_nested(mem_t *m, const paging_t *p, const ept_t *ept, gva_t va, uint32_t access,
+                            walk_caches_t *caches, trace_kind *trace, walk_t *out) noexcept nogil:
+    """The 2D walk of guest-linear ``va``: guest tables from guest-physical ``p.root``, through ``ept``.
+
+    Each guest entry's guest-physical address is translated through the EPT
+    before the entry is read; after the guest's permission check, so is the
+    final guest-physical address (the loop's last step, ``level == 0``).
+    """
+    cdef walk_pending_t pend
+    cdef ept_xlate_t x
+    cdef int level = p.levels, start, shift, leaf_level = 1, leaf_shift = PAGE_SHIFT, err, status
+    cdef uint64_t table = p.root, gpa, e = 0, leaf = 0, pa = 0
+    cdef uint64_t allow = PTE_RW | PTE_US, xd = 0, start_allow, start_xd
+    cdef uint32_t refs = 0, attrs = 0, need = ept.pt_need, i
+
+    out.guest_linear_address = va
+    if <uint64_t>((<int64_t>va >> p.canonical_shift) + 1) > 1:       # canonical (3.3.7.1)
+        return _finish_fault(out, WALK_GP, va, 0, 0, 0)
+    pend.n_guest = 0
+    pend.n_ept = 0
+    pend.n_fills = 0
+    if caches != NULL:
+        level = _psc_start(p, va, caches, &table, &allow, &xd)
+    start = level
+    start_allow = allow
+    start_xd = xd
+    shift = PAGE_SHIFT + 9 * (level - 1)
+    gpa = table | (((va >> shift) & 511) << 3)
+    while True:
+        # Translate the guest entry's GPA, or (level 0) the final GPA.
+        status = ept_translate(m, ept, gpa, need, caches, &x, &pend, trace)
+        refs += x.refs
+        if status != WALK_OK:
+            if status == WALK_EPT_MISCONFIG:
+                return _finish_fault(out, status, gpa, 0, 0, refs)
+            if level == 0:
+                return _finish_fault(out, status, gpa, 0,
+                                     ept_qualification(ept, need, x.rights, 1, 1, attrs), refs)
+            return _finish_fault(out, status, gpa, 0,
+                                 ept_qualification(ept, ept.pt_qual, x.rights, 1, 0, 0), refs)
+        if level == 0:
+            break
+        e = mem_read(m, x.hpa)
+        refs += 1
+        if trace_kind is walk_trace_t:
+            _trace_add(trace, REF_GUEST, level, x.hpa, e)
+        if (e ^ (PTE_P | PTE_A)) & p.check[level][(e >> 7) & 1]:
+            err = _x86_entry_attention(p, e, level, access, mem_entry_index(m, x.hpa), gpa, x.rights,
+                                       &pend)
+            if err >= 0:
+                return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, refs)
+        allow &= e
+        xd |= e
+        if e & p.leaf_mask[level]:
+            # The guest leaf: permission check (4.6), then the D flag of a write.
+            attrs = _x86_rights(e, allow, xd)
+            err = <int>check_access(attrs, access, p)
+            if err:
+                return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, refs)
+            if (access & ACC_WRITE) and not (e & PTE_D):
+                _record_leaf_dirty(m, x.hpa, gpa, x.rights, &pend)
+            attrs |= _x86_leaf_flags(p, e, access)
+            pa = _page_address(e, va, shift)
+            leaf = e
+            leaf_level = level
+            leaf_shift = shift
+            gpa = pa
+            need = ept_access_need(access)
+            level = 0
+        else:
+            pend.vals[level] = e
+            level -= 1
+            shift -= 9
+            gpa = (e & ADDR_MASK) | (((va >> shift) & 511) << 3)
+    # Setting a guest A/D flag writes the guest table: it needs EPT W there (docs: 2D walk).
+    for i in range(pend.n_guest):
+        if not (pend.guest_rights[i] & EPT_W):
+            return _finish_fault(out, WALK_EPT_VIOLATION, pend.guest_gpa[i], 0,
+                                 ept_qualification(ept, EQ_WRITE, pend.guest_rights[i], 1, 0, 0), refs)
+    _commit(m, va, caches, &pend, start, leaf_level, start_allow, start_xd)
+    if x.shift < leaf_shift:
+        leaf_shift = x.shift
+    return _finish_ok(out, p, leaf, attrs | ept_attrs(&x), leaf_shift, x.hpa, pa, x.memtype, refs)
+
+
+cdef inline int walk_ept(mem_t *m, const ept_t *ept, gpa_t gpa, uint32_t access,
+                         walk_caches_t *caches, trace_kind *trace, walk_t *out) noexcept nogil:
+    """Translate a guest-physical access with no linear address (exit qualification bit 7 = 0)."""
+    cdef walk_pending_t pend
+    cdef ept_xlate_t x
+    cdef uint32_t need = ept_access_need(access)
+    cdef int status
+    pend.n_guest = 0
+    pend.n_ept = 0
+    pend.n_fills = 0
+    out.guest_linear_address = 0
+    status = ept_translate(m, ept, gpa, need, caches, &x, &pend, trace)
+    if status != WALK_OK:
+        return _finish_fault(out, status, gpa, 0,
+                             0 if status == WALK_EPT_MISCONFIG else
+                             ept_qualification(ept, need, x.rights, 0, 0, 0), x.refs)
+    _commit(m, 0, caches, &pend, 0, 0, 0, 0)
+    out.status = WALK_OK
+    out.page_shift = x.shift
+    out.is_global = 0
+    out.pkey = 0
+    out.memtype = x.memtype
+    out.error_code = 0
+    out.attrs = ept_attrs(&x)
+    out.refs = x.refs
+    out.host_address = x.hpa
+    out.guest_physical_address = gpa
+    out.fault_address = 0
+    out.exit_qualification = 0
+    return WALK_OK
