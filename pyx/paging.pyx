@@ -15,7 +15,38 @@ import numpy as np
 
 from fastmmu._core.memory cimport HostMemory
 from fastmmu._core.paging cimport (
+    ATTR_D,
+    ATTR_EPT_D,
+    ATTR_EPT_R,
+    ATTR_EPT_W,
+    ATTR_EPT_X,
+    ATTR_G,
+    ATTR_MEMTYPE_SHIFT,
+    ATTR_PKEY_SHIFT,
+    ATTR_U,
+    ATTR_W,
+    ATTR_XD,
+    EQ_FETCH,
+    EQ_FINAL,
+    EQ_GLA_USER,
+    EQ_GLA_VALID,
+    EQ_GLA_WRITABLE,
+    EQ_GLA_XD,
+    EQ_READ,
+    EQ_RIGHTS_SHIFT,
+    EQ_WRITE,
+    PFERR_ID,
+    PFERR_P,
+    PFERR_PK,
+    PFERR_RSVD,
+    PFERR_U,
+    PFERR_W,
+    WALK_EPT_MISCONFIG,
+    WALK_EPT_VIOLATION,
+    WALK_GP,
     WALK_OK,
+    WALK_PAGE_FAULT,
+    WALK_TRAP,
     ept_prepare,
     ept_t,
     no_trace_t,
@@ -403,6 +434,23 @@ def _time_walks(mem, cpu, addresses, ept=None, access=0):
                 sink ^= out.host_address
     elapsed = perf_counter_ns() - start
     return elapsed / n, refs, faults
+
+
+def _c_constants():
+    """The C-level constants of paging.pxd by name, for the test that they match fastmmu.arch."""
+    return {
+        "WALK_OK": WALK_OK, "WALK_PAGE_FAULT": WALK_PAGE_FAULT, "WALK_GP": WALK_GP,
+        "WALK_EPT_VIOLATION": WALK_EPT_VIOLATION, "WALK_EPT_MISCONFIG": WALK_EPT_MISCONFIG,
+        "WALK_TRAP": WALK_TRAP,
+        "ATTR_W": ATTR_W, "ATTR_U": ATTR_U, "ATTR_XD": ATTR_XD, "ATTR_D": ATTR_D, "ATTR_G": ATTR_G,
+        "ATTR_PKEY_SHIFT": ATTR_PKEY_SHIFT, "ATTR_EPT_R": ATTR_EPT_R, "ATTR_EPT_W": ATTR_EPT_W,
+        "ATTR_EPT_X": ATTR_EPT_X, "ATTR_EPT_D": ATTR_EPT_D, "ATTR_MEMTYPE_SHIFT": ATTR_MEMTYPE_SHIFT,
+        "PFERR_P": PFERR_P, "PFERR_W": PFERR_W, "PFERR_U": PFERR_U, "PFERR_RSVD": PFERR_RSVD,
+        "PFERR_ID": PFERR_ID, "PFERR_PK": PFERR_PK,
+        "EQ_READ": EQ_READ, "EQ_WRITE": EQ_WRITE, "EQ_FETCH": EQ_FETCH, "EQ_GLA_VALID": EQ_GLA_VALID,
+        "EQ_FINAL": EQ_FINAL, "EQ_GLA_USER": EQ_GLA_USER, "EQ_GLA_WRITABLE": EQ_GLA_WRITABLE,
+        "EQ_GLA_XD": EQ_GLA_XD, "EQ_RIGHTS_SHIFT": EQ_RIGHTS_SHIFT,
+    }
 
 
 # Whether this module was built with FASTMMU_CYTHON_DEBUG=1 (checks on).
