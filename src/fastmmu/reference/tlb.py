@@ -215,7 +215,7 @@ def check_addresses(addresses: Any) -> np.ndarray:
     return addresses
 
 
-def check_levels(levels: Any, cls: type) -> list:
+def check_levels(levels: Any, cls: type[Any]) -> list[Any]:
     """The TLB hierarchy given to ``simulate``: 1..MAX_LEVELS distinct page TLBs, level 0 first."""
     if not isinstance(levels, (list, tuple)):
         raise TypeError(f"levels: expected a list of {cls.__name__} objects, got {type(levels).__name__}")
