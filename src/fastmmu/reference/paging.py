@@ -399,12 +399,12 @@ class _Translation:
         caches = self.caches
         for level, frame, attrs in self.psc_fills:  # from the top level down
             caches.fill(caches.psc[level], va, "region", frame, attrs, caches.ctx)
-        regions = set()
+        nested, regions = caches.nested, set()
         for gpa, frame, size, attrs in self.nested_fills:  # in walk order, once per region cached
-            held = _held_size(caches.nested, size)
-            if held is not None and (held, gpa >> SIZE_SHIFTS[held]) not in regions:
+            held = None if nested is None else _held_size(nested, size)
+            if nested is not None and held is not None and (held, gpa >> SIZE_SHIFTS[held]) not in regions:
                 regions.add((held, gpa >> SIZE_SHIFTS[held]))
-                caches.fill(caches.nested, gpa, PAGE_SIZE_NAMES[size], frame, attrs, caches.nested_ctx)
+                caches.fill(nested, gpa, PAGE_SIZE_NAMES[size], frame, attrs, caches.nested_ctx)
 
 
 # -- EPT (29.3) -------------------------------------------------------------------------------
@@ -424,11 +424,11 @@ def _translate_gpa(t: _Translation, ept: EptConfig, gpa: int, need: int) -> _Ept
     if nested is not None:
         hit = t.caches.lookup(nested, gpa, t.caches.nested_ctx)
         if hit is not None:
-            rights = (hit.attrs >> ATTR_EPT_RIGHTS_SHIFT) & EPT.RWX
-            if rights & need and (not is_write or hit.attrs & Attr.EPT_D):
+            cached = int(hit.attrs >> ATTR_EPT_RIGHTS_SHIFT) & EPT.RWX
+            if cached & need and (not is_write or hit.attrs & Attr.EPT_D):
                 # The EPT page size is that of the entry that hit (a piece, if it was splintered).
                 size = 1 << SIZE_SHIFTS[PAGE_SIZE_NAMES_BY_CODE[hit.code]]
-                return _EptResult(Status.OK, hpa=(hit.frame << 12) | (gpa & (size - 1)), rights=rights,
+                return _EptResult(Status.OK, hpa=(hit.frame << 12) | (gpa & (size - 1)), rights=int(cached),
                                   page_size=size, memtype=(hit.attrs >> ATTR_MEMTYPE_SHIFT) & 7,
                                   dirty=bool(hit.attrs & Attr.EPT_D))
             # The cached rights do not allow this access: forget the entry and walk the EPT.
