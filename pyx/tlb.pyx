@@ -323,7 +323,7 @@ cdef inline void _refill(tlb_t *upper, const tlb_t *lower, const tlb_hit_t *hit,
 # (the usual TLB-geometry study, and what the benchmark measures): the page
 # number, tag and set are computed once per access, a hit is an LRU touch
 # (stamp = now), and a miss fills through tlb_oldest_way + tlb_write, which
-# the compiler inlines.  Every fill there follows a miss, so fills = misses.
+# the compiler inlines (it does not inline the general tlb_fill).
 
 cdef void _run_one_4k(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_t n, uint64_t ctx,
                       uint64_t start, uint64_t *hits) noexcept nogil:

@@ -285,11 +285,11 @@ cdef inline void tlb_write(tlb_t *t, uint64_t base, uint64_t pos, uint64_t tag, 
     t.frame[pos] = frame
     t.attrs[pos] = attrs
     t.fills += 1
-    if t.policy == POLICY_PLRU:
+    if t.policy == POLICY_LRU or t.policy == POLICY_FIFO:
+        t.stamp[pos] = now
+    elif t.policy == POLICY_PLRU:
         t.stamp[pos] = 0   # the touch sets it and clears the others when the set is full
         tlb_plru_touch(t.stamp, base, pos, t.ways)
-    elif t.policy != POLICY_RANDOM:
-        t.stamp[pos] = now
 
 
 cdef inline void tlb_store(tlb_t *t, uint64_t base, uint64_t tag, uint64_t ctx, uint64_t frame,
