@@ -152,7 +152,8 @@ ctypedef struct paging_t:
     # Derived by paging_prepare:
     uint8_t canonical_shift      # 47 (4 levels) or 56 (5 levels): bits above must copy this one
     uint64_t rsvd[6][2]          # [level][PS bit]: reserved bits of a present entry (4.5)
-    uint64_t check[6][2]         # [level][PS bit]: rsvd | P | A: the fast test's mask
+    uint64_t check[6]            # [level]: P | A | the reserved bits of any entry at that level
+    uint64_t large_rsvd[6]       # [level]: reserved bits only a large-page leaf has (2 MiB, 1 GiB)
     uint64_t leaf_mask[6]        # [level]: an entry ends the walk iff entry & leaf_mask != 0
     uint8_t access_error[16][8]  # [access][W|U|XD]: error code of a denial, 0 = allowed (no PK)
     uint16_t pk_deny[16]         # [access]: bit k set = protection key k denies it (0: PKE off, fetch)
@@ -175,7 +176,6 @@ ctypedef struct ept_t:
     uint32_t pt_qual             # its exit-qualification access bits: read, or read|write with ad
     uint64_t rsvd[6][2]          # [level][bit 7]: reserved bits of a present entry (29.3.3.1)
     uint64_t check[6][2]         # [level][bit 7]: rsvd | a_bit: the fast test's mask
-    uint64_t leaf_mask[6]        # [level]: an entry maps a page iff entry & leaf_mask != 0
 
 
 ctypedef struct walk_t:
@@ -323,7 +323,7 @@ cdef inline void paging_prepare(paging_t *p) noexcept nogil:
     """Derive the masks and permission tables from the control bits of ``p``."""
     cdef uint64_t base = _bits(51, p.maxphyaddr) if p.maxphyaddr < 52 else 0
     cdef uint32_t access, rights
-    cdef int level, ps
+    cdef int level
     if not p.nxe:
         base |= PTE_NX                                        # XD is reserved without NXE
     p.canonical_shift = 56 if p.levels == 5 else 47
@@ -336,8 +336,9 @@ cdef inline void paging_prepare(paging_t *p) noexcept nogil:
     p.rsvd[4][1] = base | PTE_PS                              # PS is reserved in a PML4E ...
     p.rsvd[5][1] = base | PTE_PS                              # ... and in a PML5E
     for level in range(6):
-        for ps in range(2):
-            p.check[level][ps] = p.rsvd[level][ps] | PTE_P | PTE_A
+        # PS is reserved at levels 4 and 5: rsvd[level][1] is then the whole story.
+        p.check[level] = (p.rsvd[level][1] if level >= 4 else p.rsvd[level][0]) | PTE_P | PTE_A
+        p.large_rsvd[level] = p.rsvd[level][1] & ~p.rsvd[level][0] if level in (2, 3) else 0
     p.leaf_mask[1] = ~(<uint64_t>0)                           # a PTE always maps a page
     p.leaf_mask[2] = PTE_PS
     p.leaf_mask[3] = PTE_PS
@@ -364,7 +365,6 @@ cdef inline void ept_prepare(ept_t *e) noexcept nogil:
     for level in range(6):
         e.rsvd[level][0] = base
         e.rsvd[level][1] = base
-        e.leaf_mask[level] = 0
     e.rsvd[4][0] = base | _bits(7, 3)                         # bits 7:3 of a PML4E ...
     e.rsvd[4][1] = base | _bits(7, 3)
     e.rsvd[5][0] = base | _bits(7, 3)                         # ... and of a PML5E
@@ -376,9 +376,6 @@ cdef inline void ept_prepare(ept_t *e) noexcept nogil:
     for level in range(6):
         for ps in range(2):
             e.check[level][ps] = e.rsvd[level][ps] | e.a_bit
-    e.leaf_mask[1] = ~(<uint64_t>0)
-    e.leaf_mask[2] = EPT_PS
-    e.leaf_mask[3] = EPT_PS
 
 
 cdef inline void walk_caches_init(walk_caches_t *c) noexcept nogil:
@@ -478,6 +475,16 @@ cdef inline int _finish_fault(walk_t *out, int status, uint64_t fault_address, u
     return status
 
 
+cdef inline uint64_t _table_entry_index(const mem_t *m, uint64_t table, uint64_t address, int shift) noexcept nogil:
+    """Index in ``m.entries`` of the entry of the 4 KiB-aligned ``table`` that translates ``address``.
+
+    The frame is looked up once (``mem_entry_index`` of the table itself, safe
+    for any address); the entry's index within it comes straight from
+    ``address``, as ``entries[(slot << 9) | index]`` lays a frame out (memory.pxd).
+    """
+    return mem_entry_index(m, table) | ((address >> shift) & 511)
+
+
 cdef inline uint64_t _stamp(walk_caches_t *c, uint64_t *clock) noexcept nogil:
     """Replacement stamp of one lookup or fill: ``now``, or (tick) the structure's clock, advanced."""
     if c.tick:
@@ -559,36 +566,73 @@ cdef inline int _ept_entry_attention(const ept_t *ept, pte_t e, int level, uint6
     return WALK_OK
 
 
+cdef inline int _ept_level(mem_t *m, const ept_t *ept, int level, uint64_t table, gpa_t gpa,
+                           uint64_t *pos, pte_t *entry, walk_pending_t *pend, trace_kind *trace) noexcept nogil:
+    """Read and check the level-``level`` EPT entry for ``gpa``: WALK_OK, or the fault it causes.
+
+    Called with a constant ``level``, so each level compiles to straight code.
+    """
+    cdef int shift = PAGE_SHIFT + 9 * (level - 1)
+    cdef pte_t e
+    pos[0] = _table_entry_index(m, table, gpa, shift)
+    e = m.entries[pos[0]]
+    entry[0] = e
+    if trace_kind is walk_trace_t:
+        _trace_add(trace, REF_EPT, level, table | (((gpa >> shift) & 511) << 3), e)
+    if ((ept.odd_xwr >> (e & EPT_RWX)) & 1) or ((e ^ ept.a_bit) & ept.check[level][(e >> 7) & 1]):
+        return _ept_entry_attention(ept, e, level, pos[0], pend)
+    return WALK_OK
+
+
+cdef inline int _ept_fail(ept_xlate_t *x, int status, uint32_t refs) noexcept nogil:
+    x.refs = refs
+    x.rights = 0          # not present: 0; a misconfiguration reports no rights
+    return status
+
+
 cdef inline int _ept_walk(mem_t *m, const ept_t *ept, gpa_t gpa, uint32_t need, ept_xlate_t *x,
                           walk_pending_t *pend, trace_kind *trace) noexcept nogil:
     """Walk the EPT for ``gpa`` (within its width), for an access needing the right ``need``.
 
     Returns WALK_OK, WALK_EPT_VIOLATION or WALK_EPT_MISCONFIG; ``x.rights``
     is the AND of R/W/X over the entries read (0 after a not-present entry).
+    Unrolled: PML5E (5-level EPT only), PML4E, then PDPTE and PDE, which may
+    map a page (PS is reserved above, 29.3.3.1).
     """
-    cdef int level = ept.levels, status
-    cdef int shift = PAGE_SHIFT + 9 * (level - 1)
-    cdef uint64_t table = ept.root, host_addr, e, offset_mask
-    cdef uint32_t rights = <uint32_t>EPT_RWX, refs = 0
-    while True:
-        host_addr = table | (((gpa >> shift) & 511) << 3)
-        e = mem_read(m, host_addr)
-        refs += 1
-        if trace_kind is walk_trace_t:
-            _trace_add(trace, REF_EPT, level, host_addr, e)
-        if ((ept.odd_xwr >> (e & EPT_RWX)) & 1) or ((e ^ ept.a_bit) & ept.check[level][(e >> 7) & 1]):
-            status = _ept_entry_attention(ept, e, level, mem_entry_index(m, host_addr), pend)
-            if status != WALK_OK:
-                x.refs = refs
-                x.rights = 0 if status == WALK_EPT_VIOLATION else rights & <uint32_t>(e & EPT_RWX)
-                return status
+    cdef int status, top = ept.levels, shift
+    cdef uint64_t table = ept.root, pos = 0, offset_mask
+    cdef pte_t e = 0
+    cdef uint32_t rights = <uint32_t>EPT_RWX
+    if top == 5:
+        status = _ept_level(m, ept, 5, table, gpa, &pos, &e, pend, trace)
+        if status != WALK_OK:
+            return _ept_fail(x, status, 1)
         rights &= <uint32_t>(e & EPT_RWX)
-        if e & ept.leaf_mask[level]:
-            break
         table = e & ADDR_MASK
-        level -= 1
-        shift -= 9
-    x.refs = refs
+    status = _ept_level(m, ept, 4, table, gpa, &pos, &e, pend, trace)
+    if status != WALK_OK:
+        return _ept_fail(x, status, top - 3)
+    rights &= <uint32_t>(e & EPT_RWX)
+    status = _ept_level(m, ept, 3, e & ADDR_MASK, gpa, &pos, &e, pend, trace)
+    if status != WALK_OK:
+        return _ept_fail(x, status, top - 2)
+    rights &= <uint32_t>(e & EPT_RWX)
+    if e & EPT_PS:
+        shift = PAGE_SHIFT + 18                                # 1 GiB page
+    else:
+        status = _ept_level(m, ept, 2, e & ADDR_MASK, gpa, &pos, &e, pend, trace)
+        if status != WALK_OK:
+            return _ept_fail(x, status, top - 1)
+        rights &= <uint32_t>(e & EPT_RWX)
+        if e & EPT_PS:
+            shift = PAGE_SHIFT + 9                             # 2 MiB page
+        else:
+            status = _ept_level(m, ept, 1, e & ADDR_MASK, gpa, &pos, &e, pend, trace)
+            if status != WALK_OK:
+                return _ept_fail(x, status, top)
+            rights &= <uint32_t>(e & EPT_RWX)
+            shift = PAGE_SHIFT
+    x.refs = top - (shift - PAGE_SHIFT) // 9
     x.rights = rights
     if (EPT_BAD_MEMTYPES >> ((e >> EPT_MEMTYPE_SHIFT) & 7)) & 1:
         return WALK_EPT_MISCONFIG                              # reserved memory type in the leaf
@@ -598,7 +642,7 @@ cdef inline int _ept_walk(mem_t *m, const ept_t *ept, gpa_t gpa, uint32_t need, 
     if ept.ad:
         x.dirty = (e & EPT_D) != 0 or (need & EPT_W) != 0
         if (need & EPT_W) and not (e & EPT_D):                 # dirty the leaf on a write (29.3.5)
-            _record_ept_flags(pend, mem_entry_index(m, host_addr), EPT_D)
+            _record_ept_flags(pend, pos, EPT_D)
     offset_mask = (<uint64_t>1 << shift) - 1
     x.hpa = (e & ADDR_MASK & ~offset_mask) | (gpa & offset_mask)
     x.shift = <uint8_t>shift
@@ -707,10 +751,9 @@ cdef inline uint64_t _page_address(pte_t leaf, uint64_t address, int shift) noex
     return (leaf & ADDR_MASK & ~offset_mask) | (address & offset_mask)
 
 
-cdef inline void _record_leaf_dirty(const mem_t *m, hpa_t host_addr, gpa_t entry_addr, uint32_t ept_rights,
+cdef inline void _record_leaf_dirty(uint64_t pos, gpa_t entry_addr, uint32_t ept_rights,
                                     walk_pending_t *pend) noexcept nogil:
-    """A write through a leaf whose D flag is clear: set it on success (4.8)."""
-    cdef uint64_t pos = mem_entry_index(m, host_addr)
+    """A write through a leaf (entry ``pos`` of mem.entries) whose D flag is clear: set it on success (4.8)."""
     if pend.n_guest > 0 and pend.guest_pos[pend.n_guest - 1] == pos:
         pend.guest_bits[pend.n_guest - 1] |= PTE_D              # the leaf's A is recorded already
     else:
@@ -742,11 +785,11 @@ cdef inline int walk_native(mem_t *m, const paging_t *p, gva_t va, uint32_t acce
     """
     cdef walk_pending_t pend
     cdef int level = p.levels, start, shift, err
-    cdef uint64_t table = p.root, host_addr, e
+    cdef uint64_t table = p.root, pos, e
     cdef uint64_t allow = PTE_RW | PTE_US       # ANDed over the entries: R/W and U/S
     cdef uint64_t xd = 0                        # ORed over the entries: XD
     cdef uint64_t start_allow, start_xd
-    cdef uint32_t refs = 0, attrs = 0
+    cdef uint32_t attrs = 0
 
     out.guest_linear_address = va
     if <uint64_t>((<int64_t>va >> p.canonical_shift) + 1) > 1:       # canonical (3.3.7.1)
@@ -761,20 +804,23 @@ cdef inline int walk_native(mem_t *m, const paging_t *p, gva_t va, uint32_t acce
     start_xd = xd
     shift = PAGE_SHIFT + 9 * (level - 1)
     while True:
-        host_addr = table | (((va >> shift) & 511) << 3)
-        e = mem_read(m, host_addr)
-        refs += 1
+        pos = _table_entry_index(m, table, va, shift)
+        e = m.entries[pos]
         if trace_kind is walk_trace_t:
-            _trace_add(trace, REF_GUEST, level, host_addr, e)
+            _trace_add(trace, REF_GUEST, level, table | (((va >> shift) & 511) << 3), e)
         # One test for the common case: present, no reserved bit, A already set.
-        if (e ^ (PTE_P | PTE_A)) & p.check[level][(e >> 7) & 1]:
-            err = _x86_entry_attention(p, e, level, access, mem_entry_index(m, host_addr), host_addr,
+        if (e ^ (PTE_P | PTE_A)) & p.check[level]:
+            err = _x86_entry_attention(p, e, level, access, pos, table | (((va >> shift) & 511) << 3),
                                        <uint32_t>EPT_RWX, &pend)
             if err >= 0:
-                return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, refs)
+                return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, start - level + 1)
         allow &= e
         xd |= e
         if e & p.leaf_mask[level]:
+            if e & p.large_rsvd[level]:                        # a 2 MiB / 1 GiB page's reserved bits
+                return _finish_fault(out, WALK_PAGE_FAULT, va,
+                                     PFERR_P | PFERR_RSVD | p.fault_bits[access & ACC_VALID_MASK], 0,
+                                     start - level + 1)
             break
         pend.vals[level] = e
         table = e & ADDR_MASK
@@ -784,13 +830,13 @@ cdef inline int walk_native(mem_t *m, const paging_t *p, gva_t va, uint32_t acce
     attrs = _x86_rights(e, allow, xd)
     err = <int>check_access(attrs, access, p)
     if err:
-        return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, refs)
+        return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, start - level + 1)
     if (access & ACC_WRITE) and not (e & PTE_D):
-        _record_leaf_dirty(m, host_addr, host_addr, <uint32_t>EPT_RWX, &pend)
+        _record_leaf_dirty(pos, table | (((va >> shift) & 511) << 3), <uint32_t>EPT_RWX, &pend)
     attrs |= _x86_leaf_flags(p, e, access)
     _commit(m, va, caches, &pend, start, level, start_allow, start_xd)
     return _finish_ok(out, p, e, attrs | ATTR_EPT_R | ATTR_EPT_W | ATTR_EPT_X | ATTR_EPT_D, shift,
-                      _page_address(e, va, shift), 0, 0, refs)
+                      _page_address(e, va, shift), 0, 0, start - level + 1)
 
 
 cdef inline int walk_nested(mem_t *m, const paging_t *p, const ept_t *ept, gva_t va, uint32_t access,
@@ -839,7 +885,7 @@ cdef inline int walk_nested(mem_t *m, const paging_t *p, const ept_t *ept, gva_t
         refs += 1
         if trace_kind is walk_trace_t:
             _trace_add(trace, REF_GUEST, level, x.hpa, e)
-        if (e ^ (PTE_P | PTE_A)) & p.check[level][(e >> 7) & 1]:
+        if (e ^ (PTE_P | PTE_A)) & p.check[level]:
             err = _x86_entry_attention(p, e, level, access, mem_entry_index(m, x.hpa), gpa, x.rights,
                                        &pend)
             if err >= 0:
@@ -847,13 +893,16 @@ cdef inline int walk_nested(mem_t *m, const paging_t *p, const ept_t *ept, gva_t
         allow &= e
         xd |= e
         if e & p.leaf_mask[level]:
+            if e & p.large_rsvd[level]:                        # a 2 MiB / 1 GiB page's reserved bits
+                return _finish_fault(out, WALK_PAGE_FAULT, va,
+                                     PFERR_P | PFERR_RSVD | p.fault_bits[access & ACC_VALID_MASK], 0, refs)
             # The guest leaf: permission check (4.6), then the D flag of a write.
             attrs = _x86_rights(e, allow, xd)
             err = <int>check_access(attrs, access, p)
             if err:
                 return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, refs)
             if (access & ACC_WRITE) and not (e & PTE_D):
-                _record_leaf_dirty(m, x.hpa, gpa, x.rights, &pend)
+                _record_leaf_dirty(mem_entry_index(m, x.hpa), gpa, x.rights, &pend)
             attrs |= _x86_leaf_flags(p, e, access)
             pa = _page_address(e, va, shift)
             leaf = e
