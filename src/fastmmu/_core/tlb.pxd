@@ -12,7 +12,16 @@ permissions for a TLB, accumulated rights for a paging-structure cache).
 Lookups and fills are ``inline`` so the run loop compiles them in place;
 the victim search is branch-free (a branchy one costs 2x on random traces,
 see ../shared/limit/README.md).  ``now`` is a caller-supplied clock (the
-access number): LRU and FIFO stamps are compared, never a global counter.
+access number, >= 1): LRU and FIFO stamps are compared, never a global
+counter, and invalid ways (stamp 0) are always the first victims.
+
+For a hot loop, ``inline`` is only a hint: at -O2 GCC does not inline
+``tlb_fill`` (too big with every policy in it) and then the ``tlb_t`` whose
+address it takes can no longer live in registers.  The small pieces are
+there for such loops: ``tlb_find`` (search one set), ``tlb_probe`` (find +
+touch), ``tlb_oldest_way`` (LRU/FIFO victim) and ``tlb_write`` (overwrite a
+way); the rarely used PLRU/random helpers take arrays, never the tlb_t.
+pyx/tlb.pyx's simulate loops show the pattern.
 """
 
 from fastmmu._core.types cimport uint8_t, uint32_t, uint64_t
