@@ -777,15 +777,38 @@ cdef inline int _finish_ok(walk_t *out, const paging_t *p, pte_t leaf, uint32_t 
     return WALK_OK
 
 
+cdef inline int _native_level(mem_t *m, const paging_t *p, int level, uint64_t table, gva_t va,
+                              uint32_t access, uint64_t *pos, pte_t *entry, walk_pending_t *pend,
+                              trace_kind *trace) noexcept nogil:
+    """Read and check the level-``level`` entry for ``va``: -1, or the page-fault error code.
+
+    Called with a constant ``level``, so each level compiles to straight code.
+    """
+    cdef int shift = PAGE_SHIFT + 9 * (level - 1)
+    cdef pte_t e
+    pos[0] = _table_entry_index(m, table, va, shift)
+    e = m.entries[pos[0]]
+    entry[0] = e
+    if trace_kind is walk_trace_t:
+        _trace_add(trace, REF_GUEST, level, table | (((va >> shift) & 511) << 3), e)
+    # One test for the common case: present, no reserved bit, A already set.
+    if (e ^ (PTE_P | PTE_A)) & p.check[level]:
+        return _x86_entry_attention(p, e, level, access, pos[0], table | (((va >> shift) & 511) << 3),
+                                    <uint32_t>EPT_RWX, pend)
+    return -1
+
+
 cdef inline int walk_native(mem_t *m, const paging_t *p, gva_t va, uint32_t access,
                             walk_caches_t *caches, trace_kind *trace, walk_t *out) noexcept nogil:
     """Native translation of linear address ``va``: tables in host memory from ``p.root`` (4.5).
 
-    ``access`` is an access-kind byte (ACC_*), checked by the caller.
+    ``access`` is an access-kind byte (ACC_*), checked by the caller.  The
+    levels are unrolled: a paging-structure-cache hit enters lower down.
     """
     cdef walk_pending_t pend
-    cdef int level = p.levels, start, shift, err
-    cdef uint64_t table = p.root, pos, e
+    cdef int level = p.levels, start, leaf = 0, shift, err
+    cdef uint64_t table = p.root, pos = 0
+    cdef pte_t e = 0
     cdef uint64_t allow = PTE_RW | PTE_US       # ANDed over the entries: R/W and U/S
     cdef uint64_t xd = 0                        # ORed over the entries: XD
     cdef uint64_t start_allow, start_xd
@@ -802,41 +825,71 @@ cdef inline int walk_native(mem_t *m, const paging_t *p, gva_t va, uint32_t acce
     start = level
     start_allow = allow
     start_xd = xd
-    shift = PAGE_SHIFT + 9 * (level - 1)
-    while True:
-        pos = _table_entry_index(m, table, va, shift)
-        e = m.entries[pos]
-        if trace_kind is walk_trace_t:
-            _trace_add(trace, REF_GUEST, level, table | (((va >> shift) & 511) << 3), e)
-        # One test for the common case: present, no reserved bit, A already set.
-        if (e ^ (PTE_P | PTE_A)) & p.check[level]:
-            err = _x86_entry_attention(p, e, level, access, pos, table | (((va >> shift) & 511) << 3),
-                                       <uint32_t>EPT_RWX, &pend)
-            if err >= 0:
-                return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, start - level + 1)
+    # PML5E and PML4E always reference a table (PS is reserved there: the fast test catches it).
+    if level == 5:
+        err = _native_level(m, p, 5, table, va, access, &pos, &e, &pend, trace)
+        if err >= 0:
+            return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, 1)
         allow &= e
         xd |= e
-        if e & p.leaf_mask[level]:
-            if e & p.large_rsvd[level]:                        # a 2 MiB / 1 GiB page's reserved bits
-                return _finish_fault(out, WALK_PAGE_FAULT, va,
-                                     PFERR_P | PFERR_RSVD | p.fault_bits[access & ACC_VALID_MASK], 0,
-                                     start - level + 1)
-            break
-        pend.vals[level] = e
+        pend.vals[5] = e
         table = e & ADDR_MASK
-        level -= 1
-        shift -= 9
+        level = 4
+    if level == 4:
+        err = _native_level(m, p, 4, table, va, access, &pos, &e, &pend, trace)
+        if err >= 0:
+            return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, start - 3)
+        allow &= e
+        xd |= e
+        pend.vals[4] = e
+        table = e & ADDR_MASK
+        level = 3
+    if level == 3:
+        err = _native_level(m, p, 3, table, va, access, &pos, &e, &pend, trace)
+        if err >= 0:
+            return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, start - 2)
+        allow &= e
+        xd |= e
+        if e & PTE_PS:
+            leaf = 3                                           # 1 GiB page
+        else:
+            pend.vals[3] = e
+            table = e & ADDR_MASK
+            level = 2
+    if level == 2:
+        err = _native_level(m, p, 2, table, va, access, &pos, &e, &pend, trace)
+        if err >= 0:
+            return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, start - 1)
+        allow &= e
+        xd |= e
+        if e & PTE_PS:
+            leaf = 2                                           # 2 MiB page
+        else:
+            pend.vals[2] = e
+            table = e & ADDR_MASK
+            level = 1
+    if level == 1:
+        err = _native_level(m, p, 1, table, va, access, &pos, &e, &pend, trace)
+        if err >= 0:
+            return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, start)
+        allow &= e
+        xd |= e
+        leaf = 1
+    if e & p.large_rsvd[leaf]:                                 # a 2 MiB / 1 GiB page's reserved bits
+        return _finish_fault(out, WALK_PAGE_FAULT, va,
+                             PFERR_P | PFERR_RSVD | p.fault_bits[access & ACC_VALID_MASK], 0, start - leaf + 1)
     # The leaf: permission check (4.6), then the D flag of a write.
+    shift = PAGE_SHIFT + 9 * (leaf - 1)
     attrs = _x86_rights(e, allow, xd)
     err = <int>check_access(attrs, access, p)
     if err:
-        return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, start - level + 1)
+        return _finish_fault(out, WALK_PAGE_FAULT, va, err, 0, start - leaf + 1)
     if (access & ACC_WRITE) and not (e & PTE_D):
         _record_leaf_dirty(pos, table | (((va >> shift) & 511) << 3), <uint32_t>EPT_RWX, &pend)
     attrs |= _x86_leaf_flags(p, e, access)
-    _commit(m, va, caches, &pend, start, level, start_allow, start_xd)
+    _commit(m, va, caches, &pend, start, leaf, start_allow, start_xd)
     return _finish_ok(out, p, e, attrs | ATTR_EPT_R | ATTR_EPT_W | ATTR_EPT_X | ATTR_EPT_D, shift,
-                      _page_address(e, va, shift), 0, 0, start - level + 1)
+                      _page_address(e, va, shift), 0, 0, start - leaf + 1)
 
 
 cdef inline int walk_nested(mem_t *m, const paging_t *p, const ept_t *ept, gva_t va, uint32_t access,
