@@ -55,8 +55,9 @@ def DIFFERENTIAL(test):  # noqa: N802 - used like the settings object it wraps
 # -- the base world: valid tables, which each example then damages ------------------------------------
 
 URW = int(PTE.P | PTE.RW | PTE.US)
-# Guest mappings: (linear address, guest-physical address, flags, page size).  The guest-physical side is
-# identity-mapped by both EPTs over all of memory, plus a 2 MiB page at 2 MiB and a 1 GiB page at 1 GiB.
+# Guest mappings: (linear address, guest-physical address, flags, page size).  Both EPTs map guest-physical
+# memory 1:1: the 4-level one with 4 KiB pages, the 5-level one with a 2 MiB page (so that all the guest
+# tables share one EPT page); both have a 2 MiB page at 2 MiB and a 1 GiB page at 1 GiB.
 MAPPINGS = [
     (0x0000_0040_0020_3000, 0x0000_5000, URW, 4096),  # a data page that is also a table frame
     (0x0000_0040_0020_4000, 0x0002_F000, URW | int(PTE.A | PTE.D), 4096),
@@ -70,15 +71,15 @@ MAPPINGS = [
 def _base_world() -> tuple[dict, dict]:
     mem = RefMemory(MEMORY_FRAMES << 12, maxphyaddr=52)
     epts = {levels: EptTable(mem, levels) for levels in (4, 5)}
+    epts[4].map_range(0, 0, 16 << 12)  # the frames the EPT tables use (more are mapped as needed)
+    epts[5].map(0, 0, page_size="2M")
     for ept in epts.values():
-        ept.map_range(0, 0, 16 << 12)  # the frames the tables use (more are mapped below, as needed)
         ept.map(2 * MiB, 2 * MiB, page_size="2M")
         ept.map(GiB, GiB, page_size="1G")
 
-    def alloc_gpa() -> int:  # guest tables: GPA == HPA, mapped by both EPTs
+    def alloc_gpa() -> int:  # guest tables: GPA == HPA
         gpa = mem.alloc_frame(kind=FrameKind.GUEST_PT) << 12
-        for ept in epts.values():
-            ept.map(gpa, gpa)
+        epts[4].map(gpa, gpa)
         return gpa
 
     roots = {}
@@ -345,6 +346,7 @@ class WalksWithCaches(RuleBasedStateMachine):
             self.caches[side] = caches
 
     def _walk(self, what, function, *args):
+        self.last = (what, function, args)
         results = {}
         for side, module in (("ref", ref_paging), ("comp", comp_paging)):
             caches = dict(self.caches[side], vpid=self.vpid)
@@ -366,6 +368,14 @@ class WalksWithCaches(RuleBasedStateMachine):
     @rule(gpa=guest_physical_addresses(), access=accesses)
     def ept_only(self, gpa, access):
         self._walk(f"walk_ept({gpa:#x}, {access:#x})", "walk_ept", self.ept, gpa, access)
+
+    @precondition(lambda self: getattr(self, "last", None) is not None)
+    @rule()
+    def again_as_a_write(self):
+        """The same walk, writing: cached translations with D clear (or without W) are dropped and walked."""
+        what, function, args = self.last
+        *context, address, access = args
+        self._walk(f"{what} again, writing", function, *context, address, (access & ~2) | 1)
 
     @rule(slot=st.sampled_from(USED_SLOTS), value=new_values)
     def write_entry(self, slot, value):
@@ -410,6 +420,6 @@ class WalksWithCaches(RuleBasedStateMachine):
 
 
 WalksWithCaches.TestCase.settings = settings(
-    derandomize=True, deadline=None, max_examples=150, stateful_step_count=40,
+    derandomize=True, deadline=None, max_examples=400, stateful_step_count=40,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 test_walks_with_caches = WalksWithCaches.TestCase
