@@ -240,6 +240,8 @@ cdef class HostMemory:
         cdef uint32_t info = self.c.frame_info[pfn]
         if (info & 0xFF) == FRAME_FREE:
             raise ValueError(f"set_kind: frame {pfn:#x} is not allocated")
+        if kind == FRAME_FREE:
+            raise ValueError("kind: cannot set a frame's kind to FRAME_FREE; free the frame instead")
         self.c.frame_info[pfn] = (info & ~<uint32_t>0xFF) | <uint32_t>kind
 
     def frames_owned(self, owner: int) -> int:

@@ -170,6 +170,24 @@ cdef class TLB:
             return (hit.frame, hit.attrs, SIZE_NAMES[hit.code])
         return None
 
+    def drop(self, va, *, pcid=0, vpid=0, eptag=0):
+        """Remove the entry a lookup of ``va`` in this context would hit; True if there was one.
+
+        What the MMU does when a cached translation's rights do not allow an
+        access: no replacement update, no hit or miss counted, no clock tick.
+        """
+        va, pcid, vpid, eptag = check_lookup(self.kind, va, pcid, vpid, eptag)
+        cdef uint64_t want_ctx = tlb_ctx(pcid, vpid, eptag, 0), vpn, pos
+        cdef uint32_t i
+        cdef uint8_t code
+        for i in range(self.c.nsizes):
+            code = self.c.codes[i]
+            vpn = (<uint64_t>va >> self.c.shift[code]) & VPN_MASK
+            if tlb_find(&self.c, tlb_set_base(&self.c, vpn), tlb_want_tag(code, vpn), want_ctx, &pos):
+                tlb_drop(&self.c, pos)
+                return True
+        return False
+
     def fill(self, va, frame, *, size="4K", attrs=0, pcid=0, vpid=0, eptag=0, global_=False):
         """Cache a translation of ``va``: ``frame`` is the 4 KiB frame where the ``size`` page starts.
 

@@ -183,14 +183,9 @@ def test_lowest_free_frames_and_lowest_run():
     assert ref.alloc(2).tolist() == [2, 5]
 
 
-@pytest.mark.parametrize("make", [RefMemory, pytest.param(CMemory, marks=pytest.mark.xfail(
-    strict=True, reason="memory.pyx: set_kind accepts FRAME_FREE (reported)"))], ids=["reference", "compiled"])
+@pytest.mark.parametrize("make", [RefMemory, CMemory], ids=["reference", "compiled"])
 def test_set_kind_cannot_make_a_frame_free(make):
-    """set_kind(pfn, FREE) would leave an allocated frame that reads as free: it must be refused.
-
-    The compiled memory (pyx/memory.pyx) accepts it today: its frame_info then
-    says "free" while the free count and the owner's count still hold the frame.
-    """
+    """set_kind(pfn, FREE) would leave an allocated frame that reads as free: it must be refused."""
     mem = make("1MiB")
     pfn = mem.alloc_frame(owner=1)
     with pytest.raises(ValueError, match="FRAME_FREE"):

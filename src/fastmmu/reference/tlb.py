@@ -520,6 +520,24 @@ class TLB:
         entry = self._find(va, pcid, vpid, eptag, self._tick())
         return None if entry is None else (entry.frame, entry.attrs, SIZE_NAMES[entry.code])
 
+    def drop(self, va: int, *, pcid: int = 0, vpid: int = 0, eptag: int = 0) -> bool:
+        """Remove the entry a lookup of ``va`` in this context would hit; True if there was one.
+
+        What the MMU does when a cached translation's rights do not allow an
+        access: no replacement update, no hit or miss counted, no clock tick.
+        """
+        va, pcid, vpid, eptag = check_lookup(self.kind, va, pcid, vpid, eptag)
+        for code in self._geometry.codes:
+            vpn = self._vpn(va, code)
+            ways = self._set_of(vpn)
+            for way, entry in enumerate(ways):
+                if (entry is not None and entry.code == code and entry.vpn == vpn and entry.vpid == vpid
+                        and entry.eptag == eptag and (entry.global_ or entry.pcid == pcid)):
+                    ways[way] = None
+                    self._invalidated += 1
+                    return True
+        return False
+
     def fill(
         self,
         va: int,
