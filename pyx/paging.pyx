@@ -275,7 +275,7 @@ cdef _Caches _setup_caches(object caches, int levels, bint x86, bint nested, uin
     return out
 
 
-cdef object _result(walk_t *out, walk_trace_t *trace, bint with_trace):
+cdef object walk_result(walk_t *out, walk_trace_t *trace, bint with_trace):
     refs = ()
     if with_trace:
         refs = tuple(Reference(_DIMENSIONS[trace.refs[i].dimension], trace.refs[i].level,
@@ -343,7 +343,7 @@ def walk(mem, cpu, va, access=0, *, caches=None, trace=False):
     _walk_native_kernel(&m.c, &p, address, kind, NULL if c is None else &c.c, &refs, &out)
     if c is not None:
         c.store_clocks()
-    return _result(&out, &refs, with_trace)
+    return walk_result(&out, &refs, with_trace)
 
 
 def walk_ept(mem, ept, gpa, access=0, *, caches=None, trace=False):
@@ -366,7 +366,7 @@ def walk_ept(mem, ept, gpa, access=0, *, caches=None, trace=False):
     _walk_ept_kernel(&m.c, &e, address, kind, NULL if c is None else &c.c, &refs, &out)
     if c is not None:
         c.store_clocks()
-    return _result(&out, &refs, with_trace)
+    return walk_result(&out, &refs, with_trace)
 
 
 def walk_nested(mem, cpu, ept, gva, access=0, *, caches=None, trace=False):
@@ -391,7 +391,7 @@ def walk_nested(mem, cpu, ept, gva, access=0, *, caches=None, trace=False):
     _walk_nested_kernel(&m.c, &p, &e, address, kind, NULL if c is None else &c.c, &refs, &out)
     if c is not None:
         c.store_clocks()
-    return _result(&out, &refs, with_trace)
+    return walk_result(&out, &refs, with_trace)
 
 
 def _time_walks(mem, cpu, addresses, ept=None, access=0):

@@ -263,6 +263,7 @@ ctypedef struct walk_pending_t:  # what a walk will write and fill if it succeed
 
 cdef int paging_from_cpu(paging_t *p, object cpu, uint8_t maxphyaddr) except -1
 cdef int ept_from_config(ept_t *e, object ept, uint8_t maxphyaddr) except -1
+cdef object walk_result(walk_t *out, walk_trace_t *trace, bint with_trace)   # the Python Walk
 
 
 # -- preparation ------------------------------------------------------------------------

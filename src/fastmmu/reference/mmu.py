@@ -80,7 +80,7 @@ class MMU:
             for name, g in self.config.psc.items()
         }
         g = self.config.nested_tlb
-        self.nested = TLB(g.entries, g.ways, sizes=g.sizes, policy=g.policy, name="nested") if g else None
+        self.nested = TLB(g.entries, g.ways, sizes=g.sizes, policy=g.policy, name="nested", kind="ntlb") if g else None
         self.set_context(cpu or CpuState(), ept=ept, vpid=vpid)
         self.reset_counters()
 
@@ -274,10 +274,8 @@ class MMU:
         else:
             result = paging.walk_nested(self.mem, self.cpu, self.ept, va, access, caches=caches, trace=trace)
         self.counts["walks"] += 1
+        self.counts["walk_references"] += result.references
         self.counts["walk_refs_histogram"][min(result.references, HISTOGRAM_BUCKETS - 1)] += 1
-        for level in range(5):
-            self.counts["guest_refs"][level] += result.guest_refs[level]
-            self.counts["ept_refs"][level] += result.ept_refs[level]
         return result
 
     def translate(self, addresses: np.ndarray, kinds: np.ndarray | int | None = None, *,
@@ -305,8 +303,7 @@ class MMU:
             "l2": {"hits": 0, "misses": 0},
             "walks": 0,
             "walk_refs_histogram": [0] * HISTOGRAM_BUCKETS,
-            "guest_refs": [0] * 5,
-            "ept_refs": [0] * 5,
+            "walk_references": 0,
             "faults": {"page_fault": 0, "gp": 0, "ept_violation": 0, "ept_misconfig": 0, "trap": 0},
             "tlb_rights_drops": 0,
         }

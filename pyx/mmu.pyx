@@ -1,0 +1,517 @@
+"""The batch run loop: accesses in as numpy arrays, host-physical addresses and statuses out.
+
+``MMU.translate`` checks its arguments with the GIL held, then runs the whole
+batch in ``_run`` without it.  Per access: canonical check, the L1 TLB of the
+access's kind, the L2 TLB, then a walk (native or 2D) through the
+paging-structure caches and nested TLB.  A cached translation serves an
+access only if its cached rights allow it (and, for a write, its dirty flags
+are set); otherwise it is dropped and the next level is tried.  The loop
+stops at the first access that is not translated, records why, and returns
+its index: the caller (the guest OS or the hypervisor, in Python) handles it
+and resumes from there.  ``fastmmu.reference.mmu`` is the same, readable.
+"""
+
+from libc.string cimport memset
+
+import numpy as np
+
+from fastmmu._core.memory cimport HostMemory, mem_t
+from fastmmu._core.paging cimport (
+    ATTR_D,
+    ATTR_G,
+    ATTR_EPT_D,
+    ATTR_EPT_SHIFT,
+    WALK_GP,
+    WALK_OK,
+    WALK_TRAP,
+    check_access,
+    ept_access_need,
+    ept_from_config,
+    ept_t,
+    paging_from_cpu,
+    paging_t,
+    no_trace_t,
+    trace_kind,
+    walk_caches_init,
+    walk_caches_t,
+    walk_native,
+    walk_nested,
+    walk_result,
+    walk_t,
+    walk_trace_clear,
+    walk_trace_t,
+)
+from fastmmu._core.tlb cimport (
+    CTX_GLOBAL,
+    INV_EPTAG_NONZERO,
+    INV_GLOBAL_ANY_PCID,
+    INV_KEEP_GLOBAL,
+    INV_MATCH_ADDR,
+    INV_MATCH_EPTAG,
+    INV_MATCH_PCID,
+    INV_MATCH_VPID,
+    INV_SKIP_VPID0,
+    TLB,
+    tlb_code_for,
+    tlb_ctx,
+    tlb_drop,
+    tlb_fill,
+    tlb_hit_t,
+    tlb_invalidate,
+    tlb_lookup,
+    tlb_t,
+)
+from fastmmu._core.types cimport (
+    ACC_FETCH,
+    ACC_WRITE,
+    CR3_NOFLUSH,
+    CR3_PCID_MASK,
+    PAGE_SHIFT,
+    int64_t,
+    uint8_t,
+    uint32_t,
+    uint64_t,
+)
+
+from fastmmu._core.tlb import TLB as _TLB
+from fastmmu.arch import Status, is_canonical
+from fastmmu.batch import BatchResult, check_batch
+from fastmmu.cpu import CpuState, EptConfig
+from fastmmu.tlbconfig import PSC_SHIFTS, TLBConfig
+from fastmmu.translation import Walk
+
+_LEVEL_NAMES = ("l1i", "l1d", "l2")
+_PSC_LEVEL = {"pde": 2, "pdpte": 3, "pml4e": 4, "pml5e": 5}
+_FAULT_NAMES = {1: "page_fault", 2: "gp", 3: "ept_violation", 4: "ept_misconfig", 5: "trap"}
+_SIZE_SHIFT = {"4K": 12, "2M": 21, "1G": 30}
+
+
+cdef inline bint _allowed(MMU self, uint32_t attrs, uint32_t access) noexcept nogil:
+    """Whether a cached translation may serve ``access`` without a walk."""
+    cdef uint32_t write = access & ACC_WRITE
+    if check_access(attrs, access, &self.paging) != 0:
+        return 0
+    if write and not (attrs & ATTR_D):
+        return 0
+    if not (attrs & (ept_access_need(access) << ATTR_EPT_SHIFT)):
+        return 0
+    return not (write and self.nested and self.ept.ad and not (attrs & ATTR_EPT_D))
+
+
+cdef inline bint _probe(MMU self, level_t *level, uint64_t va, uint32_t access, uint64_t ctx,
+                        tlb_hit_t *hit) noexcept nogil:
+    """Look ``va`` up in every structure of a level; drop hits whose rights do not allow ``access``."""
+    cdef int i
+    for i in range(level.n):
+        level.clock[i][0] += 1
+        if tlb_lookup(level.t[i], va, ctx, level.clock[i][0] - 1, hit):
+            if _allowed(self, hit.attrs, access):
+                return 1
+            tlb_drop(level.t[i], hit.pos)
+            self.counts.rights_drops += 1
+    return 0
+
+
+cdef inline void _fill(MMU self, level_t *level, uint64_t va, uint8_t code, uint64_t ctx, uint64_t frame,
+                       uint32_t attrs) noexcept nogil:
+    cdef int target = level.target[code]
+    if target >= 0:
+        level.clock[target][0] += 1
+        tlb_fill(level.t[target], va, code, ctx, frame, attrs, level.clock[target][0] - 1)
+
+
+cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa, walk_t *w,
+                           trace_kind *trace, bint *walked) noexcept nogil:
+    """One access: the TLB levels, then a walk.  Returns a WALK_* status.
+
+    ``w`` holds the walk's result when ``walked`` is set, else the page size
+    and rights of the cached translation; ``hpa`` the address when not faulting.
+    """
+    cdef tlb_hit_t hit
+    cdef int l1_index = LEVEL_L1I if access & ACC_FETCH else LEVEL_L1D
+    cdef level_t *l1 = &self.levels[l1_index]
+    cdef uint64_t ctx = self.caches.ctx      # (PCID, VPID, EPT tag): the same for TLBs and PSCs
+    cdef uint64_t frame
+    cdef uint8_t code
+    cdef int status, cshift = self.paging.canonical_shift
+    cdef bint found = 0
+    self.counts.accesses += 1
+    if <uint64_t>((<int64_t>(va << (63 - cshift))) >> (63 - cshift)) != va:
+        w.status = WALK_GP
+        return WALK_GP
+    if l1.n:
+        found = _probe(self, l1, va, access, ctx, &hit)
+        if found:
+            self.counts.hits[l1_index] += 1
+        else:
+            self.counts.misses[l1_index] += 1
+    if not found and self.levels[LEVEL_L2].n:
+        found = _probe(self, &self.levels[LEVEL_L2], va, access, ctx, &hit)
+        if found:
+            self.counts.hits[LEVEL_L2] += 1
+            _fill(self, l1, va, hit.code, ctx | (CTX_GLOBAL if hit.attrs & ATTR_G else 0), hit.frame,
+                  hit.attrs)
+        else:
+            self.counts.misses[LEVEL_L2] += 1
+    if found:
+        hpa[0] = (hit.frame << PAGE_SHIFT) + (va & ((<uint64_t>1 << _hit_shift(&hit)) - 1))
+        w.page_shift = _hit_shift(&hit)
+        w.attrs = hit.attrs
+        w.status = WALK_OK
+        w.refs = 0
+    else:
+        walked[0] = 1
+        if self.nested:
+            status = walk_nested(&self.mem.c, &self.paging, &self.ept, va, access, &self.caches, trace, w)
+        else:
+            status = walk_native(&self.mem.c, &self.paging, va, access, &self.caches, trace, w)
+        self.counts.walks += 1
+        self.counts.references += w.refs
+        self.counts.histogram[w.refs if w.refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += 1
+        if status != WALK_OK:
+            return status
+        code = <uint8_t>((w.page_shift - PAGE_SHIFT) // 9)
+        frame = (w.host_address >> w.page_shift) << (w.page_shift - PAGE_SHIFT)
+        ctx |= CTX_GLOBAL if w.is_global else 0
+        _fill(self, &self.levels[LEVEL_L2], va, code, ctx, frame, w.attrs)
+        _fill(self, l1, va, code, ctx, frame, w.attrs)
+        hpa[0] = w.host_address
+    if self.mem.c.ntraps and self.mem.c.trap[_clamp_frame(&self.mem.c, hpa[0] >> PAGE_SHIFT)]:
+        w.host_address = hpa[0]
+        return WALK_TRAP
+    return WALK_OK
+
+
+cdef inline uint8_t _hit_shift(const tlb_hit_t *hit) noexcept nogil:
+    return <uint8_t>(PAGE_SHIFT + 9 * hit.code)
+
+
+cdef inline uint64_t _clamp_frame(const mem_t *m, uint64_t pfn) noexcept nogil:
+    return pfn if pfn < m.nframes else m.nframes
+
+
+cdef class MMU:
+    """One logical processor's translation hardware over a HostMemory.
+
+    >>> import numpy as np, fastmmu
+    >>> from fastmmu.tables import PageTable
+    >>> mem = fastmmu.HostMemory("1GiB")
+    >>> pt = PageTable(mem)
+    >>> pt.map(0x7000_0000_0000, 0x1234_5000, fastmmu.PTE.P | fastmmu.PTE.RW)
+    >>> mmu = MMU(mem, cpu=fastmmu.CpuState(cr3=pt.root))
+    >>> out = np.zeros(1, np.uint64)
+    >>> mmu.translate(np.array([0x7000_0000_0123], np.uint64), out=out).complete, hex(out[0])
+    (True, '0x12345123')
+    """
+
+    def __cinit__(self):
+        self._structures = []
+        self._by_name = {}
+
+    def __init__(self, HostMemory mem not None, *, tlb=None, cpu=None, ept=None, vpid=0):
+        if tlb is None:
+            tlb = TLBConfig.skylake()
+        if not isinstance(tlb, TLBConfig):
+            raise TypeError(f"tlb: expected a TLBConfig or None, got {type(tlb).__name__}")
+        self.mem = mem
+        self.config = tlb
+        walk_caches_init(&self.caches)
+        cdef int index, i, code
+        for index, name in enumerate(_LEVEL_NAMES):
+            geometries = getattr(tlb, name)
+            self.levels[index].n = len(geometries)
+            for i, g in enumerate(geometries):
+                t = self._add(f"{name}[{i}]", _TLB(g.entries, g.ways, sizes=g.sizes, policy=g.policy,
+                                                   name=f"{name}[{i}]"))
+                self.levels[index].t[i] = &(<TLB>t).c
+                self.levels[index].clock[i] = &(<TLB>t).clock
+            for code in range(3):
+                self.levels[index].target[code] = _fill_target(geometries, code)
+        for name, g in tlb.psc.items():
+            t = self._add(f"psc.{name}", _TLB(g.entries, g.ways, sizes=("region",), region_shift=PSC_SHIFTS[name],
+                                              policy=g.policy, name=f"psc.{name}"))
+        if tlb.nested_tlb is not None:
+            g = tlb.nested_tlb
+            t = self._add("nested", _TLB(g.entries, g.ways, sizes=g.sizes, policy=g.policy, name="nested",
+                                         kind="ntlb"))
+            self.caches.nested = &(<TLB>t).c
+        self.caches.tick = 1     # every lookup and fill takes its structure's own clock
+        self.set_context(cpu if cpu is not None else CpuState(), ept=ept, vpid=vpid)
+        self.reset_counters()
+
+    cdef object _add(self, str name, object t):
+        self._structures.append((name, t))
+        self._by_name[name] = t
+        return t
+
+    # -- state -------------------------------------------------------------------
+
+    def set_context(self, cpu, *, ept=None, vpid=0):
+        """Load processor state without invalidating anything (a VM entry or world switch)."""
+        cdef paging_t paging
+        cdef ept_t ept_state
+        if not isinstance(cpu, CpuState):
+            raise TypeError(f"cpu: expected a CpuState, got {type(cpu).__name__}")
+        if ept is not None and not isinstance(ept, EptConfig):
+            raise TypeError(f"ept: expected an EptConfig or None, got {type(ept).__name__}")
+        if isinstance(vpid, bool) or not isinstance(vpid, (int, np.integer)) or not 0 <= vpid < 1 << 16:
+            raise ValueError(f"vpid: expected 0..65535, got {vpid!r}")
+        paging_from_cpu(&paging, cpu, self.mem.c.maxphyaddr)
+        if ept is not None:
+            ept_from_config(&ept_state, ept, self.mem.c.maxphyaddr)
+            self.ept = ept_state
+        self.paging = paging
+        self.nested = ept is not None
+        self._vpid = vpid
+        self._cpu, self._ept_config = cpu, ept
+        for name, level in _PSC_LEVEL.items():
+            t = self._by_name.get(f"psc.{name}")
+            self.caches.psc[level] = &(<TLB>t).c if t is not None and level <= cpu.levels else NULL
+        eptag = self.ept.eptag if self.nested else 0
+        self.caches.ctx = tlb_ctx(self.paging.pcid, self._vpid, eptag, 0)
+        self.caches.nested_ctx = tlb_ctx(0, 0, eptag, 0)
+
+    @property
+    def cpu(self):
+        """The CpuState in force (a copy: change state with set_context or mov_cr3)."""
+        return CpuState(**self._cpu.__dict__)
+
+    @property
+    def ept_config(self):
+        return self._ept_config
+
+    @property
+    def vpid(self):
+        return self._vpid
+
+    # -- invalidation (docs/core-semantics.md, "Invalidations") --------------------
+
+    cdef void _invalidate(self, int tlb_how, int psc_how, int nested_how, uint64_t va, uint32_t pcid,
+                          uint32_t vpid, uint32_t eptag):
+        """Apply selectors to every TLB, every paging-structure cache, the nested TLB (-1: skip)."""
+        cdef uint64_t ctx = tlb_ctx(pcid, vpid, eptag, 0)
+        for name, t in self._structures:
+            if name == "nested":
+                if nested_how >= 0:
+                    tlb_invalidate(&(<TLB>t).c, nested_how, tlb_ctx(0, 0, eptag, 0), va)
+            elif name.startswith("psc."):
+                if psc_how >= 0:
+                    tlb_invalidate(&(<TLB>t).c, psc_how, ctx, va)
+            elif tlb_how >= 0:
+                tlb_invalidate(&(<TLB>t).c, tlb_how, ctx, va)
+
+    cdef uint32_t _eptag(self):
+        return self.ept.eptag if self.nested else 0
+
+    def mov_cr3(self, value):
+        """MOV to CR3 (4.10.4.1): load a new root; flush the new PCID's non-global
+        translations unless CR4.PCIDE=1 and bit 63 (no-flush) is set."""
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 1 << 64:
+            raise ValueError(f"mov_cr3: expected a 64-bit value, got {value!r}")
+        value = int(value)
+        noflush = bool(value & CR3_NOFLUSH)
+        if noflush and not self._cpu.cr4_pcide:
+            raise ValueError("mov_cr3: bit 63 (no-flush) is reserved while CR4.PCIDE=0")
+        cpu = CpuState(**{**self._cpu.__dict__, "cr3": value & ~CR3_NOFLUSH})
+        self.set_context(cpu, ept=self._ept_config, vpid=self._vpid)
+        if not noflush:
+            self._invalidate(INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL, INV_MATCH_VPID | INV_MATCH_PCID,
+                             -1, 0, self.paging.pcid, self._vpid, self._eptag())
+
+    def invlpg(self, va):
+        """INVLPG: the page's translations of the current PCID, and global ones of any PCID."""
+        self._check_canonical(va, "invlpg")
+        self._invalidate(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_GLOBAL_ANY_PCID,
+                         INV_MATCH_VPID | INV_MATCH_PCID, -1, va, self.paging.pcid, self._vpid, self._eptag())
+
+    def invpcid(self, kind, *, pcid=0, va=0):
+        """INVPCID types 0 (address), 1 (single context), 2 (all, globals too), 3 (all but globals)."""
+        if kind not in (0, 1, 2, 3):
+            raise ValueError(f"invpcid: type must be 0..3, got {kind!r}")
+        if isinstance(pcid, bool) or not isinstance(pcid, (int, np.integer)) or not 0 <= pcid < 4096:
+            raise ValueError(f"invpcid: pcid must be 0..4095, got {pcid!r}")
+        if kind == 0:
+            self._check_canonical(va, "invpcid")
+        tlb_how = {0: INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_KEEP_GLOBAL,
+                   1: INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL,
+                   2: INV_MATCH_VPID,
+                   3: INV_MATCH_VPID | INV_KEEP_GLOBAL}[kind]
+        psc_how = INV_MATCH_VPID | INV_MATCH_PCID if kind in (0, 1) else INV_MATCH_VPID
+        self._invalidate(tlb_how, psc_how, -1, va if kind == 0 else 0, pcid, self._vpid, self._eptag())
+
+    def invvpid(self, kind, *, vpid=0, va=0):
+        """INVVPID types 0 (address), 1 (single context), 2 (all contexts), 3 (single, keep globals)."""
+        if kind not in (0, 1, 2, 3):
+            raise ValueError(f"invvpid: type must be 0..3, got {kind!r}")
+        if isinstance(vpid, bool) or not isinstance(vpid, (int, np.integer)) or not 0 <= vpid < 1 << 16:
+            raise ValueError(f"invvpid: vpid must be 0..65535, got {vpid!r}")
+        if kind != 2 and vpid == 0:
+            raise ValueError("invvpid: VPID 0 is only valid with the all-context type (2)")
+        if kind == 0:
+            self._check_canonical(va, "invvpid")
+        tlb_how = {0: INV_MATCH_VPID | INV_MATCH_ADDR, 1: INV_MATCH_VPID, 2: INV_SKIP_VPID0,
+                   3: INV_MATCH_VPID | INV_KEEP_GLOBAL}[kind]
+        psc_how = INV_SKIP_VPID0 if kind == 2 else INV_MATCH_VPID
+        self._invalidate(tlb_how, psc_how, -1, va if kind == 0 else 0, 0, vpid, self._eptag())
+
+    def invept(self, kind, *, eptag=0):
+        """INVEPT types 1 (single context: one EPT tag) and 2 (all contexts)."""
+        if kind not in (1, 2):
+            raise ValueError(f"invept: type must be 1 (single context) or 2 (all contexts), got {kind!r}")
+        if kind == 1:
+            if isinstance(eptag, bool) or not isinstance(eptag, (int, np.integer)) or not 0 < eptag < 1 << 32:
+                raise ValueError(f"invept: single-context needs an EPT tag 1..2^32-1, got {eptag!r}")
+            self._invalidate(INV_MATCH_EPTAG, INV_MATCH_EPTAG, INV_MATCH_EPTAG, 0, 0, 0, eptag)
+        else:
+            self._invalidate(INV_EPTAG_NONZERO, INV_EPTAG_NONZERO, 0, 0, 0, 0, 0)
+
+    def flush(self):
+        """Empty every translation cache."""
+        self._invalidate(0, 0, 0, 0, 0, 0, 0)
+
+    def _check_canonical(self, va, what):
+        if isinstance(va, bool) or not isinstance(va, (int, np.integer)) or not 0 <= va < 1 << 64 \
+                or not is_canonical(int(va), self.paging.levels):
+            raise ValueError(f"{what}: {va!r} is not a canonical linear address")
+
+    # -- translation ---------------------------------------------------------------
+
+    cdef void _load_clocks(self):
+        """Copy the paging-structure caches' and nested TLB's clocks into the walker's state."""
+        for name, level in _PSC_LEVEL.items():
+            t = self._by_name.get(f"psc.{name}")
+            if t is not None:
+                self.caches.psc_clock[level] = (<TLB>t).clock
+        t = self._by_name.get("nested")
+        if t is not None:
+            self.caches.nested_clock = (<TLB>t).clock
+
+    cdef void _store_clocks(self):
+        for name, level in _PSC_LEVEL.items():
+            t = self._by_name.get(f"psc.{name}")
+            if t is not None:
+                (<TLB>t).clock = self.caches.psc_clock[level]
+        t = self._by_name.get("nested")
+        if t is not None:
+            (<TLB>t).clock = self.caches.nested_clock
+
+    def translate(self, addresses, kinds=None, *, out=None, status=None, start=0):
+        """Translate ``addresses[start:]`` into ``out``; stop at the first access not translated.
+
+        ``kinds`` is a uint8 array of access kinds (``fastmmu.arch.Access``),
+        one int for all, or None (reads).  Returns a ``BatchResult``; resume
+        after handling its fault with ``start=result.stopped``.
+        """
+        addresses, kinds, out, status = check_batch(addresses, kinds, out, status, start)
+        cdef const uint64_t[::1] va = addresses
+        cdef const uint8_t[::1] kind = kinds
+        cdef uint64_t[::1] hpa = out
+        cdef uint8_t[::1] st = status
+        cdef Py_ssize_t i = start, n = va.shape[0]
+        cdef walk_t w
+        cdef bint walked = 0
+        cdef int result = WALK_OK
+        if n == 0 or start == n:
+            return BatchResult(int(start), Status.OK, None)
+        self._load_clocks()
+        with nogil:
+            while i < n:
+                result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked)
+                st[i] = <uint8_t>result
+                if result != WALK_OK:
+                    self.counts.faults[result] += 1
+                    break
+                i += 1
+        self._store_clocks()
+        if result == WALK_OK:
+            return BatchResult(int(n), Status.OK, None)
+        return BatchResult(int(i), Status(result), self._fault_record(&w, result, va[i], NULL, False))
+
+    def translate_one(self, va, access=0, *, trace=False):
+        """Translate one access exactly as ``translate`` would, and return its Walk (teaching, tests).
+
+        A walk's result carries its references per level (and, with
+        ``trace=True``, each reference); a TLB hit's carries none.
+        """
+        cdef walk_trace_t refs
+        cdef walk_t w
+        cdef uint64_t hpa = 0
+        cdef bint walked = 0
+        cdef int result
+        if isinstance(va, bool) or not isinstance(va, (int, np.integer)) or not 0 <= va < 1 << 64:
+            raise ValueError(f"va: expected a 64-bit unsigned address, got {va!r}")
+        if isinstance(access, bool) or not isinstance(access, (int, np.integer)) or access & ~15 \
+                or (access & ACC_WRITE and access & ACC_FETCH):
+            raise ValueError(f"access: {access!r} is not a valid access kind (bits 0..3, never WRITE|FETCH)")
+        cdef uint64_t address = va
+        cdef uint32_t kind = access
+        walk_trace_clear(&refs)
+        self._load_clocks()
+        result = _translate(self, address, kind, &hpa, &w, &refs, &walked)
+        self._store_clocks()
+        if result != WALK_OK:
+            self.counts.faults[result] += 1
+            return self._fault_record(&w, result, va, &refs, trace)
+        if walked:
+            return walk_result(&w, &refs, trace)
+        return Walk(status=Status.OK, host_address=hpa, page_size=1 << w.page_shift, attrs=w.attrs)
+
+    cdef object _fault_record(self, walk_t *w, int result, uint64_t va, walk_trace_t *refs, bint with_trace):
+        """The Walk describing an access that stopped the loop.
+
+        ``refs`` is NULL for a batch: its fault record carries no per-walk
+        reference counts (those cost the hot loop; ``translate_one`` has them).
+        """
+        cdef walk_trace_t none
+        if result == WALK_GP:
+            return Walk(status=Status.GP, fault_address=va, guest_linear_address=va)
+        if result == WALK_TRAP:
+            return Walk(status=Status.TRAP, host_address=w.host_address,
+                        page_size=1 << w.page_shift, attrs=w.attrs, fault_address=va, guest_linear_address=va)
+        if refs == NULL:
+            walk_trace_clear(&none)
+            refs = &none
+        return walk_result(w, refs, with_trace)
+
+    # -- counters ----------------------------------------------------------------
+
+    def reset_counters(self):
+        """Zero every counter, the caches' statistics included (their contents stay)."""
+        cdef int i
+        memset(&self.counts, 0, sizeof(self.counts))
+        for _, t in self._structures:
+            t.reset_stats()
+
+    def structures(self):
+        """Every translation cache by name ("l1d[0]", "l2[0]", "psc.pde", "nested", ...)."""
+        return dict(self._by_name)
+
+    def counters(self):
+        """Every counter as plain Python data, in one call (the reference MMU's layout)."""
+        c = self.counts
+        return {
+            "accesses": c.accesses,
+            "l1i": {"hits": c.hits[LEVEL_L1I], "misses": c.misses[LEVEL_L1I]},
+            "l1d": {"hits": c.hits[LEVEL_L1D], "misses": c.misses[LEVEL_L1D]},
+            "l2": {"hits": c.hits[LEVEL_L2], "misses": c.misses[LEVEL_L2]},
+            "walks": c.walks,
+            "walk_refs_histogram": [c.histogram[i] for i in range(HISTOGRAM_BUCKETS)],
+            "walk_references": c.references,
+            "faults": {name: c.faults[code] for code, name in _FAULT_NAMES.items()},
+            "tlb_rights_drops": c.rights_drops,
+            "structures": {name: t.stats() for name, t in self._structures},
+        }
+
+
+def _fill_target(geometries, int code):
+    """Which structure of a level caches a translation of size ``code`` (-1: none).
+
+    The one holding the largest page size not above ``code``; the first on a tie.
+    """
+    best, best_shift = -1, -1
+    limit = PAGE_SHIFT + 9 * code
+    for index, g in enumerate(geometries):
+        shifts = [_SIZE_SHIFT[s] for s in g.sizes if _SIZE_SHIFT[s] <= limit]
+        if shifts and max(shifts) > best_shift:
+            best, best_shift = index, max(shifts)
+    return best

@@ -1,0 +1,64 @@
+# cython: language_level=3
+"""The batch run loop: the contract of ``fastmmu._core.mmu``.
+
+An MMU is one logical processor's translation hardware: TLB levels (L1
+instruction, L1 data, L2), paging-structure caches, a nested TLB, and the
+paging state (CR3, control bits, EPT pointer, VPID).  ``mmu_run`` translates
+a whole array of accesses without the GIL and stops at the first one that
+needs software, as KVM_RUN does.
+"""
+
+from fastmmu._core.memory cimport HostMemory
+from fastmmu._core.paging cimport ept_t, paging_t, walk_caches_t, walk_t, walk_trace_t
+from fastmmu._core.tlb cimport tlb_t
+from libc.stdint cimport int8_t, uint8_t, uint32_t, uint64_t
+
+cdef enum:
+    LEVEL_L1I = 0
+    LEVEL_L1D = 1
+    LEVEL_L2 = 2
+    N_LEVELS = 3
+    MAX_PER_LEVEL = 3            # structures in one TLB level (one per page size at most)
+    HISTOGRAM_BUCKETS = 64       # references per walk: 0..62, and 63 for "63 or more"
+    N_STATUSES = 6
+
+
+ctypedef struct level_t:
+    tlb_t *t[MAX_PER_LEVEL]      # probed in order; point into TLB objects the MMU keeps alive
+    uint64_t *clock[MAX_PER_LEVEL]  # each structure's clock (TLB.clock): its next replacement stamp
+    int n                        # how many (0: the level is absent)
+    int8_t target[3]             # per size code (4K, 2M, 1G): which structure a fill goes to, -1 none
+
+
+ctypedef struct mmu_counts_t:
+    uint64_t accesses            # accesses attempted (a retried faulting access counts again)
+    uint64_t hits[N_LEVELS]      # per level: a cached translation allowed the access
+    uint64_t misses[N_LEVELS]
+    uint64_t walks
+    uint64_t references          # memory references of all walks, both dimensions
+    uint64_t histogram[HISTOGRAM_BUCKETS]
+    uint64_t faults[N_STATUSES]  # by WALK_* status (index 0 unused)
+    uint64_t rights_drops        # cached entries dropped because their rights did not allow an access
+
+
+cdef class MMU:
+    cdef HostMemory mem
+    cdef level_t levels[N_LEVELS]
+    cdef list _structures        # (name, TLB) pairs: keeps every tlb_t alive
+    cdef dict _by_name
+    cdef walk_caches_t caches    # paging-structure caches and nested TLB, for the walker
+    cdef paging_t paging
+    cdef ept_t ept
+    cdef bint nested
+    cdef uint32_t _vpid
+    cdef mmu_counts_t counts
+    cdef readonly object config  # the TLBConfig
+    cdef object _cpu             # the CpuState in force
+    cdef object _ept_config      # the EptConfig in force, or None
+    cdef void _load_clocks(self)
+    cdef void _store_clocks(self)
+    cdef object _add(self, str name, object t)
+    cdef void _invalidate(self, int tlb_how, int psc_how, int nested_how, uint64_t va, uint32_t pcid,
+                          uint32_t vpid, uint32_t eptag)
+    cdef uint32_t _eptag(self)
+    cdef object _fault_record(self, walk_t *w, int result, uint64_t va, walk_trace_t *refs, bint with_trace)
