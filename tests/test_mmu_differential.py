@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fastmmu._core.mmu import MMU as CompiledMMU
-from fastmmu.reference.memory import HostMemory as ReferenceMemory
-from fastmmu.tables import EptTable, PageTable
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from fastmmu._core.memory import HostMemory as CompiledMemory
+from fastmmu._core.mmu import MMU as CompiledMMU
 from fastmmu.arch import EPT, PTE, Access, FrameKind
 from fastmmu.cpu import CpuState
+from fastmmu.reference.memory import HostMemory as ReferenceMemory
 from fastmmu.reference.mmu import MMU as ReferenceMMU
+from fastmmu.tables import EptTable, PageTable
 from fastmmu.tlbconfig import CacheGeometry, TLBConfig
 
 MEMORY = "48MiB"
