@@ -14,9 +14,9 @@ smallest example found); FASTMMU_TEST_SEED=<n> explores with that seed.
 
 from __future__ import annotations
 
+import importlib
 import os
 
-import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
@@ -29,9 +29,9 @@ from fastmmu.reference.memory import HostMemory as RefMemory
 from fastmmu.reference.tlb import TLB as RefTLB
 from fastmmu.tables import EptTable, PageTable
 
-comp_paging = pytest.importorskip("fastmmu._core.paging")
-CompMemory = pytest.importorskip("fastmmu._core.memory").HostMemory
-CompTLB = pytest.importorskip("fastmmu._core.tlb").TLB
+comp_paging = importlib.import_module("fastmmu._core.paging")
+CompMemory = importlib.import_module("fastmmu._core.memory").HostMemory
+CompTLB = importlib.import_module("fastmmu._core.tlb").TLB
 
 MEMORY_FRAMES = 48  # 192 KiB: the base world uses the low frames; the rest are free (they read as zeros)
 U64 = (1 << 64) - 1
@@ -304,7 +304,7 @@ def test_the_random_tables_reach_every_outcome():
     """The generator is worth something only if walks end in every way: count them on a fixed sample."""
     seen = set()
 
-    @settings(derandomize=True, deadline=None, max_examples=300, database=None,
+    @settings(derandomize=True, deadline=None, max_examples=1000, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(image=images, maxphyaddr=maxphyaddrs, cpu=cpu_states(), ept=ept_configs(), gva=addresses(),
            access=accesses)

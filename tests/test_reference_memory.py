@@ -7,6 +7,8 @@ so must the full state afterwards.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -16,7 +18,7 @@ from fastmmu.arch import FrameKind
 from fastmmu.reference.memory import HostMemory as RefMemory
 from fastmmu.reference.memory import MemoryExhausted as RefExhausted
 
-compiled = pytest.importorskip("fastmmu._core.memory")
+compiled = importlib.import_module("fastmmu._core.memory")
 CMemory = compiled.HostMemory
 
 

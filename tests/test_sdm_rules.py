@@ -9,6 +9,7 @@ the reference model and the compiled core.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from types import SimpleNamespace
 
@@ -38,8 +39,8 @@ def backend(request) -> SimpleNamespace:
         from fastmmu.reference import paging
         from fastmmu.reference.memory import HostMemory
     else:
-        paging = pytest.importorskip("fastmmu._core.paging")
-        HostMemory = pytest.importorskip("fastmmu._core.memory").HostMemory
+        paging = importlib.import_module("fastmmu._core.paging")
+        HostMemory = importlib.import_module("fastmmu._core.memory").HostMemory
     return SimpleNamespace(name=request.param, walk=paging.walk, walk_ept=paging.walk_ept,
                            walk_nested=paging.walk_nested, check_access=getattr(paging, "check_access", None),
                            HostMemory=HostMemory)

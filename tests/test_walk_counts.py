@@ -10,6 +10,7 @@ they skip); a nested-TLB hit costs no EPT reference at all.
 
 from __future__ import annotations
 
+import importlib
 from types import SimpleNamespace
 
 import pytest
@@ -18,9 +19,9 @@ from fastmmu.arch import PTE, Access, FrameKind, Status
 from fastmmu.cpu import CpuState
 from fastmmu.tables import EptTable, PageTable
 
-paging = pytest.importorskip("fastmmu._core.paging")
-HostMemory = pytest.importorskip("fastmmu._core.memory").HostMemory
-TLB = pytest.importorskip("fastmmu._core.tlb").TLB
+paging = importlib.import_module("fastmmu._core.paging")
+HostMemory = importlib.import_module("fastmmu._core.memory").HostMemory
+TLB = importlib.import_module("fastmmu._core.tlb").TLB
 
 URW = PTE.P | PTE.RW | PTE.US
 USER = int(Access.USER)
