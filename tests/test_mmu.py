@@ -1,0 +1,221 @@
+"""The MMU's batch behaviour, exactly, on both backends (compiled and reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fastmmu._core.memory import HostMemory as CompiledMemory
+from fastmmu._core.mmu import MMU as CompiledMMU
+from fastmmu.arch import EPT, PTE, Access, FrameKind, PFErr, Status
+from fastmmu.cpu import CpuState
+from fastmmu.reference.memory import HostMemory as ReferenceMemory
+from fastmmu.reference.mmu import MMU as ReferenceMMU
+from fastmmu.tables import EptTable, PageTable
+from fastmmu.tlbconfig import CacheGeometry, TLBConfig
+
+VA = 0x0000_7F00_0000_0000
+RW_USER = PTE.P | PTE.RW | PTE.US
+BACKENDS = {"compiled": (CompiledMemory, CompiledMMU), "reference": (ReferenceMemory, ReferenceMMU)}
+SMALL = TLBConfig(l1d=CacheGeometry(16, 4), l1i=CacheGeometry(8, 2), l2=CacheGeometry(64, 8, ("4K", "2M")),
+                  psc={"pde": CacheGeometry(4, 4)}, nested_tlb=CacheGeometry(8, 4))
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request):
+    return BACKENDS[request.param]
+
+
+def native(backend, tlb=SMALL, **cpu):
+    memory_class, mmu_class = backend
+    mem = memory_class("64MiB")
+    pt = PageTable(mem, kind=FrameKind.GUEST_PT)
+    for i in range(4):
+        pt.map(VA + i * 4096, (0x1000 + i) << 12, RW_USER | (PTE.G if i == 0 else 0))
+    return mem, pt, mmu_class(mem, tlb=tlb, cpu=CpuState(cr3=pt.root, **cpu))
+
+
+def batch(addresses, kinds=0):
+    addresses = np.array(addresses, dtype=np.uint64)
+    kinds = np.full(len(addresses), kinds, dtype=np.uint8) if isinstance(kinds, int) else np.array(kinds, np.uint8)
+    return addresses, kinds, np.zeros(len(addresses), np.uint64), np.zeros(len(addresses), np.uint8)
+
+
+def test_a_batch_stops_at_a_page_fault_and_resumes_after_the_handler(backend):
+    mem, pt, mmu = native(backend)
+    addresses, kinds, out, status = batch([VA, VA + 0x1008, VA + 0x5010, VA + 0x2000])
+    result = mmu.translate(addresses, kinds, out=out, status=status)
+    assert (result.stopped, result.status) == (2, Status.PAGE_FAULT)
+    assert (result.fault.fault_address, result.fault.error_code) == (VA + 0x5010, 0)   # not present, read
+    assert out[:2].tolist() == [0x1000 << 12, (0x1001 << 12) | 8]
+    pt.map(VA + 0x5000, 0x2000 << 12, RW_USER)        # the guest's page-fault handler
+    result = mmu.translate(addresses, kinds, out=out, status=status, start=2)
+    assert result.complete and result.stopped == 4
+    assert out.tolist() == [0x1000 << 12, (0x1001 << 12) | 8, (0x2000 << 12) | 0x10, 0x1002 << 12]
+    assert status.tolist() == [0, 0, 0, 0]
+    counters = mmu.counters()
+    assert counters["accesses"] == 5 and counters["faults"]["page_fault"] == 1 and counters["walks"] == 5
+
+
+def test_a_write_to_a_clean_cached_page_walks_again_to_set_dirty(backend):
+    mem, pt, mmu = native(backend)
+    addresses, kinds, out, status = batch([VA, VA, VA, VA], [Access.READ, Access.READ, Access.WRITE, Access.WRITE])
+    assert mmu.translate(addresses, kinds, out=out, status=status).complete
+    counters = mmu.counters()
+    # read: walk; read: L1 hit; write: the L1 and L2 entries have D clear -> both dropped, a walk
+    # sets D; write: L1 hit
+    assert counters["walks"] == 2 and counters["l1d"] == {"hits": 2, "misses": 2}
+    assert counters["l2"] == {"hits": 0, "misses": 2} and counters["tlb_rights_drops"] == 2
+    assert pt.read_entry(VA, 1) & (PTE.A | PTE.D) == PTE.A | PTE.D
+
+
+def test_a_denied_access_never_uses_the_cached_translation(backend):
+    mem, pt, mmu = native(backend)
+    pt.write_entry(VA + 0x1000, 1, pt.read_entry(VA + 0x1000, 1) & ~PTE.RW)
+    addresses, kinds, out, status = batch([VA + 0x1000, VA + 0x1000], [Access.USER, Access.USER | Access.WRITE])
+    result = mmu.translate(addresses, kinds, out=out, status=status)
+    assert (result.stopped, result.status) == (1, Status.PAGE_FAULT)
+    assert result.fault.error_code == PFErr.P | PFErr.W | PFErr.U
+    assert pt.read_entry(VA + 0x1000, 1) & PTE.D == 0      # a faulting access changes nothing
+
+
+def test_a_stale_translation_is_used_until_invlpg(backend):
+    mem, pt, mmu = native(backend)
+    addresses, kinds, out, status = batch([VA + 0x3000])
+    mmu.translate(addresses, kinds, out=out, status=status)
+    pt.map(VA + 0x3000, 0x3000 << 12, RW_USER)          # remapped without telling the TLB
+    mmu.translate(addresses, kinds, out=out, status=status)
+    assert out[0] == 0x1003 << 12                       # the TLB still has the old translation
+    mmu.invlpg(VA + 0x3000)
+    mmu.translate(addresses, kinds, out=out, status=status)
+    assert out[0] == 0x3000 << 12
+
+
+def test_invlpg_removes_a_global_page_cached_under_another_pcid(backend):
+    mem, pt, mmu = native(backend, cr4_pcide=True)
+    mmu.mov_cr3(pt.root | 5)
+    mmu.translate(*batch([VA, VA + 0x1000])[:1])          # page 0 is global, page 1 is not
+    mmu.mov_cr3(pt.root | 6)                             # flushes PCID 6 only
+    l1 = mmu.structures()["l1d[0]"]
+    assert sorted((e["pcid"], e["global"]) for e in l1.contents()) == [(5, False), (5, True)]
+    mmu.invlpg(VA)                                       # current PCID 6: the global entry goes too
+    mmu.invlpg(VA + 0x1000)                              # the PCID-5 entry of page 1 stays
+    assert [(e["pcid"], e["global"]) for e in l1.contents()] == [(5, False)]
+    mmu.mov_cr3(pt.root | 5 | 1 << 63)                   # no-flush: PCID 5's entry survives
+    assert len(l1.contents()) == 1
+    mmu.mov_cr3(pt.root | 5)
+    assert l1.contents() == []
+
+
+def test_vpids_keep_two_vms_apart_and_invvpid_clears_one(backend):
+    memory_class, mmu_class = backend
+    mem, pt, mmu = native(backend)
+    other = PageTable(mem, kind=FrameKind.GUEST_PT)
+    other.map(VA, 0x3000 << 12, RW_USER)
+    addresses, kinds, out, status = batch([VA])
+    mmu.set_context(CpuState(cr3=pt.root), vpid=1)
+    mmu.translate(addresses, kinds, out=out, status=status)
+    mmu.set_context(CpuState(cr3=other.root), vpid=2)     # a VM switch: nothing is flushed
+    mmu.translate(addresses, kinds, out=out, status=status)
+    assert out[0] == 0x3000 << 12
+    mmu.set_context(CpuState(cr3=pt.root), vpid=1)
+    mmu.translate(addresses, kinds, out=out, status=status)
+    assert out[0] == 0x1000 << 12 and mmu.counters()["walks"] == 2
+    mmu.invvpid(1, vpid=2)
+    assert {e["vpid"] for e in mmu.structures()["l1d[0]"].contents()} == {1}
+    with pytest.raises(ValueError, match="VPID 0 is only valid with the all-context type"):
+        mmu.invvpid(1, vpid=0)
+
+
+def nested(backend, tlb):
+    memory_class, mmu_class = backend
+    mem = memory_class("64MiB")
+    mem.alloc_at(np.arange(4096, 8192), owner=1, kind=FrameKind.DATA)   # the VM's 16 MiB from 16 MiB up
+    ept = EptTable(mem, owner=1)
+    ept.map_range(0, 16 << 20, 16 << 20, EPT.RWX)
+    next_gpa = iter(range(1 << 20, 2 << 20, 4096))
+    guest = PageTable(mem, ept=ept, alloc_gpa=lambda: next(next_gpa))
+    guest.map(VA, 0x400000, RW_USER)
+    return mem, ept, mmu_class(mem, tlb=tlb, cpu=CpuState(cr3=guest.root), ept=ept.config, vpid=1)
+
+
+def test_a_nested_walk_without_caches_makes_24_references_every_time(backend):
+    mem, ept, mmu = nested(backend, TLBConfig.none())
+    addresses, kinds, out, status = batch([VA + 8 * i for i in range(10)])
+    assert mmu.translate(addresses, kinds, out=out, status=status).complete
+    assert out.tolist() == [(16 << 20) + 0x400000 + 8 * i for i in range(10)]
+    counters = mmu.counters()
+    assert counters["walks"] == 10 and counters["walk_references"] == 240
+    assert counters["walk_refs_histogram"][24] == 10
+
+
+def test_invept_empties_the_nested_tlb_and_the_combined_translations(backend):
+    mem, ept, mmu = nested(backend, SMALL)
+    addresses, kinds, out, status = batch([VA])
+    mmu.translate(addresses, kinds, out=out, status=status)
+    assert mmu.structures()["nested"].contents() and mmu.structures()["l1d[0]"].contents()
+    mmu.invept(1, eptag=ept.config.eptag + 1)            # another EPT: nothing happens
+    assert mmu.structures()["nested"].contents()
+    mmu.invept(1, eptag=ept.config.eptag)
+    assert all(not t.contents() for t in mmu.structures().values())
+
+
+def test_an_access_to_a_trapped_frame_stops_the_batch(backend):
+    mem, pt, mmu = native(backend)
+    mem.set_trap(0x1002)
+    addresses, kinds, out, status = batch([VA, VA + 0x2010, VA])
+    result = mmu.translate(addresses, kinds, out=out, status=status)
+    assert (result.stopped, result.status) == (1, Status.TRAP)
+    assert result.fault.host_address == (0x1002 << 12) | 0x10 and status[1] == Status.TRAP
+    mem.set_trap(0x1002, False)
+    assert mmu.translate(addresses, kinds, out=out, status=status, start=1).complete
+
+
+def test_a_non_canonical_address_is_a_general_protection_fault(backend):
+    mem, pt, mmu = native(backend)
+    result = mmu.translate(*batch([VA, 1 << 47])[:1])
+    assert (result.stopped, result.status, result.fault.fault_address) == (1, Status.GP, 1 << 47)
+    assert mmu.counters()["faults"]["gp"] == 1
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda m: m.translate([1, 2]), TypeError, "addresses: expected a 1-D numpy array of uint64"),
+    (lambda m: m.translate(np.zeros(3, np.int64)), TypeError, "addresses: expected a 1-D numpy array of uint64"),
+    (lambda m: m.translate(np.zeros(3, np.uint64), np.zeros(2, np.uint8)), TypeError, "kinds: expected a uint8"),
+    (lambda m: m.translate(np.zeros(3, np.uint64), np.array([0, 0, 3], np.uint8)), ValueError,
+     r"kinds\[2\]: 3 is not a valid access kind"),
+    (lambda m: m.translate(np.zeros(3, np.uint64), np.array([0, 16, 0], np.uint8)), ValueError,
+     r"kinds\[1\]: 16 is not a valid access kind"),
+    (lambda m: m.translate(np.zeros(3, np.uint64), start=4), ValueError, r"start: expected 0..3"),
+    (lambda m: m.translate(np.zeros(6, np.uint64)[::2]), ValueError, "addresses: expected a contiguous array"),
+    (lambda m: m.translate(np.zeros(3, np.uint64), out=np.zeros(3, np.uint32)), TypeError, "out: expected a uint64"),
+    (lambda m: m.translate_one(VA, 3), ValueError, "access: 3 is not a valid access kind"),
+    (lambda m: m.invlpg(1 << 47), ValueError, "invlpg: 140737488355328 is not a canonical linear address"),
+    (lambda m: m.invpcid(4), ValueError, "invpcid: type must be 0..3"),
+    (lambda m: m.invept(1, eptag=0), ValueError, "invept: single-context needs an EPT tag"),
+    (lambda m: m.mov_cr3(1 << 63), ValueError, r"mov_cr3: bit 63 \(no-flush\) is reserved while CR4.PCIDE=0"),
+    (lambda m: m.set_context(CpuState(cr3=1 << 50)), ValueError, "cr3"),
+    (lambda m: m.set_context("cpu"), TypeError, "cpu: expected a CpuState"),
+])
+def test_bad_arguments_are_rejected_with_a_clear_message(backend, call, error, message):
+    mem, pt, mmu = native(backend)
+    with pytest.raises(error, match=message):
+        call(mmu)
+
+
+def test_translate_one_reports_the_walk_in_detail(backend):
+    mem, pt, mmu = native(backend, tlb=TLBConfig.none())
+    walk = mmu.translate_one(VA + 0x1234, Access.WRITE, trace=True)
+    assert walk.ok and walk.host_address == (0x1001 << 12) | 0x234 and walk.guest_refs == (1, 1, 1, 1, 0)
+    assert [(r.dimension, r.level) for r in walk.trace] == [("guest", 4), ("guest", 3), ("guest", 2), ("guest", 1)]
+
+
+def test_one_tebibyte_of_host_memory_runs_a_batch():
+    mem = CompiledMemory("1TiB")
+    pt = PageTable(mem, kind=FrameKind.GUEST_PT)
+    pt.map_range(VA, (1 << 40) - (64 << 20), 64 << 20, RW_USER)      # the last 64 MiB of the 1 TiB
+    mmu = CompiledMMU(mem, cpu=CpuState(cr3=pt.root))
+    addresses = VA + np.arange(0, 64 << 20, 4096, dtype=np.uint64)
+    out = np.zeros(len(addresses), np.uint64)
+    assert mmu.translate(addresses, out=out).complete
+    assert out[-1] == (1 << 40) - 4096 and mem.table_bytes <= 64 * 4096
