@@ -219,3 +219,32 @@ def test_one_tebibyte_of_host_memory_runs_a_batch():
     out = np.zeros(len(addresses), np.uint64)
     assert mmu.translate(addresses, out=out).complete
     assert out[-1] == (1 << 40) - 4096 and mem.table_bytes <= 64 * 4096
+
+
+def test_translate_releases_the_gil():
+    """Another Python thread keeps running while a long batch is being translated."""
+    import threading
+    import time
+
+    mem = CompiledMemory("64MiB")
+    pt = PageTable(mem, kind=FrameKind.GUEST_PT)
+    pt.map_range(VA, 0, 32 << 20, RW_USER)
+    mmu = CompiledMMU(mem, tlb=TLBConfig.none(), cpu=CpuState(cr3=pt.root))
+    addresses = VA + (np.arange(20_000_000, dtype=np.uint64) * np.uint64(4096 + 8)) % np.uint64(32 << 20)
+    window = []
+
+    def work():
+        window.append(time.perf_counter())
+        assert mmu.translate(addresses).complete
+        window.append(time.perf_counter())
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    ticks = []
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+    worker.join()
+    start, end = window
+    inside = [t for t in ticks if start + 0.05 < t < end - 0.05]
+    assert end - start > 0.2, "the batch was too short to tell"
+    assert len(inside) > 1000, f"the main thread ran {len(inside)} times during the batch"
