@@ -120,7 +120,7 @@ class MMUMachine(RuleBasedStateMachine):
         while start < len(addresses):
             outs = []
             for mmu in self.mmus:
-                out = np.zeros(len(addresses), dtype=np.uint64)
+                out = np.full(len(addresses), 0xDEAD, dtype=np.uint64)   # a fault leaves its slot alone
                 status = np.zeros(len(addresses), dtype=np.uint8)
                 result = mmu.translate(addresses, kinds, out=out, status=status, start=start)
                 outs.append((result.stopped, int(result.status), result.fault, out[start:result.stopped + 1].tolist()

@@ -261,7 +261,8 @@ class MMU:
             frame = (result.host_address & ~(result.page_size - 1)) >> PAGE_SHIFT
             self._fill("l2", va, code, frame, result.attrs, result.is_global)
             self._fill(l1_name, va, code, frame, result.attrs, result.is_global)
-        if self.mem.is_trapped(result.host_address >> PAGE_SHIFT):
+        frame = result.host_address >> PAGE_SHIFT
+        if frame < self.mem.nframes and self.mem.is_trapped(frame):   # beyond memory: nothing to trap
             self.counts["faults"]["trap"] += 1
             return Walk(status=Status.TRAP, host_address=result.host_address, page_size=result.page_size,
                         attrs=result.attrs, fault_address=va, guest_linear_address=va)
@@ -285,7 +286,8 @@ class MMU:
         addresses, kinds, out, status = check_batch(addresses, kinds, out, status, start)
         for i in range(start, len(addresses)):
             result = self.translate_one(int(addresses[i]), int(kinds[i]))
-            out[i] = result.host_address
+            if result.status in (Status.OK, Status.TRAP):
+                out[i] = result.host_address
             status[i] = result.status
             if result.status != Status.OK:
                 # A batch's fault record leaves per-walk reference detail to translate_one.
