@@ -222,7 +222,7 @@ def test_one_tebibyte_of_host_memory_runs_a_batch():
 
 
 def test_translate_releases_the_gil():
-    """Another Python thread keeps running while a long batch is being translated."""
+    """Another Python thread keeps running while a long batch is translated: no long pause."""
     import threading
     import time
 
@@ -231,20 +231,13 @@ def test_translate_releases_the_gil():
     pt.map_range(VA, 0, 32 << 20, RW_USER)
     mmu = CompiledMMU(mem, tlb=TLBConfig.none(), cpu=CpuState(cr3=pt.root))
     addresses = VA + (np.arange(20_000_000, dtype=np.uint64) * np.uint64(4096 + 8)) % np.uint64(32 << 20)
-    window = []
-
-    def work():
-        window.append(time.perf_counter())
-        assert mmu.translate(addresses).complete
-        window.append(time.perf_counter())
-
-    worker = threading.Thread(target=work)
+    kinds, out, status = np.zeros(len(addresses), np.uint8), np.zeros(len(addresses), np.uint64), \
+        np.zeros(len(addresses), np.uint8)
+    worker = threading.Thread(target=lambda: mmu.translate(addresses, kinds, out=out, status=status))
+    ticks = [time.perf_counter()]
     worker.start()
-    ticks = []
     while worker.is_alive():
         ticks.append(time.perf_counter())
-    worker.join()
-    start, end = window
-    inside = [t for t in ticks if start + 0.05 < t < end - 0.05]
-    assert end - start > 0.2, "the batch was too short to tell"
-    assert len(inside) > 1000, f"the main thread ran {len(inside)} times during the batch"
+    longest_pause = max(b - a for a, b in zip(ticks, ticks[1:], strict=False))
+    assert ticks[-1] - ticks[0] > 0.3, "the batch was too short to tell"
+    assert longest_pause < 0.1, f"the main thread stood still for {longest_pause:.3f} s"
