@@ -130,7 +130,7 @@ def test_demo_result():
     vm_memory = 64 << 20
     pages = vm_memory >> 12
     tables = pages // ENTRIES_PER_TABLE
-    result = cli.demo(64 << 30, vm_memory, seed=3)
+    result = cli.demo(64 << 30, vm_memory, seed=3, accesses=50_000)
     assert result["host_memory"] == 64 << 30
     assert result["table_frames"] == 2 * tables == 64
     assert result["table_bytes"] == 128 * 4096  # 65 slots with the zero frame: capacity doubled to 128
@@ -140,7 +140,13 @@ def test_demo_result():
                                          (2, "scattered", pages, tables, pages)]
     assert result["check"]["guest_page"] == pages - 1
     assert result["check"]["entry"] == (result["check"]["host_frame"] << 12) | 0x37  # RWX, memory type WB
-    assert cli.demo(64 << 30, vm_memory, seed=3)["check"] == result["check"]  # the seed fixes the layout
+    assert cli.demo(64 << 30, vm_memory, seed=3, accesses=10)["check"] == result["check"]  # the seed fixes the layout
+    native, nested = result["translation"]["modes"]
+    # The same trace through the same TLBs: the same hits and walks; a nested walk costs more references.
+    assert (native["mode"], nested["mode"]) == ("native", "nested")
+    assert (native["l1_hit"], native["l2_hit"], native["walks"]) == (nested["l1_hit"], nested["l2_hit"],
+                                                                    nested["walks"])
+    assert 1 <= native["refs_per_walk"] <= 4 < nested["refs_per_walk"] <= 24
 
 
 def test_demo_prints_the_table_cost(capsys):
