@@ -167,7 +167,7 @@ def mmu_row(part: str, trace: np.ndarray, reps: int, world: World) -> tuple[list
         raise SystemExit(f"bench: unexpected {result.status.name} at access {result.stopped}")
     counters = mmu.counters()
     walks = counters["walks"]
-    refs = sum(counters["guest_refs"]) + sum(counters["ept_refs"])
+    refs = counters["walk_references"]
     return seconds, {"walks": walks, "refs_per_walk": refs / walks if walks else 0.0}
 
 
