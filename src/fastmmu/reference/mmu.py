@@ -261,7 +261,9 @@ class MMU:
             frame = (result.host_address & ~(result.page_size - 1)) >> PAGE_SHIFT
             self._fill("l2", va, code, frame, result.attrs, result.is_global)
             self._fill(l1_name, va, code, frame, result.attrs, result.is_global)
-        if self.mem.is_trapped(result.host_address >> PAGE_SHIFT):
+        # A frame beyond memory is never trapped (the compiled loop reads its sentinel record).
+        pfn = result.host_address >> PAGE_SHIFT
+        if pfn < self.mem.nframes and self.mem.is_trapped(pfn):
             self.counts["faults"]["trap"] += 1
             return Walk(status=Status.TRAP, host_address=result.host_address, page_size=result.page_size,
                         attrs=result.attrs, fault_address=va, guest_linear_address=va)
