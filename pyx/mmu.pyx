@@ -461,57 +461,18 @@ cdef class MMU:
         cdef walk_t w
         cdef bint walked = 0
         cdef int result = WALK_OK
-        cdef bint done
         if n == 0 or start == n:
             return BatchResult(int(start), Status.OK, None)
         cdef bint fast = _fast_walks(self)
-        cdef bint plain = (fast and self.mem.c.ntraps == 0 and self.levels[LEVEL_L1I].n == 0
-                           and self.levels[LEVEL_L1D].n == 0 and self.levels[LEVEL_L2].n == 0)
-        cdef uint64_t fast_hpa = 0, nfast = 0, a
-        cdef uint32_t fast_attrs = 0, fast_refs = 0, plain_refs = _walk_refs(self)
-        cdef int fast_shift = 0, cshift = self.paging.canonical_shift
         self._load_clocks()
         with nogil:
-            if plain:
-                # No TLB, no cache, no trap: most accesses are one fast walk, counted in bulk below
-                # (one that is not, a fault or a large page, takes the full path).
-                while i < n:
-                    a = va[i]
-                    if <uint64_t>((<int64_t>(a << (63 - cshift))) >> (63 - cshift)) == a:
-                        if self.nested:
-                            done = walk_nested_fast(&self.mem.c, &self.paging, &self.ept, a, kind[i],
-                                                    &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
-                        else:
-                            done = walk_native_fast(&self.mem.c, &self.paging, a, kind[i],
-                                                    &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
-                        if done:
-                            hpa[i] = fast_hpa
-                            st[i] = WALK_OK
-                            if fast_refs == plain_refs:
-                                nfast += 1
-                            else:                                  # a large page
-                                self.counts.accesses += 1
-                                _count_walk(self, fast_refs)
-                            i += 1
-                            continue
-                    result = _translate(self, a, kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast)
-                    st[i] = <uint8_t>result
-                    if result != WALK_OK:
-                        self.counts.faults[result] += 1
-                        break
-                    i += 1
-                self.counts.accesses += nfast
-                self.counts.walks += nfast
-                self.counts.references += nfast * plain_refs
-                self.counts.histogram[plain_refs if plain_refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += nfast
-            else:
-                while i < n:
-                    result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast)
-                    st[i] = <uint8_t>result
-                    if result != WALK_OK:
-                        self.counts.faults[result] += 1
-                        break
-                    i += 1
+            while i < n:
+                result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast)
+                st[i] = <uint8_t>result
+                if result != WALK_OK:
+                    self.counts.faults[result] += 1
+                    break
+                i += 1
         self._store_clocks()
         if result == WALK_OK:
             return BatchResult(int(n), Status.OK, None)

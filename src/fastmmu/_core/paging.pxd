@@ -809,6 +809,17 @@ cdef inline int _native_level(mem_t *m, const paging_t *p, int level, uint64_t t
 # entries again and decides.  Only for callers whose walk_caches_t has no paging-structure
 # cache (and, nested, no nested TLB) and that record no trace.
 
+cdef inline bint _fast_out(const mem_t *m, uint64_t table) noexcept nogil:
+    """A table beyond memory: the fast paths leave it to the full walk (a branch, not a clamp, so
+    that the frame number is not one more step in the chain of dependent loads)."""
+    return (table >> PAGE_SHIFT) >= m.nframes
+
+
+cdef inline uint64_t _fast_index(const mem_t *m, uint64_t table, uint64_t address, int shift) noexcept nogil:
+    """_table_entry_index for a table within memory (``_fast_out`` is false)."""
+    return ((<uint64_t>m.slot_of[table >> PAGE_SHIFT]) << 9) | ((address >> shift) & 511)
+
+
 cdef inline bint _fast_bad_x86(const paging_t *p, int level, pte_t e) noexcept nogil:
     return ((e ^ (PTE_P | PTE_A)) & p.check[level]) != 0
 
@@ -823,18 +834,24 @@ cdef inline bint walk_native_fast(const mem_t *m, const paging_t *p, gva_t va, u
     cdef int leaf, shift, top = p.levels
     cdef uint32_t attrs
     if top == 5:
-        e = m.entries[_table_entry_index(m, table, va, PAGE_SHIFT + 36)]
+        if _fast_out(m, table):
+            return 0
+        e = m.entries[_fast_index(m, table, va, PAGE_SHIFT + 36)]
         if _fast_bad_x86(p, 5, e):
             return 0
         allow &= e
         xd |= e
         table = e & ADDR_MASK
-    e = m.entries[_table_entry_index(m, table, va, PAGE_SHIFT + 27)]
+    if _fast_out(m, table):
+        return 0
+    e = m.entries[_fast_index(m, table, va, PAGE_SHIFT + 27)]
     if _fast_bad_x86(p, 4, e):
         return 0
     allow &= e
     xd |= e
-    e = m.entries[_table_entry_index(m, e & ADDR_MASK, va, PAGE_SHIFT + 18)]
+    if _fast_out(m, e & ADDR_MASK):
+        return 0
+    e = m.entries[_fast_index(m, e & ADDR_MASK, va, PAGE_SHIFT + 18)]
     if _fast_bad_x86(p, 3, e):
         return 0
     allow &= e
@@ -842,7 +859,9 @@ cdef inline bint walk_native_fast(const mem_t *m, const paging_t *p, gva_t va, u
     if e & PTE_PS:
         leaf = 3
     else:
-        e = m.entries[_table_entry_index(m, e & ADDR_MASK, va, PAGE_SHIFT + 9)]
+        if _fast_out(m, e & ADDR_MASK):
+            return 0
+        e = m.entries[_fast_index(m, e & ADDR_MASK, va, PAGE_SHIFT + 9)]
         if _fast_bad_x86(p, 2, e):
             return 0
         allow &= e
@@ -850,7 +869,9 @@ cdef inline bint walk_native_fast(const mem_t *m, const paging_t *p, gva_t va, u
         if e & PTE_PS:
             leaf = 2
         else:
-            e = m.entries[_table_entry_index(m, e & ADDR_MASK, va, PAGE_SHIFT)]
+            if _fast_out(m, e & ADDR_MASK):
+                return 0
+            e = m.entries[_fast_index(m, e & ADDR_MASK, va, PAGE_SHIFT)]
             if _fast_bad_x86(p, 1, e):
                 return 0
             allow &= e
@@ -884,30 +905,40 @@ cdef inline bint _ept_fast(const mem_t *m, const ept_t *ept, gpa_t gpa, uint32_t
     if gpa >> ept.width:
         return 0
     if top == 5:
-        e = m.entries[_table_entry_index(m, table, gpa, PAGE_SHIFT + 36)]
+        if _fast_out(m, table):
+            return 0
+        e = m.entries[_fast_index(m, table, gpa, PAGE_SHIFT + 36)]
         if _fast_bad_ept(ept, 5, e):
             return 0
         rights &= e
         table = e & ADDR_MASK
-    e = m.entries[_table_entry_index(m, table, gpa, PAGE_SHIFT + 27)]
+    if _fast_out(m, table):
+        return 0
+    e = m.entries[_fast_index(m, table, gpa, PAGE_SHIFT + 27)]
     if _fast_bad_ept(ept, 4, e):
         return 0
     rights &= e
-    e = m.entries[_table_entry_index(m, e & ADDR_MASK, gpa, PAGE_SHIFT + 18)]
+    if _fast_out(m, e & ADDR_MASK):
+        return 0
+    e = m.entries[_fast_index(m, e & ADDR_MASK, gpa, PAGE_SHIFT + 18)]
     if _fast_bad_ept(ept, 3, e):
         return 0
     rights &= e
     if e & EPT_PS:
         shift = PAGE_SHIFT + 18
     else:
-        e = m.entries[_table_entry_index(m, e & ADDR_MASK, gpa, PAGE_SHIFT + 9)]
+        if _fast_out(m, e & ADDR_MASK):
+            return 0
+        e = m.entries[_fast_index(m, e & ADDR_MASK, gpa, PAGE_SHIFT + 9)]
         if _fast_bad_ept(ept, 2, e):
             return 0
         rights &= e
         if e & EPT_PS:
             shift = PAGE_SHIFT + 9
         else:
-            e = m.entries[_table_entry_index(m, e & ADDR_MASK, gpa, PAGE_SHIFT)]
+            if _fast_out(m, e & ADDR_MASK):
+                return 0
+            e = m.entries[_fast_index(m, e & ADDR_MASK, gpa, PAGE_SHIFT)]
             if _fast_bad_ept(ept, 1, e):
                 return 0
             rights &= e
@@ -947,7 +978,9 @@ cdef inline bint walk_nested_fast(const mem_t *m, const paging_t *p, const ept_t
         refs += x.refs
         if level == 0:
             break
-        e = m.entries[mem_entry_index(m, x.hpa)]
+        if _fast_out(m, x.hpa):
+            return 0
+        e = m.entries[_fast_index(m, x.hpa, x.hpa, 3)]
         refs += 1
         if _fast_bad_x86(p, level, e):
             return 0
