@@ -131,13 +131,6 @@ cdef inline bint _fast_walks(MMU self) noexcept nogil:
     return not (self.nested and self.caches.nested != NULL)
 
 
-cdef inline uint32_t _walk_refs(MMU self) noexcept nogil:
-    """References of a walk with 4 KiB pages on both sides and no cache (n*m + n + m nested)."""
-    if self.nested:
-        return self.paging.levels * self.ept.levels + self.paging.levels + self.ept.levels
-    return self.paging.levels
-
-
 cdef inline void _count_walk(MMU self, uint32_t refs) noexcept nogil:
     self.counts.walks += 1
     self.counts.references += refs
