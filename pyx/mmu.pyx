@@ -35,7 +35,9 @@ from fastmmu._core.paging cimport (
     walk_caches_init,
     walk_caches_t,
     walk_native,
+    walk_native_fast,
     walk_nested,
+    walk_nested_fast,
     walk_result,
     walk_t,
     walk_trace_clear,
@@ -120,13 +122,33 @@ cdef inline void _fill(MMU self, level_t *level, uint64_t va, uint8_t code, uint
         tlb_fill(level.t[target], va, code, ctx, frame, attrs, level.clock[target][0] - 1)
 
 
+cdef inline bint _fast_walks(MMU self) noexcept nogil:
+    """Whether the walker's fast paths apply: no paging-structure cache (nor, nested, nested TLB)."""
+    cdef int level
+    for level in range(2, 6):
+        if self.caches.psc[level] != NULL:
+            return 0
+    return not (self.nested and self.caches.nested != NULL)
+
+
+cdef inline void _count_walk(MMU self, uint32_t refs) noexcept nogil:
+    self.counts.walks += 1
+    self.counts.references += refs
+    self.counts.histogram[refs if refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += 1
+
+
 cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa, walk_t *w,
-                           trace_kind *trace, bint *walked) noexcept nogil:
+                           trace_kind *trace, bint *walked, bint fast) noexcept nogil:
     """One access: the TLB levels, then a walk.  Returns a WALK_* status.
 
     ``w`` holds the walk's result when ``walked`` is set, else the page size
     and rights of the cached translation; ``hpa`` the address when not faulting.
+    ``fast``: the walker's fast paths apply (``_fast_walks``); ignored with a trace.
     """
+    cdef uint64_t fast_hpa = 0
+    cdef uint32_t fast_attrs = 0, fast_refs = 0
+    cdef int fast_shift = 0
+    cdef bint done
     cdef tlb_hit_t hit
     cdef int l1_index = LEVEL_L1I if access & ACC_FETCH else LEVEL_L1D
     cdef level_t *l1 = &self.levels[l1_index]
@@ -161,13 +183,34 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
         w.refs = 0
     else:
         walked[0] = 1
+        if trace_kind is no_trace_t:
+            if fast:
+                if self.nested:
+                    done = walk_nested_fast(&self.mem.c, &self.paging, &self.ept, va, access,
+                                            &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
+                else:
+                    done = walk_native_fast(&self.mem.c, &self.paging, va, access,
+                                            &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
+                if done:
+                    _count_walk(self, fast_refs)
+                    code = <uint8_t>((fast_shift - PAGE_SHIFT) // 9)
+                    frame = (fast_hpa >> fast_shift) << (fast_shift - PAGE_SHIFT)
+                    ctx |= CTX_GLOBAL if fast_attrs & ATTR_G else 0
+                    _fill(self, &self.levels[LEVEL_L2], va, code, ctx, frame, fast_attrs)
+                    _fill(self, l1, va, code, ctx, frame, fast_attrs)
+                    hpa[0] = fast_hpa
+                    if self.mem.c.ntraps and self.mem.c.trap[_clamp_frame(&self.mem.c, fast_hpa >> PAGE_SHIFT)]:
+                        w.status = WALK_TRAP
+                        w.page_shift = <uint8_t>fast_shift
+                        w.attrs = fast_attrs
+                        w.host_address = fast_hpa
+                        return WALK_TRAP
+                    return WALK_OK
         if self.nested:
             status = walk_nested(&self.mem.c, &self.paging, &self.ept, va, access, &self.caches, trace, w)
         else:
             status = walk_native(&self.mem.c, &self.paging, va, access, &self.caches, trace, w)
-        self.counts.walks += 1
-        self.counts.references += w.refs
-        self.counts.histogram[w.refs if w.refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += 1
+        _count_walk(self, w.refs)
         if status != WALK_OK:
             return status
         code = <uint8_t>((w.page_shift - PAGE_SHIFT) // 9)
@@ -413,10 +456,11 @@ cdef class MMU:
         cdef int result = WALK_OK
         if n == 0 or start == n:
             return BatchResult(int(start), Status.OK, None)
+        cdef bint fast = _fast_walks(self)
         self._load_clocks()
         with nogil:
             while i < n:
-                result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked)
+                result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast)
                 st[i] = <uint8_t>result
                 if result != WALK_OK:
                     self.counts.faults[result] += 1
@@ -447,7 +491,7 @@ cdef class MMU:
         cdef uint32_t kind = access
         walk_trace_clear(&refs)
         self._load_clocks()
-        result = _translate(self, address, kind, &hpa, &w, &refs, &walked)
+        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0)
         self._store_clocks()
         if result != WALK_OK:
             self.counts.faults[result] += 1

@@ -34,6 +34,10 @@ SMALL = TLBConfig(
     psc={"pde": CacheGeometry(4, 2), "pdpte": CacheGeometry(2, 2, policy="fifo"), "pml4e": CacheGeometry(2, 1)},
     nested_tlb=CacheGeometry(6, 3, ("4K", "2M")),
 )
+# The same TLBs without paging-structure caches or nested TLB (the walkers' fast paths apply),
+# and no cache at all (the run loop's plain loop).
+TLB_ONLY = TLBConfig(l1i=SMALL.l1i, l1d=SMALL.l1d, l2=SMALL.l2)
+NO_CACHE = TLBConfig.none()
 # Linear pages the tests play with: a few 4 KiB pages spread over two PDs and
 # two PML4 entries, one 2 MiB page, and a kernel-half page.
 PAGES_4K = [0x0000_1000_0000 + i * 0x1000 for i in range(6)] + [0x0000_1000_0000 + (1 << 21) * 3 + 0x5000,
@@ -86,6 +90,7 @@ class Twin:
 class MMUMachine(RuleBasedStateMachine):
     nested = False
     levels = 4
+    tlb = SMALL
 
     @initialize(n_tables=st.integers(1, 3), pcide=st.booleans())
     def setup(self, n_tables: int, pcide: bool) -> None:
@@ -99,7 +104,7 @@ class MMUMachine(RuleBasedStateMachine):
                            cr4_smap=True, cr4_smep=True, cr4_pke=True, pkru=0b0100)
             ept = self.twin.epts[side].config if self.nested else None
             mmu_class = CompiledMMU if side == 0 else ReferenceMMU
-            self.mmus.append(mmu_class(mem, tlb=SMALL, cpu=cpu, ept=ept, vpid=self.vpid))
+            self.mmus.append(mmu_class(mem, tlb=self.tlb, cpu=cpu, ept=ept, vpid=self.vpid))
         self.frames = self.twin.table_frames()
 
     addresses = st.lists(
@@ -153,6 +158,13 @@ class MMUMachine(RuleBasedStateMachine):
             if self.pcide:
                 value |= pcid | (1 << 63 if noflush else 0)
             mmu.mov_cr3(value)
+
+    @rule(i=st.integers(0, 7), on=st.booleans())
+    def trap(self, i: int, on: bool) -> None:
+        """Trap (or not) the host frame behind the first table's i-th 4 KiB page."""
+        pfn = 0x200 + i + ((16 << 8) if self.nested else 0)
+        for mem in self.twin.mems:
+            mem.set_trap(pfn, on)
 
     @rule(page=st.sampled_from([PAGES_4K[0], PAGES_4K[1], PAGE_2M]))   # page 0 is global
     def invlpg(self, page: int) -> None:
@@ -208,12 +220,38 @@ class FiveLevelMMUMachine(MMUMachine):
     levels = 5
 
 
+class TLBOnlyMMUMachine(MMUMachine):
+    tlb = TLB_ONLY
+
+
+class NestedTLBOnlyMMUMachine(MMUMachine):
+    nested = True
+    tlb = TLB_ONLY
+
+
+class NoCacheMMUMachine(MMUMachine):
+    tlb = NO_CACHE
+
+
+class NestedNoCacheMMUMachine(MMUMachine):
+    nested = True
+    tlb = NO_CACHE
+
+
+class FiveLevelNoCacheMMUMachine(MMUMachine):
+    levels = 5
+    tlb = NO_CACHE
+
+
 SETTINGS = settings(max_examples=150, stateful_step_count=30, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
-@pytest.mark.parametrize("machine", [MMUMachine, NestedMMUMachine, FiveLevelMMUMachine],
-                         ids=["native", "nested", "la57"])
+@pytest.mark.parametrize("machine", [MMUMachine, NestedMMUMachine, FiveLevelMMUMachine, TLBOnlyMMUMachine,
+                                     NestedTLBOnlyMMUMachine, NoCacheMMUMachine, NestedNoCacheMMUMachine,
+                                     FiveLevelNoCacheMMUMachine],
+                         ids=["native", "nested", "la57", "native-tlb-only", "nested-tlb-only", "native-no-cache",
+                              "nested-no-cache", "la57-no-cache"])
 def test_compiled_mmu_matches_reference(machine: type[RuleBasedStateMachine]) -> None:
     from hypothesis.stateful import run_state_machine_as_test
 
