@@ -45,21 +45,12 @@ from fastmmu._core.paging cimport (
 )
 from fastmmu._core.tlb cimport (
     CTX_GLOBAL,
-    INV_EPTAG_NONZERO,
-    INV_GLOBAL_ANY_PCID,
-    INV_KEEP_GLOBAL,
-    INV_MATCH_ADDR,
-    INV_MATCH_EPTAG,
-    INV_MATCH_PCID,
-    INV_MATCH_VPID,
-    INV_SKIP_VPID0,
     TLB,
     tlb_code_for,
     tlb_ctx,
     tlb_drop,
     tlb_fill,
     tlb_hit_t,
-    tlb_invalidate,
     tlb_lookup,
     tlb_t,
 )
@@ -76,7 +67,7 @@ from fastmmu._core.types cimport (
 )
 
 from fastmmu._core.tlb import TLB as _TLB
-from fastmmu.arch import Status, is_canonical
+from fastmmu.arch import Status
 from fastmmu.batch import BatchResult, check_batch
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.tlbconfig import PSC_SHIFTS, TLBConfig
@@ -327,24 +318,7 @@ cdef class MMU:
     def vpid(self):
         return self._vpid
 
-    # -- invalidation (docs/core-semantics.md, "Invalidations") --------------------
-
-    cdef void _invalidate(self, int tlb_how, int psc_how, int nested_how, uint64_t va, uint32_t pcid,
-                          uint32_t vpid, uint32_t eptag):
-        """Apply selectors to every TLB, every paging-structure cache, the nested TLB (-1: skip)."""
-        cdef uint64_t ctx = tlb_ctx(pcid, vpid, eptag, 0)
-        for name, t in self._structures:
-            if name == "nested":
-                if nested_how >= 0:
-                    tlb_invalidate(&(<TLB>t).c, nested_how, tlb_ctx(0, 0, eptag, 0), va)
-            elif name.startswith("psc."):
-                if psc_how >= 0:
-                    tlb_invalidate(&(<TLB>t).c, psc_how, ctx, va)
-            elif tlb_how >= 0:
-                tlb_invalidate(&(<TLB>t).c, tlb_how, ctx, va)
-
-    cdef uint32_t _eptag(self):
-        return self.ept.eptag if self.nested else 0
+    # -- invalidation: each structure applies the scope of its kind (docs/core-semantics.md) ----
 
     def mov_cr3(self, value):
         """MOV to CR3 (4.10.4.1): load a new root; flush the new PCID's non-global
@@ -358,64 +332,34 @@ cdef class MMU:
         cpu = CpuState(**{**self._cpu.__dict__, "cr3": value & ~CR3_NOFLUSH})
         self.set_context(cpu, ept=self._ept_config, vpid=self._vpid)
         if not noflush:
-            self._invalidate(INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL, INV_MATCH_VPID | INV_MATCH_PCID,
-                             -1, 0, self.paging.pcid, self._vpid, self._eptag())
+            for _, t in self._structures:
+                t.mov_cr3(self.paging.pcid, self._vpid, pcide=cpu.cr4_pcide)
 
     def invlpg(self, va):
-        """INVLPG: the page's translations of the current PCID, and global ones of any PCID."""
-        self._check_canonical(va, "invlpg")
-        self._invalidate(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_GLOBAL_ANY_PCID,
-                         INV_MATCH_VPID | INV_MATCH_PCID, -1, va, self.paging.pcid, self._vpid, self._eptag())
+        """INVLPG: the page's translations for the current PCID, and global ones of any PCID.
+        A non-canonical address makes it a no-op, as on hardware."""
+        for _, t in self._structures:
+            t.invlpg(va, self.paging.pcid, self._vpid, la57=self.paging.levels == 5)
 
     def invpcid(self, kind, *, pcid=0, va=0):
         """INVPCID types 0 (address), 1 (single context), 2 (all, globals too), 3 (all but globals)."""
-        if kind not in (0, 1, 2, 3):
-            raise ValueError(f"invpcid: type must be 0..3, got {kind!r}")
-        if isinstance(pcid, bool) or not isinstance(pcid, (int, np.integer)) or not 0 <= pcid < 4096:
-            raise ValueError(f"invpcid: pcid must be 0..4095, got {pcid!r}")
-        if kind == 0:
-            self._check_canonical(va, "invpcid")
-        tlb_how = {0: INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_KEEP_GLOBAL,
-                   1: INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL,
-                   2: INV_MATCH_VPID,
-                   3: INV_MATCH_VPID | INV_KEEP_GLOBAL}[kind]
-        psc_how = INV_MATCH_VPID | INV_MATCH_PCID if kind in (0, 1) else INV_MATCH_VPID
-        self._invalidate(tlb_how, psc_how, -1, va if kind == 0 else 0, pcid, self._vpid, self._eptag())
+        for _, t in self._structures:
+            t.invpcid(kind, pcid=pcid, va=va, vpid=self._vpid, la57=self.paging.levels == 5)
 
     def invvpid(self, kind, *, vpid=0, va=0):
         """INVVPID types 0 (address), 1 (single context), 2 (all contexts), 3 (single, keep globals)."""
-        if kind not in (0, 1, 2, 3):
-            raise ValueError(f"invvpid: type must be 0..3, got {kind!r}")
-        if isinstance(vpid, bool) or not isinstance(vpid, (int, np.integer)) or not 0 <= vpid < 1 << 16:
-            raise ValueError(f"invvpid: vpid must be 0..65535, got {vpid!r}")
-        if kind != 2 and vpid == 0:
-            raise ValueError("invvpid: VPID 0 is only valid with the all-context type (2)")
-        if kind == 0:
-            self._check_canonical(va, "invvpid")
-        tlb_how = {0: INV_MATCH_VPID | INV_MATCH_ADDR, 1: INV_MATCH_VPID, 2: INV_SKIP_VPID0,
-                   3: INV_MATCH_VPID | INV_KEEP_GLOBAL}[kind]
-        psc_how = INV_SKIP_VPID0 if kind == 2 else INV_MATCH_VPID
-        self._invalidate(tlb_how, psc_how, -1, va if kind == 0 else 0, 0, vpid, self._eptag())
+        for _, t in self._structures:
+            t.invvpid(kind, vpid=vpid, va=va, la57=self.paging.levels == 5)
 
     def invept(self, kind, *, eptag=0):
         """INVEPT types 1 (single context: one EPT tag) and 2 (all contexts)."""
-        if kind not in (1, 2):
-            raise ValueError(f"invept: type must be 1 (single context) or 2 (all contexts), got {kind!r}")
-        if kind == 1:
-            if isinstance(eptag, bool) or not isinstance(eptag, (int, np.integer)) or not 0 < eptag < 1 << 32:
-                raise ValueError(f"invept: single-context needs an EPT tag 1..2^32-1, got {eptag!r}")
-            self._invalidate(INV_MATCH_EPTAG, INV_MATCH_EPTAG, INV_MATCH_EPTAG, 0, 0, 0, eptag)
-        else:
-            self._invalidate(INV_EPTAG_NONZERO, INV_EPTAG_NONZERO, 0, 0, 0, 0, 0)
+        for _, t in self._structures:
+            t.invept(kind, eptag=eptag)
 
     def flush(self):
         """Empty every translation cache."""
-        self._invalidate(0, 0, 0, 0, 0, 0, 0)
-
-    def _check_canonical(self, va, what):
-        if isinstance(va, bool) or not isinstance(va, (int, np.integer)) or not 0 <= va < 1 << 64 \
-                or not is_canonical(int(va), self.paging.levels):
-            raise ValueError(f"{what}: {va!r} is not a canonical linear address")
+        for _, t in self._structures:
+            t.flush()
 
     # -- translation ---------------------------------------------------------------
 

@@ -58,7 +58,4 @@ cdef class MMU:
     cdef void _load_clocks(self)
     cdef void _store_clocks(self)
     cdef object _add(self, str name, object t)
-    cdef void _invalidate(self, int tlb_how, int psc_how, int nested_how, uint64_t va, uint32_t pcid,
-                          uint32_t vpid, uint32_t eptag)
-    cdef uint32_t _eptag(self)
     cdef object _fault_record(self, walk_t *w, int result, uint64_t va, walk_trace_t *refs, bint with_trace)

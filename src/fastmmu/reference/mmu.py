@@ -18,7 +18,6 @@ import numpy as np
 
 from fastmmu.arch import (
     CR3_NOFLUSH,
-    CR3_PCID_MASK,
     PAGE_SHIFT,
     Access,
     Attr,
@@ -36,17 +35,6 @@ SIZE_CODE = {4096: 0, 2 << 20: 1, 1 << 30: 2}
 CODE_SIZE = {0: "4K", 1: "2M", 2: "1G"}
 SIZE_SHIFT = {"4K": 12, "2M": 21, "1G": 30}
 HISTOGRAM_BUCKETS = 64
-
-# tlb.pxd's invalidation selectors
-INV_MATCH_VPID = 1
-INV_MATCH_PCID = 2
-INV_MATCH_EPTAG = 4
-INV_EPTAG_NONZERO = 8
-INV_MATCH_ADDR = 16
-INV_KEEP_GLOBAL = 32
-INV_GLOBAL_ANY_PCID = 64
-INV_SKIP_VPID0 = 128
-
 
 def fill_target(structures: Sequence[TLB], geometries: Sequence[CacheGeometry], code: int) -> int:
     """Which structure of a level caches a translation of size ``code`` (-1: none).
@@ -116,24 +104,16 @@ class MMU:
         caches["vpid"] = self.vpid
         return caches
 
-    # -- invalidation (docs/core-semantics.md, "Invalidations") --------------------
+    # -- invalidation: each structure applies the scope of its kind (docs/core-semantics.md) ----
 
-    def _invalidate(self, tlb_how: int | None, psc_how: int | None, nested_how: int | None, *,
-                    va: int = 0, pcid: int = 0, vpid: int | None = None, eptag: int | None = None) -> None:
-        vpid = self.vpid if vpid is None else vpid
-        eptag = self.eptag if eptag is None else eptag
-        if tlb_how is not None:
-            for t in self._all_tlbs():
-                t.invalidate(tlb_how, va=va, pcid=pcid, vpid=vpid, eptag=eptag)
-        if psc_how is not None:
-            for t in self.psc.values():
-                t.invalidate(psc_how, va=va, pcid=pcid, vpid=vpid, eptag=eptag)
-        if nested_how is not None and self.nested is not None:
-            self.nested.invalidate(nested_how, va=va, pcid=0, vpid=0, eptag=eptag)
+    def _structures_list(self) -> list[TLB]:
+        return list(self.structures().values())
 
     def mov_cr3(self, value: int) -> None:
         """MOV to CR3 (4.10.4.1): load a new root, flushing the new PCID's non-global entries
         unless PCIDE=1 and bit 63 (no-flush) is set."""
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+            raise ValueError(f"mov_cr3: expected a 64-bit value, got {value!r}")
         noflush = bool(value & CR3_NOFLUSH)
         if noflush and not self.cpu.cr4_pcide:
             raise ValueError("mov_cr3: bit 63 (no-flush) is reserved while CR4.PCIDE=0")
@@ -141,60 +121,34 @@ class MMU:
         new.validate(self.mem.maxphyaddr)
         self.cpu = new
         if not noflush:
-            pcid = (value & CR3_PCID_MASK) if self.cpu.cr4_pcide else 0
-            self._invalidate(INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL,
-                             INV_MATCH_VPID | INV_MATCH_PCID, None, pcid=pcid)
+            for t in self._structures_list():
+                t.mov_cr3(self.cpu.pcid, self.vpid, pcide=self.cpu.cr4_pcide)
 
     def invlpg(self, va: int) -> None:
-        self._check_canonical(va, "invlpg")
-        self._invalidate(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_GLOBAL_ANY_PCID,
-                         INV_MATCH_VPID | INV_MATCH_PCID, None, va=va, pcid=self.cpu.pcid)
+        """INVLPG: the page's translations for the current PCID, and global ones of any PCID.
+        A non-canonical address makes it a no-op, as on hardware."""
+        for t in self._structures_list():
+            t.invlpg(va, self.cpu.pcid, self.vpid, la57=self.cpu.levels == 5)
 
     def invpcid(self, kind: int, *, pcid: int = 0, va: int = 0) -> None:
-        if kind not in (0, 1, 2, 3):
-            raise ValueError(f"invpcid: type must be 0..3, got {kind!r}")
-        if not 0 <= pcid < 4096:
-            raise ValueError(f"invpcid: pcid must be 0..4095, got {pcid!r}")
-        if kind == 0:
-            self._check_canonical(va, "invpcid")
-        tlb_how = {0: INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_KEEP_GLOBAL,
-                   1: INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL,
-                   2: INV_MATCH_VPID,
-                   3: INV_MATCH_VPID | INV_KEEP_GLOBAL}[kind]
-        psc_how = INV_MATCH_VPID | INV_MATCH_PCID if kind in (0, 1) else INV_MATCH_VPID
-        self._invalidate(tlb_how, psc_how, None, va=va, pcid=pcid)
+        """INVPCID types 0 (address), 1 (single context), 2 (all, globals too), 3 (all but globals)."""
+        for t in self._structures_list():
+            t.invpcid(kind, pcid=pcid, va=va, vpid=self.vpid, la57=self.cpu.levels == 5)
 
     def invvpid(self, kind: int, *, vpid: int = 0, va: int = 0) -> None:
-        if kind not in (0, 1, 2, 3):
-            raise ValueError(f"invvpid: type must be 0..3, got {kind!r}")
-        if not 0 <= vpid < 1 << 16:
-            raise ValueError(f"invvpid: vpid must be 0..65535, got {vpid!r}")
-        if kind != 2 and vpid == 0:
-            raise ValueError("invvpid: VPID 0 is only valid with the all-context type (2)")
-        if kind == 0:
-            self._check_canonical(va, "invvpid")
-        tlb_how = {0: INV_MATCH_VPID | INV_MATCH_ADDR, 1: INV_MATCH_VPID, 2: INV_SKIP_VPID0,
-                   3: INV_MATCH_VPID | INV_KEEP_GLOBAL}[kind]
-        psc_how = INV_SKIP_VPID0 if kind == 2 else INV_MATCH_VPID
-        self._invalidate(tlb_how, psc_how, None, va=va, vpid=vpid)
+        """INVVPID types 0 (address), 1 (single context), 2 (all contexts), 3 (single, keep globals)."""
+        for t in self._structures_list():
+            t.invvpid(kind, vpid=vpid, va=va, la57=self.cpu.levels == 5)
 
     def invept(self, kind: int, *, eptag: int = 0) -> None:
-        if kind not in (1, 2):
-            raise ValueError(f"invept: type must be 1 (single context) or 2 (all contexts), got {kind!r}")
-        if kind == 1:
-            if not 0 < eptag < 1 << 32:
-                raise ValueError(f"invept: single-context needs an EPT tag 1..2^32-1, got {eptag!r}")
-            self._invalidate(INV_MATCH_EPTAG, INV_MATCH_EPTAG, INV_MATCH_EPTAG, eptag=eptag)
-        else:
-            self._invalidate(INV_EPTAG_NONZERO, INV_EPTAG_NONZERO, 0, eptag=0)
+        """INVEPT types 1 (single context: one EPT tag) and 2 (all contexts)."""
+        for t in self._structures_list():
+            t.invept(kind, eptag=eptag)
 
     def flush(self) -> None:
         """Empty every translation cache."""
-        self._invalidate(0, 0, 0)
-
-    def _check_canonical(self, va: int, what: str) -> None:
-        if not isinstance(va, int) or not 0 <= va < 1 << 64 or not is_canonical(va, self.cpu.levels):
-            raise ValueError(f"{what}: {va!r} is not a canonical linear address")
+        for t in self._structures_list():
+            t.flush()
 
     # -- translation ---------------------------------------------------------------
 
