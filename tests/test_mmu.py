@@ -239,8 +239,12 @@ def test_translate_releases_the_gil():
     while worker.is_alive():
         ticks.append(time.perf_counter())
     longest_pause = max(b - a for a, b in zip(ticks, ticks[1:], strict=False))
-    assert ticks[-1] - ticks[0] > 0.3, "the batch was too short to tell"
-    assert longest_pause < 0.1, f"the main thread stood still for {longest_pause:.3f} s"
+    duration = ticks[-1] - ticks[0]
+    assert duration > 0.3, "the batch was too short to tell"
+    # Holding the GIL would freeze this thread for the whole nogil loop; the argument checks
+    # before it (numpy over 20 M elements, with the GIL) are a small part of the batch.
+    assert longest_pause < duration / 3, \
+        f"the main thread stood still for {longest_pause:.3f} s of the batch's {duration:.3f} s"
 
 
 def test_invlpg_of_a_non_canonical_address_does_nothing(backend):
