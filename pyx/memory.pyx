@@ -5,8 +5,12 @@ the GIL held and checks its arguments; the walkers read ``HostMemory.c``
 without the GIL.
 """
 
+from cpython.buffer cimport PyBuffer_FillInfo
+from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
+
+import os
 
 import numpy as np
 
@@ -28,6 +32,81 @@ from fastmmu._core.types cimport (
 )
 
 from fastmmu.units import format_size, parse_size
+
+cdef extern from *:
+    """
+    /* The flat layout's buffer: reserved address space, committed 4 KiB at a time on first
+       write.  NULL where that is not available (Windows, no MAP_NORESERVE) or refused. */
+    #if !defined(_WIN32) && defined(__has_include)
+    #  if __has_include(<sys/mman.h>)
+    #    include <sys/mman.h>
+    #    include <unistd.h>
+    #  endif
+    #endif
+    #if defined(MAP_NORESERVE) && defined(MAP_ANONYMOUS)
+    #  define FASTMMU_FLAT_AVAILABLE 1
+    static void *fastmmu_flat_reserve(unsigned long long size) {
+        void *p;
+        if (size == 0 || size > (unsigned long long)PTRDIFF_MAX) return NULL;
+        p = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) return NULL;
+    #  ifdef MADV_NOHUGEPAGE
+        madvise(p, (size_t)size, MADV_NOHUGEPAGE);  /* one written entry commits 4 KiB, not 2 MiB */
+    #  endif
+        return p;
+    }
+    static void fastmmu_flat_release(void *p, unsigned long long size) {
+        if (p) munmap(p, (size_t)size);
+    }
+    /* Give a zeroed 4 KiB frame's memory back (only where a page is 4 KiB: a larger page
+       would take its neighbours' content with it). */
+    static void fastmmu_flat_discard(void *frame) {
+    #  ifdef MADV_DONTNEED
+        if (sysconf(_SC_PAGESIZE) == 4096) madvise(frame, 4096, MADV_DONTNEED);
+    #  endif
+    }
+    #else
+    #  define FASTMMU_FLAT_AVAILABLE 0
+    static void *fastmmu_flat_reserve(unsigned long long size) { (void)size; return NULL; }
+    static void fastmmu_flat_release(void *p, unsigned long long size) { (void)p; (void)size; }
+    static void fastmmu_flat_discard(void *frame) { (void)frame; }
+    #endif
+    """
+    bint FASTMMU_FLAT_AVAILABLE
+    void *fastmmu_flat_reserve(unsigned long long size) nogil
+    void fastmmu_flat_release(void *p, unsigned long long size) nogil
+    void fastmmu_flat_discard(void *frame) nogil
+
+
+cdef class _FlatMapping:
+    """Owns the flat layout's reserved buffer; numpy arrays over it keep it alive."""
+    cdef void *ptr
+    cdef unsigned long long size
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        PyBuffer_FillInfo(buf, self, self.ptr, <Py_ssize_t>self.size, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer *buf):
+        pass
+
+    def __dealloc__(self):
+        fastmmu_flat_release(self.ptr, self.size)
+
+
+cdef _FlatMapping _reserve_flat(uint64_t nframes):
+    """The flat buffer for ``nframes`` frames plus the zero sentinel, or None."""
+    if nframes >= (<uint64_t>1) << 51:
+        return None
+    cdef unsigned long long size = (nframes + 1) * 4096
+    cdef void *p = fastmmu_flat_reserve(size)
+    if p == NULL:
+        return None
+    cdef _FlatMapping mapping = _FlatMapping.__new__(_FlatMapping)
+    mapping.ptr = p
+    mapping.size = size
+    return mapping
+
 
 cdef slot_t _SLOT_LIMIT = 0xFFFFFFFF
 cdef uint64_t _OWNER_LIMIT = 1 << 24
@@ -61,7 +140,7 @@ cdef class HostMemory:
     '0x5001'
     """
 
-    def __cinit__(self, size, *, int maxphyaddr=46):
+    def __cinit__(self, size, *, int maxphyaddr=46, str layout="auto"):
         cdef uint64_t nbytes = parse_size(size, "host memory size")
         if maxphyaddr < 36 or maxphyaddr > 52:
             raise ValueError(f"maxphyaddr: expected 36..52 bits, got {maxphyaddr}")
@@ -72,6 +151,15 @@ cdef class HostMemory:
             raise ValueError(
                 f"host memory size: {format_size(nbytes)} exceeds what MAXPHYADDR={maxphyaddr} "
                 f"can address ({format_size((<uint64_t>1) << maxphyaddr)})")
+        if layout not in ("auto", "flat", "slots"):
+            raise ValueError(f"layout: expected 'auto', 'flat' or 'slots', got {layout!r}")
+        if layout == "auto":
+            forced = os.environ.get("FASTMMU_MEMORY_LAYOUT", "")
+            if forced not in ("", "auto", "flat", "slots"):
+                raise ValueError(f"FASTMMU_MEMORY_LAYOUT: expected 'auto', 'flat' or 'slots', "
+                                 f"got {forced!r}")
+            if forced == "slots":
+                layout = "slots"
         self.c.nframes = nbytes >> PAGE_SHIFT
         self.c.maxphyaddr = <uint8_t>maxphyaddr
         # calloc: untouched pages of these per-frame arrays never become resident.
@@ -86,7 +174,19 @@ cdef class HostMemory:
         self._search_hint = 0
         self._owner_frames = {}
         self.free_frames = self.c.nframes
-        self._set_capacity(16)
+        self._content_frames = 0
+        self.c.flat = 0
+        if layout != "slots":
+            self._mapping = _reserve_flat(self.c.nframes)
+            if self._mapping is None and layout == "flat":
+                raise MemoryError(f"layout 'flat': cannot reserve {format_size(nbytes)} of "
+                                  f"address space for the flat layout")
+        if self._mapping is not None:
+            self._entries = np.frombuffer(self._mapping, dtype=np.uint64)
+            self._set_pointer()
+            self.c.flat = 1
+        else:
+            self._set_capacity(16)
 
     def __dealloc__(self):
         free(self.c.slot_of)
@@ -109,25 +209,49 @@ cdef class HostMemory:
         return self.c.maxphyaddr
 
     @property
+    def layout(self) -> str:
+        """"flat" (the row of frame pfn in ``entries`` is pfn) or "slots" (see ``slot_of``)."""
+        return "flat" if self.c.flat else "slots"
+
+    @property
     def table_frames(self) -> int:
         """Frames that currently hold content (page tables of any kind)."""
+        if self.c.flat:
+            return self._content_frames
         return self._slots_used - 1 - len(self._free_slots)
 
     @property
     def table_bytes(self) -> int:
-        """Bytes of the entries buffer, allocated capacity included: what content costs."""
+        """What content costs: bytes of the entries buffer, allocated capacity included
+        (flat: 4 KiB per frame with content, what is committed of the reserved buffer)."""
+        if self.c.flat:
+            return self._content_frames * 4096
         return self._entries.nbytes
 
     @property
     def entries(self):
         """A read-only view of every content slot, shape (slots, 512); row 0 is the zero frame.
 
-        Use ``slot_of(pfn)`` to find a frame's row.  Writes go through ``write``.
+        Use ``slot_of(pfn)`` to find a frame's row.  Writes go through ``write``.  Flat
+        layout: the whole buffer, shape (nframes + 1, 512), row ``pfn`` is frame ``pfn``
+        (row 0 is frame 0 then; ``slot_of`` of a frame without content is still 0).
         """
         # Through a read-only buffer: a plain view could be made writable again
         # (flags.writeable = True) and a write to row 0 would corrupt the zero frame.
-        used = memoryview(self._entries[: self._slots_used * 512]).toreadonly()
-        return np.asarray(used).reshape(self._slots_used, 512)
+        cdef uint64_t rows = self.c.nframes + 1 if self.c.flat else self._slots_used
+        used = memoryview(self._entries[: rows * 512]).toreadonly()
+        return np.asarray(used).reshape(rows, 512)
+
+    def content_frames(self):
+        """The frames that hold content, ascending, as a ``uint64`` array."""
+        out = np.empty(self.table_frames, dtype=np.uint64)
+        cdef uint64_t[::1] frames = out
+        cdef uint64_t pfn, n = 0
+        for pfn in range(self.c.nframes):
+            if self.c.slot_of[pfn]:
+                frames[n] = pfn
+                n += 1
+        return out
 
     def __repr__(self):
         return (f"HostMemory({format_size(self.size)!r}, maxphyaddr={self.c.maxphyaddr}: "
@@ -141,11 +265,26 @@ cdef class HostMemory:
         if self._entries is not None:
             new[: len(self._entries)] = self._entries
         self._entries = new
-        cdef uint64_t[::1] view = new
+        self._set_pointer()
+
+    cdef void _set_pointer(self) except *:
+        cdef uint64_t[::1] view = self._entries
         self.c.entries = &view[0]
 
-    cdef slot_t _ensure_slot(self, pfn_t pfn) except 0:
+    cdef uint64_t _row(self, pfn_t pfn) noexcept:
+        """Row of frame ``pfn`` (< nframes) in ``entries``: the zero row if it has no content."""
+        if self.c.flat:
+            return pfn if self.c.slot_of[pfn] else self.c.nframes
+        return self.c.slot_of[pfn]
+
+    cdef int64_t _ensure_row(self, pfn_t pfn) except -1:
+        """Row of frame ``pfn`` in ``entries``, giving the frame content (zeros) if it had none."""
         cdef slot_t slot = self.c.slot_of[pfn]
+        if self.c.flat:
+            if not slot:
+                self.c.slot_of[pfn] = 1
+                self._content_frames += 1
+            return pfn
         if slot:
             return slot
         if self._free_slots:
@@ -162,7 +301,12 @@ cdef class HostMemory:
 
     cdef void _release_slot(self, pfn_t pfn) noexcept:
         cdef slot_t slot = self.c.slot_of[pfn]
-        if slot:
+        if slot and self.c.flat:
+            memset(&self.c.entries[pfn << 9], 0, 512 * sizeof(pte_t))
+            fastmmu_flat_discard(&self.c.entries[pfn << 9])
+            self.c.slot_of[pfn] = 0
+            self._content_frames -= 1
+        elif slot:
             memset(&self.c.entries[(<uint64_t>slot) << 9], 0, 512 * sizeof(pte_t))
             self.c.slot_of[pfn] = 0
             self._free_slots.append(slot)
@@ -178,7 +322,7 @@ cdef class HostMemory:
     cpdef pte_t read(self, hpa_t addr) except? 0xFFFFFFFFFFFFFFFF:
         """The 64-bit entry at host-physical ``addr`` (0 where the frame has no content)."""
         cdef pfn_t pfn = self._checked_frame(addr, "read")
-        return self.c.entries[((<uint64_t>self.c.slot_of[pfn]) << 9) | ((addr >> 3) & 511)]
+        return self.c.entries[(self._row(pfn) << 9) | ((addr >> 3) & 511)]
 
     cpdef void write(self, hpa_t addr, pte_t value) except *:
         """Store a 64-bit entry at host-physical ``addr``; the frame must be allocated."""
@@ -187,8 +331,8 @@ cdef class HostMemory:
             raise ValueError(f"write: frame {pfn:#x} (address {addr:#x}) is not allocated")
         if value == 0 and self.c.slot_of[pfn] == 0:
             return
-        cdef slot_t slot = self._ensure_slot(pfn)
-        self.c.entries[((<uint64_t>slot) << 9) | ((addr >> 3) & 511)] = value
+        cdef uint64_t row = self._ensure_row(pfn)
+        self.c.entries[(row << 9) | ((addr >> 3) & 511)] = value
 
     def write_run(self, hpa_t addr, uint64_t count, pte_t first, uint64_t step):
         """Write ``count`` consecutive entries from ``addr``: ``first``, ``first + step``, ...
@@ -203,7 +347,7 @@ cdef class HostMemory:
             raise ValueError(f"write_run: frame {pfn:#x} (address {addr:#x}) is not allocated")
         if count == 0:
             return
-        cdef uint64_t base = ((<uint64_t>self._ensure_slot(pfn)) << 9) | ((addr >> 3) & 511)
+        cdef uint64_t base = ((<uint64_t>self._ensure_row(pfn)) << 9) | ((addr >> 3) & 511)
         cdef uint64_t i
         cdef pte_t value = first
         for i in range(count):
@@ -213,12 +357,14 @@ cdef class HostMemory:
     def read_frame(self, pfn_t pfn):
         """A copy of the 512 entries of frame ``pfn``."""
         _check_pfn(self, pfn, "read_frame")
-        cdef uint64_t slot = self.c.slot_of[pfn]
-        return self._entries[slot * 512 : slot * 512 + 512].copy()
+        cdef uint64_t row = self._row(pfn)
+        return self._entries[row * 512 : row * 512 + 512].copy()
 
     def slot_of(self, pfn_t pfn) -> int:
-        """Row of frame ``pfn`` in ``entries`` (0: the frame has no content)."""
+        """Row of frame ``pfn`` in ``entries`` (0: the frame has no content; flat: ``pfn``)."""
         _check_pfn(self, pfn, "slot_of")
+        if self.c.flat:
+            return pfn if self.c.slot_of[pfn] else 0
         return self.c.slot_of[pfn]
 
     # -- ownership -----------------------------------------------------------

@@ -18,27 +18,48 @@ PAGE = 1 << PAGE_SHIFT
 INITIAL_SLOTS = 16  # the entries buffer starts with room for 16 frames, the zero frame included
 
 
+def _flat_available() -> bool:
+    try:
+        return HostMemory(PAGE, layout="flat").layout == "flat"
+    except MemoryError:
+        return False
+
+
+# Every layout this platform offers: "flat" (rows are frame numbers) where address space can be
+# reserved lazily, and "slots" (rows handed out on first write) everywhere.
+LAYOUTS = ["flat", "slots"] if _flat_available() else ["slots"]
+
+
 def addr(pfn: int, index: int = 0) -> int:
     """Host-physical address of entry ``index`` of frame ``pfn``."""
     return (pfn << PAGE_SHIFT) + 8 * index
 
 
-@pytest.fixture
-def mem() -> HostMemory:
-    return HostMemory("1GiB")
+@pytest.fixture(params=LAYOUTS)
+def mem(request) -> HostMemory:
+    m = HostMemory("1GiB", layout=request.param)
+    assert m.layout == request.param
+    return m
+
+
+def zero_row(m: HostMemory) -> int:
+    """Row of ``entries`` that is always zero: slot 0, or (flat) the sentinel frame past the end."""
+    return m.nframes if m.layout == "flat" else 0
 
 
 # -- construction --------------------------------------------------------------
 
 
-def test_sizes_of_a_one_tib_memory():
-    m = HostMemory("1TiB")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_sizes_of_a_one_tib_memory(layout):
+    m = HostMemory("1TiB", layout=layout)
+    assert m.layout == layout
     assert m.size == TiB
     assert m.nframes == TiB // PAGE == 1 << 28
     assert m.free_frames == m.nframes
     assert m.maxphyaddr == 46
     assert m.table_frames == 0
-    assert m.table_bytes == INITIAL_SLOTS * PAGE
+    assert m.table_bytes == (0 if layout == "flat" else INITIAL_SLOTS * PAGE)
     assert repr(m) == "HostMemory('1TiB', maxphyaddr=46: 0 frames allocated, 0 with content)"
 
 
@@ -81,19 +102,23 @@ def _resident_bytes() -> int:
 N_TABLES = 1000
 
 
-def test_one_tib_costs_only_the_tables_written():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_one_tib_costs_only_the_tables_written(layout):
     """1 TiB configured (the machine has 24 GiB); N table frames spread over all of it."""
     gc.collect()
     before = _resident_bytes() if sys.platform.startswith("linux") else None
-    m = HostMemory("1TiB")
+    m = HostMemory("1TiB", layout=layout)
     stride = m.nframes // N_TABLES
     frames = m.alloc_at(np.arange(N_TABLES, dtype=np.uint64) * stride + 7, owner=3, kind=FrameKind.GUEST_PT)
     for pfn in frames.tolist():
         m.write_run(addr(pfn), 512, (pfn << PAGE_SHIFT) | PTE.P, PAGE)
     assert m.table_frames == N_TABLES
-    # The buffer doubles as it grows: at least N+1 slots (slot 0 is the zero frame), under 2(N+1).
-    assert (N_TABLES + 1) * PAGE <= m.table_bytes < 2 * (N_TABLES + 1) * PAGE
-    assert m.table_bytes == 1024 * PAGE  # 16 doubled to the first power of two >= 1001
+    if layout == "flat":
+        assert m.table_bytes == N_TABLES * PAGE  # 4 KiB committed per frame with content
+    else:
+        # The buffer doubles as it grows: at least N+1 slots (slot 0 is the zero frame), under 2(N+1).
+        assert (N_TABLES + 1) * PAGE <= m.table_bytes < 2 * (N_TABLES + 1) * PAGE
+        assert m.table_bytes == 1024 * PAGE  # 16 doubled to the first power of two >= 1001
     last = int(frames[-1])
     assert m.read(addr(last, 511)) == ((last << PAGE_SHIFT) | PTE.P) + 511 * PAGE
     if before is None:
@@ -126,7 +151,7 @@ def test_write_then_read_back_every_bit(mem):
     assert mem.read(addr(pfn, 1)) == 0
     assert mem.table_frames == 1
     slot = mem.slot_of(pfn)
-    assert slot == 1
+    assert slot == (pfn if mem.layout == "flat" else 1)
     frame = mem.read_frame(pfn)
     assert frame.dtype == np.uint64 and frame.shape == (512,)
     assert frame[0] == 0xFFFF_FFFF_FFFF_FFFF and frame[511] == 1 << 63 and not frame[1:511].any()
@@ -147,10 +172,13 @@ def test_content_grows_past_the_initial_capacity(mem):
     for pfn in frames.tolist():
         mem.write(addr(pfn, pfn % 512), pfn + 1)
     assert mem.table_frames == INITIAL_SLOTS + 5
-    assert mem.table_bytes == 2 * INITIAL_SLOTS * PAGE
+    if mem.layout == "flat":
+        assert mem.table_bytes == (INITIAL_SLOTS + 5) * PAGE
+    else:
+        assert mem.table_bytes == 2 * INITIAL_SLOTS * PAGE
     assert [mem.read(addr(p, p % 512)) for p in frames.tolist()] == [p + 1 for p in frames.tolist()]
-    assert mem.entries.shape == (INITIAL_SLOTS + 6, 512)
-    assert not mem.entries[0].any()  # the zero frame stays zero
+    assert mem.entries.shape == ((mem.nframes + 1) if mem.layout == "flat" else INITIAL_SLOTS + 6, 512)
+    assert not mem.entries[zero_row(mem)].any()  # the zero frame stays zero
 
 
 @pytest.mark.parametrize("op", ["read", "write"])
@@ -191,12 +219,13 @@ def test_entries_is_read_only(mem):
     pfn = mem.alloc_frame(kind=FrameKind.GUEST_PT)
     mem.write(addr(pfn), 5)
     view = mem.entries
-    assert view.shape == (2, 512) and view.dtype == np.uint64
+    assert view.shape == ((mem.nframes + 1) if mem.layout == "flat" else 2, 512) and view.dtype == np.uint64
     with pytest.raises(ValueError, match="read-only"):
         view[0, 0] = 1
     with pytest.raises(ValueError):
         view.flags.writeable = True
-    assert not mem.entries[0].any() and mem.read(addr(pfn)) == 5
+    assert not mem.entries[zero_row(mem)].any() and mem.read(addr(pfn)) == 5
+    assert mem.entries[mem.slot_of(pfn), 0] == 5
 
 
 # -- allocation ----------------------------------------------------------------------
@@ -421,3 +450,39 @@ def test_random_alloc_free_keeps_the_books(rng):
             assert m.frames_owned(owner) == sum(1 for o in held.values() if o == owner)
     for pfn, owner in held.items():
         assert m.owner_of(pfn) == owner and m.kind_of(pfn) == FrameKind.DATA
+
+
+# -- layouts ------------------------------------------------------------------------------
+
+
+def test_layout_choice(monkeypatch):
+    assert HostMemory(PAGE, layout="slots").layout == "slots"
+    monkeypatch.setenv("FASTMMU_MEMORY_LAYOUT", "slots")
+    assert HostMemory(PAGE).layout == "slots"  # the variable forces slots over "auto"
+    monkeypatch.setenv("FASTMMU_MEMORY_LAYOUT", "auto")
+    assert HostMemory(PAGE).layout == LAYOUTS[0]
+    monkeypatch.delenv("FASTMMU_MEMORY_LAYOUT")
+    assert HostMemory(PAGE).layout == LAYOUTS[0]
+    with pytest.raises(ValueError, match="layout: expected 'auto', 'flat' or 'slots', got 'dense'"):
+        HostMemory(PAGE, layout="dense")
+    monkeypatch.setenv("FASTMMU_MEMORY_LAYOUT", "dense")
+    with pytest.raises(ValueError, match="FASTMMU_MEMORY_LAYOUT"):
+        HostMemory(PAGE)
+
+
+@pytest.mark.skipif("flat" not in LAYOUTS, reason="no flat layout on this platform")
+def test_flat_rows_are_frame_numbers_and_the_sentinel_stays_zero():
+    m = HostMemory(8 * PAGE, layout="flat")
+    frames = m.alloc(8, kind=FrameKind.GUEST_PT).tolist()
+    for pfn in frames:
+        m.write_run(addr(pfn), 512, 0xFFFF_FFFF_FFFF_FFFF, 0)
+    view = m.entries
+    assert view.shape == (9, 512)
+    assert [m.slot_of(p) for p in frames] == frames and m.table_bytes == 8 * PAGE
+    assert (view[:8] == 0xFFFF_FFFF_FFFF_FFFF).all() and not view[8].any()
+    assert list(m.content_frames()) == frames
+    m.free(frames[2:4])
+    assert not view[2:4].any() and (view[4] == 0xFFFF_FFFF_FFFF_FFFF).all()  # a live view sees the erase
+    assert m.table_frames == 6 and m.table_bytes == 6 * PAGE and m.slot_of(2) == 0
+    del m  # the view keeps the buffer alive
+    assert not view[8].any() and (view[7] == 0xFFFF_FFFF_FFFF_FFFF).all()

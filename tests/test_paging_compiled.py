@@ -96,8 +96,9 @@ def nested(
 
 
 def snapshot(mem) -> np.ndarray:
-    """Every word with content (rows: content slots)."""
-    return mem.entries.copy()
+    """Every word with content (rows: frames with content, ascending; either memory layout)."""
+    frames = mem.content_frames()
+    return np.stack([mem.read_frame(int(pfn)) for pfn in frames]) if len(frames) else np.zeros((0, 512), np.uint64)
 
 
 def guest_entries(w, levels=4) -> dict:

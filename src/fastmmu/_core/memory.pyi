@@ -20,13 +20,19 @@ class MemoryExhausted(MemoryError):
 class HostMemory:
     """Host physical memory of any configured size, resident only where used."""
 
-    def __init__(self, size: int | str, *, maxphyaddr: int = 46) -> None: ...
+    def __init__(self, size: int | str, *, maxphyaddr: int = 46, layout: str = "auto") -> None:
+        """``layout``: "auto" (flat where the OS can reserve address space lazily, else slots;
+        ``FASTMMU_MEMORY_LAYOUT=slots`` forces slots), "flat" (MemoryError if unavailable)
+        or "slots"."""
     @property
     def size(self) -> int: ...
     @property
     def nframes(self) -> int: ...
     @property
     def maxphyaddr(self) -> int: ...
+    @property
+    def layout(self) -> str:
+        """"flat" (row of frame pfn in ``entries`` is pfn) or "slots"."""
     @property
     def free_frames(self) -> int: ...
     @property
@@ -35,7 +41,8 @@ class HostMemory:
     def table_bytes(self) -> int: ...
     @property
     def entries(self) -> npt.NDArray[np.uint64]:
-        """Read-only view, shape (slots, 512); row 0 is the zero frame."""
+        """Read-only view, shape (slots, 512), row 0 the zero frame; flat: (nframes + 1, 512), row pfn."""
+    def content_frames(self) -> npt.NDArray[np.uint64]: ...
     # -- content
     def read(self, addr: int) -> int: ...
     def write(self, addr: int, value: int) -> None: ...

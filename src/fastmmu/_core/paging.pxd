@@ -816,7 +816,10 @@ cdef inline bint _fast_out(const mem_t *m, uint64_t table) noexcept nogil:
 
 
 cdef inline uint64_t _fast_index(const mem_t *m, uint64_t table, uint64_t address, int shift) noexcept nogil:
-    """_table_entry_index for a table within memory (``_fast_out`` is false)."""
+    """_table_entry_index for a table within memory (``_fast_out`` is false).  Flat memory: the
+    row is the frame number, no ``slot_of`` load (a branch that always goes the same way)."""
+    if m.flat:
+        return ((table >> PAGE_SHIFT) << 9) | ((address >> shift) & 511)
     return ((<uint64_t>m.slot_of[table >> PAGE_SHIFT]) << 9) | ((address >> shift) & 511)
 
 
