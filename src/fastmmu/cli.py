@@ -152,7 +152,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"{'VM ' + str(vm['owner']):<8} {vm['layout']:<11} {format_size(vm['memory']):>12} "
               f"{vm['data_frames']:>12} {vm['table_frames']:>12} {vm['entries_written']:>9}")
     print()
-    ratio = result["host_memory"] / result["table_bytes"]
+    ratio = result["host_memory"] / max(1, result["table_bytes"])   # flat layout: 0 before any table
     print(f"table content held in RAM: {format_size(result['table_bytes'])} "
           f"({result['table_frames']} table frames) for {format_size(result['host_memory'])} "
           f"configured: 1/{ratio:,.0f} of it")
