@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from types import SimpleNamespace
 
 import pytest
+import worlds
+from worlds import GVA, RAM, URW, GiB, KiB4, MiB2
 
-from fastmmu.arch import EPT, PTE, Access, Attr, FrameKind, Status
+from fastmmu.arch import EPT, PTE, Access, Attr, Status
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.reference import paging
 from fastmmu.reference.memory import HostMemory
@@ -19,14 +20,10 @@ from fastmmu.reference.tlb import TLB
 from fastmmu.tables import EptTable, PageTable
 from fastmmu.translation import Reference
 
-URW = PTE.P | PTE.RW | PTE.US
 A, D = int(PTE.A), int(PTE.D)
 USER, WRITE, FETCH = int(Access.USER), int(Access.WRITE), int(Access.FETCH)
-KiB4, MiB2, GiB = 4096, 2 << 20, 1 << 30
 SIZES = {"4K": KiB4, "2M": MiB2, "1G": GiB}
 LEAF = {KiB4: 1, MiB2: 2, GiB: 3}
-GVA = 0x0000_7F80_0000_0000 + 0x1234_5678  # inside one 1 GiB page at a 1 GiB-aligned base
-RAM = 1 << 32  # host-physical base of guest RAM (1 GiB aligned)
 
 
 def psc(level: str, entries: int = 16, ways: int = 4) -> TLB:
@@ -39,24 +36,7 @@ def ntlb(sizes=("4K", "2M", "1G"), entries: int = 32, ways: int = 4) -> TLB:
 
 
 def nested_world(guest_levels=4, ept_levels=4, guest_size=KiB4, ept_size=KiB4, *, ad=False, leaf=URW):
-    """Guest RAM at GPA 0 .. 1 GiB backed from host RAM; guest tables at GPA 1 MiB + (frames on demand)."""
-    mem = HostMemory("8GiB")
-    ept = EptTable(mem, ept_levels, ad=ad)
-    ept.map_range(0, RAM, max(4 << 20, ept_size), page_size=ept_size)  # the guest tables
-    data = (GVA & (guest_size - 1)) & ~(ept_size - 1)  # the final GPA's EPT page (the guest maps GPA 0)
-    if data >= max(4 << 20, ept_size):
-        ept.map(data, RAM + data, page_size=ept_size)
-    pages = iter(range(1 << 20, 4 << 20, KiB4))
-
-    def alloc_gpa() -> int:
-        gpa = next(pages)
-        mem.alloc_at([(RAM + gpa) >> 12], kind=FrameKind.GUEST_PT)
-        return gpa
-
-    pt = PageTable(mem, guest_levels, ept=ept, alloc_gpa=alloc_gpa)
-    pt.map(GVA & ~(guest_size - 1), 0, leaf, page_size=guest_size)
-    return SimpleNamespace(mem=mem, ept=ept, pt=pt, cpu=CpuState(cr3=pt.root, levels=guest_levels),
-                           data=(GVA & (guest_size - 1)) & ~0xFFF)
+    return worlds.nested_world(HostMemory, guest_levels, ept_levels, guest_size, ept_size, ad=ad, leaf=leaf)
 
 
 def native_world(levels=4, size=KiB4, leaf=URW):

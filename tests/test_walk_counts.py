@@ -11,25 +11,22 @@ they skip); a nested-TLB hit costs no EPT reference at all.
 from __future__ import annotations
 
 import importlib
-from types import SimpleNamespace
 
 import pytest
+import worlds
+from worlds import GVA, RAM, URW, GiB, KiB4, MiB2
 
-from fastmmu.arch import PTE, Access, FrameKind, Status
+from fastmmu.arch import Access, Status
 from fastmmu.cpu import CpuState
-from fastmmu.tables import EptTable, PageTable
+from fastmmu.tables import PageTable
 
 paging = importlib.import_module("fastmmu._core.paging")
 HostMemory = importlib.import_module("fastmmu._core.memory").HostMemory
 TLB = importlib.import_module("fastmmu._core.tlb").TLB
 
-URW = PTE.P | PTE.RW | PTE.US
 USER = int(Access.USER)
-KiB4, MiB2, GiB = 4096, 2 << 20, 1 << 30
 SIZES = {"4K": KiB4, "2M": MiB2, "1G": GiB}
 LEAF_LEVEL = {KiB4: 1, MiB2: 2, GiB: 3}
-GVA = 0x0000_7F80_0000_0000 + 0x1234_5678  # inside one 1 GiB page at a 1 GiB-aligned base
-RAM = 1 << 32  # host-physical base of guest RAM (1 GiB aligned)
 PSC_SHIFT = {"pde": 21, "pdpte": 30, "pml4e": 39, "pml5e": 48}
 
 
@@ -52,24 +49,7 @@ def native_world(levels: int, size: int, *, also=()):
 
 
 def nested_world(guest_levels: int, ept_levels: int, guest_size: int, ept_size: int, *, ad: bool = False):
-    """Guest RAM GPA 0.. backed from host RAM; guest tables at GPA 1 MiB and up; the guest maps GVA to GPA 0."""
-    mem = HostMemory("8GiB")
-    ept = EptTable(mem, ept_levels, ad=ad)
-    mapped = max(4 << 20, ept_size)
-    ept.map_range(0, RAM, mapped, page_size=ept_size)
-    data = (GVA & (guest_size - 1)) & ~(ept_size - 1)  # the EPT page of the final GPA
-    if data >= mapped:
-        ept.map(data, RAM + data, page_size=ept_size)
-    pages = iter(range(1 << 20, 4 << 20, KiB4))
-
-    def alloc_gpa() -> int:
-        gpa = next(pages)
-        mem.alloc_at([(RAM + gpa) >> 12], kind=FrameKind.GUEST_PT)
-        return gpa
-
-    pt = PageTable(mem, guest_levels, ept=ept, alloc_gpa=alloc_gpa)
-    pt.map(GVA & ~(guest_size - 1), 0, URW, page_size=guest_size)
-    return SimpleNamespace(mem=mem, ept=ept.config, cpu=CpuState(cr3=pt.root, levels=guest_levels))
+    return worlds.nested_world(HostMemory, guest_levels, ept_levels, guest_size, ept_size, ad=ad)
 
 
 def per_level(levels: range) -> tuple:
@@ -100,7 +80,7 @@ def test_nested_counts(guest_levels, ept_levels, guest_size, ept_size):
     guest_leaf, ept_leaf = LEAF_LEVEL[SIZES[guest_size]], LEAF_LEVEL[SIZES[ept_size]]
     guest_entries = guest_levels - guest_leaf + 1
     translations = guest_entries + 1  # each guest entry's GPA, then the final GPA
-    walk = paging.walk_nested(world.mem, world.cpu, world.ept, GVA, USER)
+    walk = paging.walk_nested(world.mem, world.cpu, world.ept.config, GVA, USER)
     assert walk.status == Status.OK, walk
     assert walk.guest_refs == per_level(range(guest_leaf, guest_levels + 1))
     assert walk.ept_refs == tuple(translations * n for n in per_level(range(ept_leaf, ept_levels + 1)))
@@ -112,7 +92,7 @@ def test_nested_counts(guest_levels, ept_levels, guest_size, ept_size):
 @pytest.mark.parametrize(("n", "m", "total"), [(4, 4, 24), (5, 5, 35), (4, 5, 29), (5, 4, 29)])
 def test_two_dimensional_walk_is_n_times_m_plus_n_plus_m(n, m, total):
     world = nested_world(n, m, KiB4, KiB4)
-    walk = paging.walk_nested(world.mem, world.cpu, world.ept, GVA)
+    walk = paging.walk_nested(world.mem, world.cpu, world.ept.config, GVA)
     assert walk.references == n * m + n + m == total
     assert sum(walk.guest_refs) == n and sum(walk.ept_refs) == (n + 1) * m
 
@@ -122,7 +102,7 @@ def test_counts_do_not_depend_on_access_kind_or_flags(ad):
     """Reads, writes, fetches; first walk (flags to set) or later ones: the same references."""
     world = nested_world(4, 4, KiB4, KiB4, ad=ad)
     for access in (0, int(Access.WRITE), int(Access.FETCH), USER | int(Access.WRITE), 0):
-        walk = paging.walk_nested(world.mem, world.cpu, world.ept, GVA, access)
+        walk = paging.walk_nested(world.mem, world.cpu, world.ept.config, GVA, access)
         assert walk.status == Status.OK and walk.references == 24
 
 
@@ -130,10 +110,10 @@ def test_faulting_walks_count_the_references_they_made():
     world = nested_world(4, 4, KiB4, KiB4)
     # A not-present guest PML4E: the EPT walk of its GPA and the entry itself count.
     other = GVA - (1 << 39)  # another PML4 slot: not present in the guest
-    walk = paging.walk_nested(world.mem, world.cpu, world.ept, other)
+    walk = paging.walk_nested(world.mem, world.cpu, world.ept.config, other)
     assert walk.status == Status.PAGE_FAULT
     assert walk.guest_refs == (0, 0, 0, 1, 0) and walk.ept_refs == (1, 1, 1, 1, 0)
-    walk = paging.walk_nested(world.mem, world.cpu, world.ept, 1 << 63)  # non-canonical: nothing at all
+    walk = paging.walk_nested(world.mem, world.cpu, world.ept.config, 1 << 63)  # non-canonical: nothing at all
     assert walk.status == Status.GP and walk.references == 0
 
 
@@ -175,8 +155,8 @@ def test_native_lowest_cache_level_wins():
 def test_nested_paging_structure_cache_skips_guest_levels_and_their_ept_walks(n, m):
     world = nested_world(n, m, KiB4, KiB4)
     caches = {"pde": psc("pde")}
-    assert paging.walk_nested(world.mem, world.cpu, world.ept, GVA, caches=caches).references == n * m + n + m
-    walk = paging.walk_nested(world.mem, world.cpu, world.ept, GVA, caches=caches)
+    assert paging.walk_nested(world.mem, world.cpu, world.ept.config, GVA, caches=caches).references == n * m + n + m
+    walk = paging.walk_nested(world.mem, world.cpu, world.ept.config, GVA, caches=caches)
     assert walk.guest_refs == (1, 0, 0, 0, 0)
     assert walk.ept_refs == tuple(2 * x for x in per_level(range(1, m + 1)))  # the PTE's GPA and the final GPA
 
@@ -185,21 +165,21 @@ def test_nested_paging_structure_cache_skips_guest_levels_and_their_ept_walks(n,
 def test_nested_tlb_hits_cost_no_ept_reference(n, m):
     world = nested_world(n, m, KiB4, KiB4)
     caches = {"nested": nested_tlb()}
-    paging.walk_nested(world.mem, world.cpu, world.ept, GVA, caches=caches)
-    walk = paging.walk_nested(world.mem, world.cpu, world.ept, GVA, caches=caches)
+    paging.walk_nested(world.mem, world.cpu, world.ept.config, GVA, caches=caches)
+    walk = paging.walk_nested(world.mem, world.cpu, world.ept.config, GVA, caches=caches)
     assert walk.status == Status.OK
     assert walk.guest_refs == per_level(range(1, n + 1)) and walk.ept_refs == (0, 0, 0, 0, 0)
     # Both caches: one guest reference is all that is left.
     caches["pde"] = psc("pde")
-    paging.walk_nested(world.mem, world.cpu, world.ept, GVA, caches=caches)
-    walk = paging.walk_nested(world.mem, world.cpu, world.ept, GVA, caches=caches)
+    paging.walk_nested(world.mem, world.cpu, world.ept.config, GVA, caches=caches)
+    walk = paging.walk_nested(world.mem, world.cpu, world.ept.config, GVA, caches=caches)
     assert walk.references == 1 and walk.guest_refs == (1, 0, 0, 0, 0)
 
 
 def test_walk_ept_counts():
     world = nested_world(4, 5, KiB4, MiB2)
-    walk = paging.walk_ept(world.mem, world.ept, 0x1234)
+    walk = paging.walk_ept(world.mem, world.ept.config, 0x1234)
     assert walk.status == Status.OK and walk.ept_refs == (0, 1, 1, 1, 1) and walk.guest_refs == (0,) * 5
     caches = {"nested": nested_tlb()}
-    paging.walk_ept(world.mem, world.ept, 0x1234, caches=caches)
-    assert paging.walk_ept(world.mem, world.ept, 0x5678, caches=caches).references == 0
+    paging.walk_ept(world.mem, world.ept.config, 0x1234, caches=caches)
+    assert paging.walk_ept(world.mem, world.ept.config, 0x5678, caches=caches).references == 0
