@@ -70,13 +70,12 @@ from fastmmu._core.tlb import TLB as _TLB
 from fastmmu.arch import Status
 from fastmmu.batch import BatchResult, check_batch
 from fastmmu.cpu import CpuState, EptConfig
-from fastmmu.tlbconfig import PSC_SHIFTS, TLBConfig
+from fastmmu.tlbconfig import PSC_SHIFTS, TLBConfig, fill_target
 from fastmmu.translation import Walk
 
 _LEVEL_NAMES = ("l1i", "l1d", "l2")
 _PSC_LEVEL = {"pde": 2, "pdpte": 3, "pml4e": 4, "pml5e": 5}
 _FAULT_NAMES = {1: "page_fault", 2: "gp", 3: "ept_violation", 4: "ept_misconfig", 5: "trap"}
-_SIZE_SHIFT = {"4K": 12, "2M": 21, "1G": 30}
 
 
 cdef inline bint _allowed(MMU self, uint32_t attrs, uint32_t access) noexcept nogil:
@@ -260,7 +259,7 @@ cdef class MMU:
                 self.levels[index].t[i] = &(<TLB>t).c
                 self.levels[index].clock[i] = &(<TLB>t).clock
             for code in range(3):
-                self.levels[index].target[code] = _fill_target(geometries, code)
+                self.levels[index].target[code] = fill_target(geometries, code)
         for name, g in tlb.psc.items():
             t = self._add(f"psc.{name}", _TLB(g.entries, g.ways, sizes=("region",), region_shift=PSC_SHIFTS[name],
                                               policy=g.policy, name=f"psc.{name}"))
@@ -489,17 +488,3 @@ cdef class MMU:
             "tlb_rights_drops": c.rights_drops,
             "structures": {name: t.stats() for name, t in self._structures},
         }
-
-
-def _fill_target(geometries, int code):
-    """Which structure of a level caches a translation of size ``code`` (-1: none).
-
-    The one holding the largest page size not above ``code``; the first on a tie.
-    """
-    best, best_shift = -1, -1
-    limit = PAGE_SHIFT + 9 * code
-    for index, g in enumerate(geometries):
-        shifts = [_SIZE_SHIFT[s] for s in g.sizes if _SIZE_SHIFT[s] <= limit]
-        if shifts and max(shifts) > best_shift:
-            best, best_shift = index, max(shifts)
-    return best

@@ -14,6 +14,7 @@ SIZE_NAMES = ("4K", "2M", "1G")
 POLICIES = ("lru", "plru", "fifo", "random")
 PSC_LEVELS = ("pde", "pdpte", "pml4e", "pml5e")  # lowest first: the order a walk probes them
 PSC_SHIFTS = {"pde": 21, "pdpte": 30, "pml4e": 39, "pml5e": 48}
+SIZE_SHIFTS = {"4K": 12, "2M": 21, "1G": 30}
 
 
 @dataclass(frozen=True)
@@ -154,3 +155,18 @@ class TLBConfig:
         if unknown:
             raise ValueError(f"tlb: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
         return cls(**data)
+
+
+def fill_target(geometries: tuple[CacheGeometry, ...], code: int) -> int:
+    """Which structure of a TLB level caches a translation of size ``code`` (0 4K, 1 2M, 2 1G; -1: none).
+
+    The one holding the largest page size not above the translation's; the
+    first on a tie.  A smaller one caches a piece of the page (splintering).
+    """
+    best, best_shift = -1, -1
+    limit = 12 + 9 * code
+    for index, geometry in enumerate(geometries):
+        shifts = [SIZE_SHIFTS[s] for s in geometry.sizes if SIZE_SHIFTS[s] <= limit]
+        if shifts and max(shifts) > best_shift:
+            best, best_shift = index, max(shifts)
+    return best

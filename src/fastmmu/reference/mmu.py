@@ -11,7 +11,6 @@ that is not translated: a fault, or a frame the caller asked to trap.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -28,25 +27,13 @@ from fastmmu.batch import BatchResult, check_batch
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.reference import paging
 from fastmmu.reference.tlb import TLB
-from fastmmu.tlbconfig import PSC_SHIFTS, CacheGeometry, TLBConfig
+from fastmmu.tlbconfig import PSC_SHIFTS, SIZE_SHIFTS, TLBConfig, fill_target
 from fastmmu.translation import Walk
 
 SIZE_CODE = {4096: 0, 2 << 20: 1, 1 << 30: 2}
 CODE_SIZE = {0: "4K", 1: "2M", 2: "1G"}
-SIZE_SHIFT = {"4K": 12, "2M": 21, "1G": 30}
 HISTOGRAM_BUCKETS = 64
 
-def fill_target(structures: Sequence[TLB], geometries: Sequence[CacheGeometry], code: int) -> int:
-    """Which structure of a level caches a translation of size ``code`` (-1: none).
-
-    The one holding the largest page size not above ``code``; the first on a tie.
-    """
-    best, best_shift = -1, -1
-    for index, geometry in enumerate(geometries):
-        shifts = [SIZE_SHIFT[s] for s in geometry.sizes if SIZE_SHIFT[s] <= SIZE_SHIFT[CODE_SIZE[code]]]
-        if shifts and max(shifts) > best_shift:
-            best, best_shift = index, max(shifts)
-    return best
 
 
 class MMU:
@@ -177,7 +164,7 @@ class MMU:
 
     def _fill(self, name: str, va: int, code: int, frame: int, attrs: int, is_global: bool) -> None:
         level = self.levels[name]
-        index = fill_target(level, getattr(self.config, name), code)
+        index = fill_target(getattr(self.config, name), code)
         if index >= 0:
             level[index].fill(va, frame, size=CODE_SIZE[code], attrs=attrs, pcid=self.cpu.pcid,
                               vpid=self.vpid, eptag=self.eptag, global_=is_global)
@@ -200,10 +187,10 @@ class MMU:
             self.counts["l2"]["hits" if hit else "misses"] += 1
             if hit is not None:
                 frame, attrs, size = hit
-                self._fill(l1_name, va, SIZE_CODE[1 << SIZE_SHIFT[size]], frame, attrs, bool(attrs & Attr.G))
+                self._fill(l1_name, va, SIZE_CODE[1 << SIZE_SHIFTS[size]], frame, attrs, bool(attrs & Attr.G))
         if hit is not None:
             frame, attrs, size = hit
-            page = 1 << SIZE_SHIFT[size]
+            page = 1 << SIZE_SHIFTS[size]
             result = Walk(status=Status.OK, host_address=(frame << PAGE_SHIFT) | (va & (page - 1)),
                           page_size=page, attrs=attrs)
         else:
@@ -281,4 +268,4 @@ class MMU:
         return result
 
 
-__all__ = ["MMU", "fill_target"]
+__all__ = ["MMU"]
