@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,40 @@ class BatchResult:
         return self.status == Status.OK
 
 
+def _no_array() -> None:
+    return None
+
+
+_validated_kinds: Callable[[], Any] = _no_array
+
+
+def _check_kinds(kinds: np.ndarray) -> None:
+    """Every kind valid.  A read-only array that passed is remembered, so resuming a batch after
+    a fault does not scan it again (it cannot have changed without being made writable)."""
+    global _validated_kinds
+    bad = (kinds & ~np.uint8(15)) | ((kinds & 1) & ((kinds >> 1) & 1))
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"kinds[{index}]: {int(kinds[index])} is not a valid access kind "
+                         "(bits 0..3, never WRITE|FETCH)")
+    if _frozen(kinds):
+        _validated_kinds = weakref.ref(kinds)
+
+
+def _frozen(array: np.ndarray) -> bool:
+    """Whether nothing can change ``array``'s data: it and every array it views are read-only,
+    down to one that owns its memory."""
+    while True:
+        if array.flags.writeable:
+            return False
+        base = array.base
+        if base is None:
+            return True
+        if not isinstance(base, np.ndarray):
+            return False
+        array = base
+
+
 def check_batch(addresses: Any, kinds: Any, out: Any, status: Any, start: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Validate a batch's arrays (the same checks, and messages, as the compiled MMU)."""
@@ -35,11 +71,8 @@ def check_batch(addresses: Any, kinds: Any, out: Any, status: Any, start: int
         kinds = np.full(n, 0 if kinds is None else int(kinds), dtype=np.uint8)
     if not isinstance(kinds, np.ndarray) or kinds.dtype != np.uint8 or kinds.shape != (n,):
         raise TypeError(f"kinds: expected a uint8 array of length {n} (or one int for all)")
-    bad = (kinds & ~np.uint8(15)) | ((kinds & 1) & ((kinds >> 1) & 1))
-    if bad.any():
-        index = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"kinds[{index}]: {int(kinds[index])} is not a valid access kind "
-                         "(bits 0..3, never WRITE|FETCH)")
+    if kinds is not _validated_kinds() or not _frozen(kinds):
+        _check_kinds(kinds)
     if out is None:
         out = np.zeros(n, dtype=np.uint64)
     elif not isinstance(out, np.ndarray) or out.dtype != np.uint64 or out.shape != (n,):

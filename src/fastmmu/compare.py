@@ -1,0 +1,109 @@
+"""Run one scenario under every mode and compare: what ``fastmmu compare`` prints.
+
+Each mode runs on a fresh machine built from the same configuration, with
+the same VMs and the same programs, so the guests do exactly the same work;
+only what it costs differs.  Native always runs, as the baseline of the
+overheads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from fastmmu.config import Config
+from fastmmu.hypervisor.config import MODE_NAMES, check_mode
+from fastmmu.hypervisor.machine import BatchHook, Machine
+from fastmmu.hypervisor.result import RunResult
+from fastmmu.workloads.scenario import Scenario, default_scenario
+
+
+def build(scenario: Scenario, mode: str, config: Config | None = None, *, record_faults: bool = False) -> Machine:
+    """A machine with the scenario's VMs (all in ``mode``) and their processes spawned."""
+    config = config or Config()
+    machine = Machine(config.machine.host_memory, tlb=config.machine.tlb, hypervisor=config.hypervisor,
+                      costs=config.costs, guest=config.guest, maxphyaddr=config.machine.maxphyaddr,
+                      record_faults=record_faults)
+    for spec in scenario.vms:
+        vm = machine.create_vm(spec.memory, mode, backing=spec.backing, allocation=spec.allocation,
+                               seed=spec.seed, name=spec.name)
+        for process in spec.processes:
+            vm.spawn(process.program, name=process.name)
+    return machine
+
+
+def run_mode(scenario: Scenario, mode: str, config: Config | None = None, *, max_accesses: int | None = None,
+             on_batch: BatchHook | None = None) -> RunResult:
+    return build(scenario, check_mode(mode), config).run(max_accesses=max_accesses, on_batch=on_batch)
+
+
+def parse_modes(modes: str | Iterable[str]) -> list[str]:
+    names = list(MODE_NAMES) if modes == "all" else (modes.split(",") if isinstance(modes, str) else list(modes))
+    chosen = [check_mode(name.strip(), "modes") for name in names]
+    return ["native"] + [m for m in MODE_NAMES if m in chosen and m != "native"]
+
+
+@dataclass
+class Comparison:
+    """One RunResult per mode, each with native as its baseline."""
+
+    results: dict[str, RunResult]
+    scenario: Scenario
+    config: Config
+
+    @property
+    def partial(self) -> bool:
+        return any(r.partial for r in self.results.values())
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [r.summary() for r in self.results.values()]
+
+    def table(self) -> str:
+        header = ("mode", "translations", "TLB miss", "walks", "refs/walk", "guest #PF", "VM exits",
+                  "top exits", "cycles", "vs native")
+        lines = [header]
+        for row in self.rows():
+            top = ", ".join(f"{reason} {_count(n)}" for reason, n in row["top_exits"].items()) or "-"
+            overhead = row["overhead"]
+            lines.append((row["mode"], _count(row["translations"]), f"{row['tlb_miss_rate']:.2%}",
+                          _count(row["walks"]), f"{row['refs_per_walk']:.1f}", _count(row["guest_page_faults"]),
+                          _count(row["vm_exits"]), top, _count(round(row["cycles"])),
+                          "baseline" if row["mode"] == "native" else
+                          ("-" if overhead is None else f"{overhead + 1:.2f}x")))
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        text = []
+        for k, line in enumerate(lines):
+            cells = [cell.ljust(widths[i]) if i in (0, 7) else cell.rjust(widths[i]) for i, cell in enumerate(line)]
+            text.append("  ".join(cells).rstrip())
+            if k == 0:
+                text.append("  ".join("-" * w for w in widths))
+        return "\n".join(text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"partial": self.partial, "scenario": self.scenario.to_dict(), "config": self.config.to_dict(),
+                "rows": self.rows(), "results": {m: r.to_dict() for m, r in self.results.items()}}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+def _count(n: float) -> str:
+    n = float(n)
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit}"
+    return f"{int(n)}"
+
+
+def compare(scenario: Scenario | None = None, modes: str | Iterable[str] = "all", config: Config | None = None,
+            *, max_accesses: int | None = None) -> Comparison:
+    """Run ``scenario`` (default: the built-in one) under each mode; native is the baseline."""
+    scenario = scenario or default_scenario()
+    config = config or Config()
+    results: dict[str, RunResult] = {}
+    for mode in parse_modes(modes):
+        results[mode] = run_mode(scenario, mode, config, max_accesses=max_accesses)
+    native = results["native"]
+    return Comparison({m: r.with_baseline(native) for m, r in results.items()}, scenario, config)

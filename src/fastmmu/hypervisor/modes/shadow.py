@@ -1,0 +1,288 @@
+"""shadow paging: the hardware walks hypervisor-made tables that map guest VA -> host PA."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from fastmmu._core.paging import walk_nested
+from fastmmu.arch import ADDR_MASK, CR3_NOFLUSH, CR3_PCID_MASK, PTE, Attr, FrameKind, Status
+from fastmmu.batch import BatchResult
+from fastmmu.cpu import CpuState, EptConfig
+from fastmmu.hypervisor.ept import VmEpt
+from fastmmu.hypervisor.guestwalk import software_walk
+from fastmmu.hypervisor.layout import HostExhausted
+from fastmmu.hypervisor.modes.base import Mode, Outcome
+
+# Plain ints: IntFlag arithmetic is slow on the fault path.
+_ATTR_D = int(Attr.D)
+_ATTR_U = int(Attr.U)
+_ATTR_W = int(Attr.W)
+_ATTR_XD = int(Attr.XD)
+_NX = int(PTE.NX)
+_P = int(PTE.P)
+_PS = int(PTE.PS)
+_RW = int(PTE.RW)
+_US = int(PTE.US)
+
+if TYPE_CHECKING:
+    from fastmmu.guest.os import Process
+    from fastmmu.hypervisor.machine import VM
+
+_TABLE = int(_P | _RW | _US)
+_HUGE_FRAMES = 512
+
+
+class ShadowSpace:
+    """One shadow address space: x86-64 tables in hypervisor frames, filled lazily."""
+
+    def __init__(self, mode: Shadow, key: tuple[int, int]) -> None:
+        self.mode = mode
+        self.key = key  # (guest root frame, PCID)
+        self.frames: list[int] = []
+        self.root = self._new_table()
+
+    def _new_table(self) -> int:
+        frame = self.mode.vm.alloc_hv_frame(FrameKind.SHADOW)
+        self.frames.append(frame)
+        self.mode.tables_built += 1
+        return frame
+
+    def map(self, va: int, frame: int, flags: int, leaf_level: int) -> None:
+        mem = self.mode.mem
+        table = self.root
+        for level in range(self.mode.levels, leaf_level, -1):
+            slot = table << 12 | ((va >> (12 + 9 * (level - 1))) & 511) << 3
+            entry = mem.read(slot)
+            if entry & _P and not (level <= 3 and entry & _PS):
+                table = (entry & ADDR_MASK) >> 12
+                continue
+            child = self._new_table()
+            mem.write(slot, child << 12 | _TABLE)
+            table = child
+        size = _PS if leaf_level > 1 else 0
+        mem.write(table << 12 | ((va >> (12 + 9 * (leaf_level - 1))) & 511) << 3, frame << 12 | flags | size)
+
+    def unmap(self, va: int) -> bool:
+        """Drop the leaf that maps ``va``, whatever its size; True if there was one."""
+        mem = self.mode.mem
+        table = self.root
+        for level in range(self.mode.levels, 0, -1):
+            slot = table << 12 | ((va >> (12 + 9 * (level - 1))) & 511) << 3
+            entry = mem.read(slot)
+            if not entry & _P:
+                return False
+            if level == 1 or entry & _PS:
+                mem.write(slot, 0)
+                return True
+            table = (entry & ADDR_MASK) >> 12
+        return False
+
+    def clear(self) -> None:
+        """Forget every translation (the tables below the root go back to the pool)."""
+        self.mode.vm.free_hv_frames(self.frames[1:])
+        del self.frames[1:]
+        self.mode.mem.write_run(self.root << 12, 512, 0, 0)
+
+    def release(self) -> None:
+        self.mode.vm.free_hv_frames(self.frames)
+        self.frames.clear()
+
+    def leaves(self) -> Iterator[tuple[int, int]]:
+        """(leaf entry, frames it spans) of every translation held."""
+        mem = self.mode.mem
+        stack = [(self.root, self.mode.levels)]
+        while stack:
+            table, level = stack.pop()
+            row = mem.read_frame(table)
+            for index in map(int, (row & int(_P)).nonzero()[0]):
+                entry = int(row[index])
+                if level == 1 or entry & _PS:
+                    yield entry, 512 ** (level - 1)
+                else:
+                    stack.append(((entry & ADDR_MASK) >> 12, level - 1))
+
+
+class Shadow(Mode):
+    """Shadow page tables (guest VA -> host PA) are what the hardware walks.
+
+    - Traps: MOV to CR3 (``cr3_load``: a shadow-cache lookup), INVLPG and
+      INVPCID (``invlpg``: the shadow entries are dropped), and every page
+      fault.  Guest page-table reads and writes do not trap, so guest and
+      shadow drift apart until the guest invalidates, as x86 requires it to.
+    - A page fault is a *hidden fault* when the guest's own tables allow the
+      access: the hypervisor walks them in software (setting the guest's
+      accessed and dirty flags as the hardware would), fills the shadow and
+      resumes.  Otherwise it is injected into the guest (``fault_injection``),
+      whose handler fixes its tables; the retry is then a hidden fault.
+    - Dirty flags stay exact: a page is mapped read-only in the shadow until
+      the guest's entry is dirty, so the first write faults and sets it.
+    - The hypervisor keeps: one shadow per (guest CR3 root, PCID), at most
+      ``hypervisor.shadow_cache`` per VM, least recently used evicted; their
+      frames come from the hypervisor's pool and are accounted.
+    - VM switch: an exit and a shadow-cache lookup; with no VPID, the TLBs are
+      flushed.
+    """
+
+    name = "shadow"
+    uses_vpid = False
+    walks_guest_tables = False
+
+    def __init__(self, vm: VM) -> None:
+        super().__init__(vm)
+        self.limit = vm.machine.hypervisor.shadow_cache
+        self.cache: OrderedDict[tuple[int, int], ShadowSpace] = OrderedDict()
+        self.current: ShadowSpace | None = None
+        self.idle: ShadowSpace | None = None
+        self.tables_built = 0
+        self.hits = self.misses = self.evictions = 0
+        # The hypervisor's map of the VM's memory, in EPT format, so that its software walks of
+        # guest tables run in the compiled walker.  Overcommitted VMs have no fixed map: they use
+        # the reference walker.
+        self.physmap: VmEpt | None = None
+        if self.layout.base is not None:
+            self.physmap = VmEpt(vm, 4, max_frames=512 * 512, commit=False)
+            self.physmap.map_all()
+
+    # -- the guest's port (page-table reads and writes do not trap) -----------------
+
+    def load_cr3(self, value: int) -> None:
+        self.exit("cr3_load")
+        pcide = self.vm.guest_config.pcid
+        noflush = bool(value & CR3_NOFLUSH)
+        value &= ~CR3_NOFLUSH
+        root = (value & ADDR_MASK) >> 12
+        self.layout.check(root)
+        key = (root, value & CR3_PCID_MASK if pcide else 0)
+        space = self.cache.get(key)
+        if space is None:
+            self.misses += 1
+            space = self._new_space(key)
+            noflush = False  # the PCID may still tag translations of an evicted shadow
+        else:
+            self.hits += 1
+            self.cache.move_to_end(key)
+            if not noflush:  # the guest asked for its non-global translations to be flushed
+                space.clear()
+        self.cr3, self.current = value, space
+        shadow_cr3 = space.root << 12 | (key[1] if pcide else 0)
+        self.vm.machine.mmu.mov_cr3(shadow_cr3 | (CR3_NOFLUSH if noflush and pcide else 0))
+
+    def invlpg(self, va: int) -> None:
+        self.exit("invlpg")
+        if self.current is not None:
+            self.current.unmap(va)
+        super().invlpg(va)
+
+    def invpcid(self, kind: int, pcid: int = 0, va: int = 0) -> None:
+        self.exit("invlpg")
+        for (_, space_pcid), space in self.cache.items():
+            if kind == 0 and space_pcid == pcid:
+                space.unmap(va)
+            elif kind == 1 and space_pcid == pcid or kind in (2, 3):
+                space.clear()
+        super().invpcid(kind, pcid, va)
+
+    # -- the shadow cache ------------------------------------------------------------
+
+    def _new_space(self, key: tuple[int, int]) -> ShadowSpace:
+        while len(self.cache) >= max(self.limit, 1):
+            self._evict()
+        space = self._with_memory(lambda: ShadowSpace(self, key))
+        self.cache[key] = space
+        return space
+
+    def _evict(self, keep: ShadowSpace | None = None) -> bool:
+        for key, space in self.cache.items():
+            if space is not keep and space is not self.current:
+                del self.cache[key]
+                space.release()
+                self.evictions += 1
+                return True
+        return False
+
+    def _with_memory(self, make: Any) -> Any:
+        """Run ``make``; when the hypervisor's pool is full, evict cached shadows and retry."""
+        while True:
+            try:
+                return make()
+            except HostExhausted:
+                if self._evict():
+                    continue
+                if self.current is not None and len(self.current.frames) > 1:
+                    self.current.clear()
+                    self.evictions += 1
+                    continue
+                raise
+
+    # -- the hardware side -------------------------------------------------------------
+
+    def context(self) -> tuple[CpuState, EptConfig | None]:
+        space = self.current
+        if space is None:
+            if self.idle is None:
+                self.idle = ShadowSpace(self, (-1, 0))
+            space = self.idle
+        pcid = space.key[1] if self.vm.guest_config.pcid else 0
+        return self.cpu_state(space.root << 12 | pcid), None
+
+    def switch_cost(self) -> None:
+        self.exit("vm_switch")
+        if self.current is not None:  # the VM's shadow is found again in the cache
+            self.hits += 1
+
+    def on_fault(self, process: Process, result: BatchResult, va: int, access: int) -> Outcome:
+        if result.status != Status.PAGE_FAULT or self.current is None:
+            return super().on_fault(process, result, va, access)
+        cpu = self.cpu_state(self.cr3)
+        if self.physmap is not None:
+            walk = walk_nested(self.mem, cpu, self.physmap.config, va, access)
+            gpa = walk.fault_address if walk.status != Status.OK else walk.guest_physical_address
+        else:
+            walk = software_walk(self.read_pte, self.write_pte, cpu, va, access, self.mem.maxphyaddr)
+            gpa = walk.host_address
+        if walk.status == Status.PAGE_FAULT:
+            self.exit("fault_injection")
+            return self.deliver_page_fault(process, va, walk.error_code)
+        if walk.status != Status.OK or gpa >> 12 >= self.layout.frames:
+            self.vm.terminate(f"access at {va:#x} reaches guest-physical address {gpa:#x}, beyond the VM's memory")
+        self.exit("hidden_fault")
+        attrs = walk.attrs
+        flags = _P | (_US if attrs & _ATTR_U else 0) | (_NX if attrs & _ATTR_XD else 0)
+        if attrs & _ATTR_W and attrs & _ATTR_D:  # read-only until the guest's entry is dirty
+            flags |= _RW
+        leaf_level, frame = 1, None
+        if walk.page_size > 4096:
+            frame = self.layout.large_run((gpa >> 12) & ~(_HUGE_FRAMES - 1), _HUGE_FRAMES)
+            leaf_level = 2 if frame is not None else 1
+        if frame is None:
+            frame = self.layout.hfn(gpa >> 12)
+        space = self.current
+        self._with_memory(lambda: space.map(va, frame, int(flags), leaf_level))
+        return Outcome.RETRY
+
+    def destroy(self) -> None:
+        if self.physmap is not None:
+            self.physmap.release()
+        for space in self.cache.values():
+            space.release()
+        if self.idle is not None:
+            self.idle.release()
+        self.cache.clear()
+        self.current = self.idle = None
+
+    def stats(self) -> dict[str, Any]:
+        frames = sum(len(s.frames) for s in self.cache.values()) + (len(self.idle.frames) if self.idle else 0)
+        return {"shadow_cache_hits": self.hits, "shadow_cache_misses": self.misses,
+                "shadow_cache_evictions": self.evictions, "shadow_tables_built": self.tables_built,
+                "shadow_spaces": len(self.cache), "shadow_frames": frames, "shadow_bytes": frames << 12,
+                "physmap_bytes": len(self.physmap.frames) << 12 if self.physmap else 0}
+
+    def mapped_frames(self) -> Iterator[tuple[str, int]]:
+        for space in self.cache.values():
+            for entry, span in space.leaves():
+                frame = (entry & ADDR_MASK) >> 12
+                yield "shadow", frame
+                if span > 1:
+                    yield "shadow", frame + span - 1

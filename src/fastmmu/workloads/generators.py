@@ -1,0 +1,164 @@
+"""Seeded, vectorised access generators: each is a program (``steps()``) for one process.
+
+Every generator maps its own region first (``Mmap``), then yields its
+accesses in chunks of at most ``chunk`` so that a long program never sits in
+memory whole.  The same parameters give the same accesses, every time.
+
+>>> from fastmmu.workloads import zipf
+>>> program = zipf(pages=1024, n=10_000, seed=1)
+>>> steps = list(program.steps())
+>>> type(steps[0]).__name__, sum(len(s) for s in steps[1:])
+('Mmap', 10000)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from fastmmu.workloads.program import Accesses, Mmap, Munmap, Step
+
+DEFAULT_BASE = 0x0000_1000_0000_0000
+CHUNK = 1 << 20
+
+
+def _check(pages: int, n: int) -> None:
+    if pages <= 0 or n < 0:
+        raise ValueError(f"pages must be positive and n non-negative, got pages={pages}, n={n}")
+
+
+def _kinds(rng: np.random.Generator, count: int, writes: float) -> np.ndarray:
+    return (rng.random(count) < writes).astype(np.uint8)
+
+
+def _offsets(rng: np.random.Generator, count: int) -> np.ndarray:
+    return rng.integers(0, 512, count, dtype=np.uint64) << np.uint64(3)
+
+
+@dataclass(frozen=True)
+class Zipf:
+    """Accesses to ``pages`` pages with Zipf-distributed popularity (exponent ``alpha``); the
+    popular pages are spread over the region by a seeded permutation."""
+
+    pages: int
+    n: int
+    alpha: float = 1.0
+    writes: float = 0.3
+    seed: int = 0
+    base: int = DEFAULT_BASE
+    chunk: int = CHUNK
+
+    def steps(self) -> Iterator[Step]:
+        _check(self.pages, self.n)
+        yield Mmap(self.base, self.pages << 12)
+        rng = np.random.default_rng(self.seed)
+        weights = 1.0 / np.arange(1, self.pages + 1, dtype=np.float64) ** self.alpha
+        cdf = np.cumsum(weights)
+        cdf /= cdf[-1]
+        order = rng.permutation(self.pages).astype(np.uint64)
+        for start in range(0, self.n, self.chunk):
+            count = min(self.chunk, self.n - start)
+            ranks = np.minimum(np.searchsorted(cdf, rng.random(count)), self.pages - 1)
+            addresses = np.uint64(self.base) + (order[ranks] << np.uint64(12)) + _offsets(rng, count)
+            yield Accesses(addresses, _kinds(rng, count, self.writes))
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """Accesses spread evenly over ``pages`` pages."""
+
+    pages: int
+    n: int
+    writes: float = 0.3
+    seed: int = 0
+    base: int = DEFAULT_BASE
+    chunk: int = CHUNK
+
+    def steps(self) -> Iterator[Step]:
+        _check(self.pages, self.n)
+        yield Mmap(self.base, self.pages << 12)
+        rng = np.random.default_rng(self.seed)
+        for start in range(0, self.n, self.chunk):
+            count = min(self.chunk, self.n - start)
+            pages = rng.integers(0, self.pages, count, dtype=np.uint64)
+            yield Accesses(np.uint64(self.base) + (pages << np.uint64(12)) + _offsets(rng, count),
+                           _kinds(rng, count, self.writes))
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """Passes over ``pages`` pages in order, ``stride`` bytes apart (a scan or a strided sweep)."""
+
+    pages: int
+    n: int
+    stride: int = 64
+    writes: float = 0.0
+    seed: int = 0
+    base: int = DEFAULT_BASE
+    chunk: int = CHUNK
+
+    def steps(self) -> Iterator[Step]:
+        _check(self.pages, self.n)
+        if self.stride <= 0 or self.stride % 8:
+            raise ValueError(f"stride: expected a positive multiple of 8 bytes, got {self.stride}")
+        yield Mmap(self.base, self.pages << 12)
+        rng = np.random.default_rng(self.seed)
+        span = self.pages << 12
+        for start in range(0, self.n, self.chunk):
+            count = min(self.chunk, self.n - start)
+            offsets = (np.arange(start, start + count, dtype=np.uint64) * np.uint64(self.stride)) % np.uint64(span)
+            yield Accesses(np.uint64(self.base) + offsets, _kinds(rng, count, self.writes))
+
+
+@dataclass(frozen=True)
+class Churn:
+    """Map/unmap churn: ``rounds`` times, map a region of ``pages`` pages, touch it with ``n``
+    accesses, unmap it.  Each round builds and frees page tables."""
+
+    pages: int
+    n: int
+    rounds: int = 10
+    writes: float = 0.5
+    seed: int = 0
+    base: int = DEFAULT_BASE
+
+    def steps(self) -> Iterator[Step]:
+        _check(self.pages, self.n)
+        rng = np.random.default_rng(self.seed)
+        length = self.pages << 12
+        for round_ in range(self.rounds):
+            base = self.base + (round_ % 4) * (length + (2 << 20))
+            yield Mmap(base, length)
+            pages = rng.integers(0, self.pages, self.n, dtype=np.uint64)
+            yield Accesses(np.uint64(base) + (pages << np.uint64(12)) + _offsets(rng, self.n),
+                           _kinds(rng, self.n, self.writes))
+            yield Munmap(base, length)
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Programs run one after the other in one process (their regions must not overlap)."""
+
+    programs: tuple[object, ...]
+
+    def steps(self) -> Iterator[Step]:
+        for program in self.programs:
+            yield from program.steps()  # type: ignore[attr-defined]
+
+
+def zipf(pages: int, n: int, **options: object) -> Zipf:
+    return Zipf(pages, n, **options)  # type: ignore[arg-type]
+
+
+def uniform(pages: int, n: int, **options: object) -> Uniform:
+    return Uniform(pages, n, **options)  # type: ignore[arg-type]
+
+
+def sequential(pages: int, n: int, **options: object) -> Sequential:
+    return Sequential(pages, n, **options)  # type: ignore[arg-type]
+
+
+def churn(pages: int, n: int, **options: object) -> Churn:
+    return Churn(pages, n, **options)  # type: ignore[arg-type]
