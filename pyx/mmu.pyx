@@ -69,12 +69,14 @@ from fastmmu._core.types cimport (
 from fastmmu._core.tlb import TLB as _TLB
 from fastmmu.arch import Status
 from fastmmu.batch import BatchResult, check_batch
+from fastmmu.reference.tlb import check_invept, check_invlpg, check_invpcid, check_invvpid, is_canonical
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.tlbconfig import PSC_SHIFTS, TLBConfig, fill_target
 from fastmmu.translation import Walk
 
 _LEVEL_NAMES = ("l1i", "l1d", "l2")
 _PSC_LEVEL = {"pde": 2, "pdpte": 3, "pml4e": 4, "pml5e": 5}
+_STATUSES = tuple(Status)  # by value: Status(n) is slow on the path of every fault
 _FAULT_NAMES = {1: "page_fault", 2: "gp", 3: "ept_violation", 4: "ept_misconfig", 5: "trap"}
 
 
@@ -269,6 +271,11 @@ cdef class MMU:
                                          kind="ntlb"))
             self.caches.nested = &(<TLB>t).c
         self.caches.tick = 1     # every lookup and fill takes its structure's own clock
+        # (PSC level or 0 for the nested TLB, structure): the walker's caches, whose clocks it borrows
+        self._clocked = [(level, self._by_name[f"psc.{name}"]) for name, level in _PSC_LEVEL.items()
+                         if f"psc.{name}" in self._by_name]
+        if "nested" in self._by_name:
+            self._clocked.append((0, self._by_name["nested"]))
         self.set_context(cpu if cpu is not None else CpuState(), ept=ept, vpid=vpid)
         self.reset_counters()
 
@@ -331,29 +338,38 @@ cdef class MMU:
         cpu = CpuState(**{**self._cpu.__dict__, "cr3": value & ~CR3_NOFLUSH})
         self.set_context(cpu, ept=self._ept_config, vpid=self._vpid)
         if not noflush:
+            pcid, vpid = self.paging.pcid, self._vpid
             for _, t in self._structures:
-                t.mov_cr3(self.paging.pcid, self._vpid, pcide=cpu.cr4_pcide)
+                (<TLB>t)._mov_cr3(pcid, vpid)
+
+    # Each operation checks its operands once, then every structure applies its own scope.
 
     def invlpg(self, va):
         """INVLPG: the page's translations for the current PCID, and global ones of any PCID.
         A non-canonical address makes it a no-op, as on hardware."""
+        va, pcid, vpid = check_invlpg(va, self.paging.pcid, self._vpid)
+        if not is_canonical(va, self.paging.levels == 5):
+            return
         for _, t in self._structures:
-            t.invlpg(va, self.paging.pcid, self._vpid, la57=self.paging.levels == 5)
+            (<TLB>t)._invlpg(va, pcid, vpid)
 
     def invpcid(self, kind, *, pcid=0, va=0):
         """INVPCID types 0 (address), 1 (single context), 2 (all, globals too), 3 (all but globals)."""
+        kind, pcid, va, vpid = check_invpcid(kind, pcid, va, self._vpid, self.paging.levels == 5)
         for _, t in self._structures:
-            t.invpcid(kind, pcid=pcid, va=va, vpid=self._vpid, la57=self.paging.levels == 5)
+            (<TLB>t)._invpcid(kind, pcid, va, vpid)
 
     def invvpid(self, kind, *, vpid=0, va=0):
         """INVVPID types 0 (address), 1 (single context), 2 (all contexts), 3 (single, keep globals)."""
+        kind, vpid, va = check_invvpid(kind, vpid, va, self.paging.levels == 5)
         for _, t in self._structures:
-            t.invvpid(kind, vpid=vpid, va=va, la57=self.paging.levels == 5)
+            (<TLB>t)._invvpid(kind, vpid, va)
 
     def invept(self, kind, *, eptag=0):
         """INVEPT types 1 (single context: one EPT tag) and 2 (all contexts)."""
+        kind, eptag = check_invept(kind, eptag)
         for _, t in self._structures:
-            t.invept(kind, eptag=eptag)
+            (<TLB>t)._invept(kind, eptag)
 
     def flush(self):
         """Empty every translation cache."""
@@ -364,22 +380,20 @@ cdef class MMU:
 
     cdef void _load_clocks(self):
         """Copy the paging-structure caches' and nested TLB's clocks into the walker's state."""
-        for name, level in _PSC_LEVEL.items():
-            t = self._by_name.get(f"psc.{name}")
-            if t is not None:
+        cdef int level
+        for level, t in self._clocked:
+            if level:
                 self.caches.psc_clock[level] = (<TLB>t).clock
-        t = self._by_name.get("nested")
-        if t is not None:
-            self.caches.nested_clock = (<TLB>t).clock
+            else:
+                self.caches.nested_clock = (<TLB>t).clock
 
     cdef void _store_clocks(self):
-        for name, level in _PSC_LEVEL.items():
-            t = self._by_name.get(f"psc.{name}")
-            if t is not None:
+        cdef int level
+        for level, t in self._clocked:
+            if level:
                 (<TLB>t).clock = self.caches.psc_clock[level]
-        t = self._by_name.get("nested")
-        if t is not None:
-            (<TLB>t).clock = self.caches.nested_clock
+            else:
+                (<TLB>t).clock = self.caches.nested_clock
 
     def translate(self, addresses, kinds=None, *, out=None, status=None, start=0):
         """Translate ``addresses[start:]`` into ``out``; stop at the first access not translated.
@@ -412,7 +426,7 @@ cdef class MMU:
         self._store_clocks()
         if result == WALK_OK:
             return BatchResult(int(n), Status.OK, None)
-        return BatchResult(int(i), Status(result), self._fault_record(&w, result, va[i], NULL, False))
+        return BatchResult(int(i), _STATUSES[result], self._fault_record(&w, result, va[i], NULL, False))
 
     def translate_one(self, va, access=0, *, trace=False):
         """Translate one access exactly as ``translate`` would, and return its Walk (teaching, tests).

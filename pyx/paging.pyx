@@ -281,23 +281,19 @@ cdef object walk_result(walk_t *out, walk_trace_t *trace, bint with_trace):
         refs = tuple(Reference(_DIMENSIONS[trace.refs[i].dimension], trace.refs[i].level,
                                trace.refs[i].address, trace.refs[i].value)
                      for i in range(trace.count))
-    return Walk(
-        status=Status(out.status),
-        host_address=out.host_address,
-        guest_physical_address=out.guest_physical_address,
-        page_size=(1 << out.page_shift) if out.status == WALK_OK else 0,
-        error_code=out.error_code,
-        fault_address=out.fault_address,
-        exit_qualification=out.exit_qualification,
-        guest_linear_address=out.guest_linear_address,
-        attrs=out.attrs,
-        is_global=bool(out.is_global),
-        pkey=out.pkey,
-        memtype=out.memtype,
-        guest_refs=tuple(trace.counts.guest_refs[level] for level in range(1, 6)),
-        ept_refs=tuple(trace.counts.ept_refs[level] for level in range(1, 6)),
-        trace=refs,
+    return Walk._from_core(
+        _STATUSES[out.status], out.host_address, out.guest_physical_address,
+        (1 << out.page_shift) if out.status == WALK_OK else 0, out.error_code, out.fault_address,
+        out.exit_qualification, out.guest_linear_address, out.attrs, bool(out.is_global), out.pkey, out.memtype,
+        (trace.counts.guest_refs[1], trace.counts.guest_refs[2], trace.counts.guest_refs[3],
+         trace.counts.guest_refs[4], trace.counts.guest_refs[5]),
+        (trace.counts.ept_refs[1], trace.counts.ept_refs[2], trace.counts.ept_refs[3],
+         trace.counts.ept_refs[4], trace.counts.ept_refs[5]),
+        refs,
     )
+
+
+_STATUSES = tuple(Status)  # by value: Status(n) is slow on the path of every fault
 
 
 # -- the API ---------------------------------------------------------------------------

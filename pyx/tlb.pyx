@@ -225,8 +225,7 @@ cdef class TLB:
         pcid, vpid, pcide, noflush = check_mov_cr3(pcid, vpid, pcide, noflush)
         if noflush:
             return 0
-        return self._by_kind(INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL,
-                             INV_MATCH_VPID | INV_MATCH_PCID, NOTHING, pcid, vpid, 0, 0)
+        return self._mov_cr3(pcid, vpid)
 
     def invlpg(self, va, pcid=0, vpid=0, *, la57=False):
         """INVLPG (SDM 4.10.4.1): the page of ``va`` for the current PCID, global entries of any
@@ -235,12 +234,38 @@ cdef class TLB:
         va, pcid, vpid = check_invlpg(va, pcid, vpid)
         if not is_canonical(va, bool(la57)):
             return 0
-        return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_GLOBAL_ANY_PCID,
-                             INV_MATCH_VPID | INV_MATCH_PCID, NOTHING, pcid, vpid, 0, va)
+        return self._invlpg(va, pcid, vpid)
 
     def invpcid(self, type, *, pcid=0, va=0, vpid=0, la57=False):
         """INVPCID type 0 (address and PCID), 1 (PCID), 2 (all, globals too), 3 (all but globals)."""
         type, pcid, va, vpid = check_invpcid(type, pcid, va, vpid, la57)
+        return self._invpcid(type, pcid, va, vpid)
+
+    def invvpid(self, type, *, vpid=0, va=0, la57=False):
+        """INVVPID type 0 (VPID and address), 1 (VPID), 2 (every VPID but 0), 3 (VPID, globals kept).
+
+        VPID 0 in types 0, 1, 3 and a non-canonical address in type 0 are
+        ValueErrors: the instruction fails (VMfail)."""
+        type, vpid, va = check_invvpid(type, vpid, va, la57)
+        return self._invvpid(type, vpid, va)
+
+    def invept(self, type, *, eptag=0):
+        """INVEPT type 1 (translations derived from the EPT tagged ``eptag``) or 2 (from any EPT)."""
+        type, eptag = check_invept(type, eptag)
+        return self._invept(type, eptag)
+
+    # The scopes themselves (docs/core-semantics.md, "Invalidations"), on checked operands: the
+    # methods above check them, and an MMU checks once for all its structures.
+
+    cdef uint64_t _mov_cr3(self, uint32_t pcid, uint32_t vpid) noexcept:
+        return self._by_kind(INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL,
+                             INV_MATCH_VPID | INV_MATCH_PCID, NOTHING, pcid, vpid, 0, 0)
+
+    cdef uint64_t _invlpg(self, uint64_t va, uint32_t pcid, uint32_t vpid) noexcept:
+        return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_GLOBAL_ANY_PCID,
+                             INV_MATCH_VPID | INV_MATCH_PCID, NOTHING, pcid, vpid, 0, va)
+
+    cdef uint64_t _invpcid(self, int type, uint32_t pcid, uint64_t va, uint32_t vpid) noexcept:
         if type == 0:
             return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_KEEP_GLOBAL,
                                  INV_MATCH_VPID | INV_MATCH_PCID, NOTHING, pcid, vpid, 0, va)
@@ -251,12 +276,7 @@ cdef class TLB:
             return self._by_kind(INV_MATCH_VPID, INV_MATCH_VPID, NOTHING, 0, vpid, 0, 0)
         return self._by_kind(INV_MATCH_VPID | INV_KEEP_GLOBAL, INV_MATCH_VPID, NOTHING, 0, vpid, 0, 0)
 
-    def invvpid(self, type, *, vpid=0, va=0, la57=False):
-        """INVVPID type 0 (VPID and address), 1 (VPID), 2 (every VPID but 0), 3 (VPID, globals kept).
-
-        VPID 0 in types 0, 1, 3 and a non-canonical address in type 0 are
-        ValueErrors: the instruction fails (VMfail)."""
-        type, vpid, va = check_invvpid(type, vpid, va, la57)
+    cdef uint64_t _invvpid(self, int type, uint32_t vpid, uint64_t va) noexcept:
         if type == 0:
             return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR, INV_MATCH_VPID, NOTHING, 0, vpid, 0, va)
         if type == 1:
@@ -265,9 +285,7 @@ cdef class TLB:
             return self._by_kind(INV_SKIP_VPID0, INV_SKIP_VPID0, NOTHING, 0, 0, 0, 0)
         return self._by_kind(INV_MATCH_VPID | INV_KEEP_GLOBAL, INV_MATCH_VPID, NOTHING, 0, vpid, 0, 0)
 
-    def invept(self, type, *, eptag=0):
-        """INVEPT type 1 (translations derived from the EPT tagged ``eptag``) or 2 (from any EPT)."""
-        type, eptag = check_invept(type, eptag)
+    cdef uint64_t _invept(self, int type, uint32_t eptag) noexcept:
         if type == 1:
             return self._by_kind(INV_MATCH_EPTAG, INV_MATCH_EPTAG, INV_MATCH_EPTAG, 0, 0, eptag, 0)
         return self._by_kind(INV_EPTAG_NONZERO, INV_EPTAG_NONZERO, 0, 0, 0, 0, 0)

@@ -19,10 +19,19 @@ from fastmmu.tlbconfig import CacheGeometry, TLBConfig
 from fastmmu.translation import Reference, Walk
 
 if TYPE_CHECKING:
+    from fastmmu import workloads
     from fastmmu._core.memory import HostMemory, MemoryExhausted
     from fastmmu._core.mmu import MMU
     from fastmmu._core.paging import walk, walk_ept, walk_nested
     from fastmmu._core.tlb import TLB
+    from fastmmu.comparison import Comparison, compare
+    from fastmmu.config import Config
+    from fastmmu.guest.config import GuestConfig
+    from fastmmu.hypervisor.config import HypervisorConfig
+    from fastmmu.hypervisor.costs import CostModel
+    from fastmmu.hypervisor.machine import VM, Machine, VMTerminated
+    from fastmmu.hypervisor.result import RunResult
+    from fastmmu.settings import ConfigError
     from fastmmu.tables import EptTable, PageTable
 
 __version__ = "0.1.0.dev0"
@@ -37,10 +46,24 @@ _LAZY = {
     "walk_nested": "fastmmu._core.paging",
     "PageTable": "fastmmu.tables",
     "EptTable": "fastmmu.tables",
+    "Machine": "fastmmu.hypervisor.machine",
+    "VM": "fastmmu.hypervisor.machine",
+    "VMTerminated": "fastmmu.hypervisor.machine",
+    "RunResult": "fastmmu.hypervisor.result",
+    "CostModel": "fastmmu.hypervisor.costs",
+    "HypervisorConfig": "fastmmu.hypervisor.config",
+    "GuestConfig": "fastmmu.guest.config",
+    "Config": "fastmmu.config",
+    "ConfigError": "fastmmu.settings",
+    "compare": "fastmmu.comparison",
+    "Comparison": "fastmmu.comparison",
 }
+_SUBPACKAGES = ("workloads", "hypervisor", "guest", "reference")
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return import_module(f"fastmmu.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fastmmu' has no attribute {name!r}")
@@ -50,7 +73,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "EPT", "PTE", "Access", "Attr", "BatchResult", "CacheGeometry", "CpuState", "EptConfig", "EptTable",
-    "ExitQual", "FrameKind", "HostMemory", "MMU", "MemType", "MemoryExhausted", "PFErr", "PageTable",
-    "Reference", "Status", "TLB", "TLBConfig", "Walk", "walk", "walk_ept", "walk_nested", "__version__",
+    "EPT", "PTE", "VM", "Access", "Attr", "BatchResult", "CacheGeometry", "Comparison", "Config", "ConfigError",
+    "CostModel", "CpuState", "EptConfig", "EptTable", "ExitQual", "FrameKind", "GuestConfig", "HostMemory",
+    "HypervisorConfig", "MMU", "Machine", "MemType", "MemoryExhausted", "PFErr", "PageTable", "Reference",
+    "RunResult", "Status", "TLB", "TLBConfig", "VMTerminated", "Walk", "__version__", "compare", "walk",
+    "walk_ept", "walk_nested", "workloads",
 ]

@@ -111,6 +111,107 @@ def _format_info(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- compare (the main job) ------------------------------------------------------
+
+
+def _add_compare(subparsers: Any) -> None:
+    p = _add_command(
+        subparsers, "compare",
+        "Run one workload under every way of virtualizing memory (native, brute force, shadow "
+        "paging, nested paging) and print what each costs: TLB misses, walks, guest page faults, "
+        "VM exits by reason, estimated cycles and the overhead versus native.  With no workload "
+        "given it runs the built-in one: two VMs, six processes, a mix of locality, memory "
+        "pressure and page-table churn.",
+        "fastmmu compare --set hypervisor.shadow_cache=2 --json",
+    )
+    p.add_argument("--modes", default="all", metavar="LIST",
+                   help="comma-separated modes to run (native always runs, as the baseline; default: all)")
+    p.add_argument("--scale", type=float, default=1.0, metavar="F",
+                   help="multiply the built-in workload's accesses by F (default: 1)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the built-in workload (default: 1)")
+    _add_config_options(p)
+    p.add_argument("--max-accesses", type=int, default=None, metavar="N",
+                   help="stop each mode after N accesses (the results are marked partial)")
+    p.add_argument("--json", action="store_true", help="print the full results as JSON")
+    p.set_defaults(handler=_run_compare)
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file (see the README)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set hypervisor.ept=eager (repeatable)")
+
+
+def _load_config(args: argparse.Namespace) -> Any:
+    """The run's Config from --config and --set; a mistake is a UserError naming the setting."""
+    from fastmmu.config import Config
+    from fastmmu.settings import ConfigError
+
+    data: dict[str, Any] = {}
+    if args.config:
+        data = _read_config_file(args.config)
+    try:
+        return Config.from_dict(data).with_overrides(args.overrides)
+    except (ConfigError, TypeError) as exc:
+        where = f"{args.config}: " if args.config else ""
+        raise UserError(f"{where}{exc}") from None
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    import os
+    import tomllib
+
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, expected a TOML or JSON file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it: {exc.strerror}") from None
+    try:
+        if path.endswith(".json"):
+            data = json.loads(raw)
+        else:
+            data = tomllib.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError say where
+        raise UserError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'TOML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a table of settings at the top level")
+    return data
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from fastmmu.comparison import compare, parse_modes
+    from fastmmu.settings import ConfigError
+    from fastmmu.workloads.scenario import default_scenario
+
+    config = _load_config(args)
+    if args.scale <= 0:
+        raise UserError(f"--scale: expected a positive number, got {args.scale}")
+    if args.max_accesses is not None and args.max_accesses < 1:
+        raise UserError(f"--max-accesses: expected a positive number, got {args.max_accesses}")
+    try:
+        modes = parse_modes(args.modes)
+        scenario = default_scenario(scale=args.scale, seed=args.seed)
+        started = time.perf_counter()
+        comparison = compare(scenario, modes, config, max_accesses=args.max_accesses)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    if args.json:
+        print(comparison.to_json())
+    else:
+        print(f"workload: {scenario.description}")
+        print()
+        print(comparison.table())
+        for line in comparison.terminations():
+            print(f"stopped: {line}")
+        if comparison.partial:
+            print("partial: not every process ran to its end" +
+                  (" (interrupted)" if comparison.interrupted else ""))
+        print(f"cycles are estimates from the cost model (costs.*); took {time.perf_counter() - started:.1f} s")
+    return EXIT_INTERRUPTED if comparison.interrupted else EXIT_OK
+
+
 # -- demo ----------------------------------------------------------------------
 
 
@@ -323,8 +424,8 @@ def translation_demo(mem: Any, guest_frames: Any, *, accesses: int, seed: int) -
 # -- the command table -----------------------------------------------------------
 
 # Sub-commands in the order --help lists them.  Still to come, each as an _add_<name> /
-# _run_<name> pair: compare (the main job), run, explain, trace, sweep, config.
-COMMANDS: list[Callable[[Any], None]] = [_add_info, _add_demo]
+# _run_<name> pair: run, explain, trace, sweep, config.
+COMMANDS: list[Callable[[Any], None]] = [_add_compare, _add_info, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fastmmu",
         description="fastmmu: a fast simulator of x86-64 memory virtualization "
                     "(native, brute-force trap-and-emulate, shadow paging, nested paging/EPT).",
-        epilog="examples:\n  fastmmu info\n  fastmmu demo --memory 1TiB\n\n"
+        epilog="examples:\n  fastmmu compare\n  fastmmu info\n  fastmmu demo --memory 1TiB\n\n"
                "Run 'fastmmu COMMAND --help' for a command's options and an example.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -87,7 +87,7 @@ def check_choice(value: Any, key: str, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str) -> T:
+def from_dict(cls: type[T], data: Any, where: str) -> T:
     """Build settings class ``cls`` from ``data``; unknown keys are errors naming ``where.key``."""
     if data is None:
         return cls()

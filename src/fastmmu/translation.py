@@ -47,6 +47,22 @@ class Walk:
     ept_refs: tuple[int, ...] = (0, 0, 0, 0, 0)
     trace: tuple[Reference, ...] = field(default=(), compare=False)
 
+    @classmethod
+    def _from_core(cls, status: Status, host_address: int, guest_physical_address: int, page_size: int,
+                   error_code: int, fault_address: int, exit_qualification: int, guest_linear_address: int,
+                   attrs: int, is_global: bool, pkey: int, memtype: int, guest_refs: tuple[int, ...],
+                   ept_refs: tuple[int, ...], trace: tuple[Reference, ...]) -> Walk:
+        """Build one from the compiled core's fields without the frozen dataclass's per-field
+        ``object.__setattr__`` (it is on the path of every fault the run loop stops at)."""
+        walk = object.__new__(cls)
+        walk.__dict__.update(status=status, host_address=host_address,
+                             guest_physical_address=guest_physical_address, page_size=page_size,
+                             error_code=error_code, fault_address=fault_address,
+                             exit_qualification=exit_qualification, guest_linear_address=guest_linear_address,
+                             attrs=attrs, is_global=is_global, pkey=pkey, memtype=memtype, guest_refs=guest_refs,
+                             ept_refs=ept_refs, trace=trace)
+        return walk
+
     @property
     def ok(self) -> bool:
         return self.status == Status.OK

@@ -55,6 +55,7 @@ cdef class MMU:
     cdef readonly object config  # the TLBConfig
     cdef object _cpu             # the CpuState in force
     cdef object _ept_config      # the EptConfig in force, or None
+    cdef list _clocked           # (PSC level or 0 for the nested TLB, TLB): caches whose clocks the walker borrows
     cdef void _load_clocks(self)
     cdef void _store_clocks(self)
     cdef object _add(self, str name, object t)

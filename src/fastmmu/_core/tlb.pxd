@@ -404,3 +404,9 @@ cdef class TLB:
     cdef uint64_t _tick(self) noexcept
     cdef uint64_t _by_kind(self, int tlb_how, int psc_how, int ntlb_how, uint32_t pcid, uint32_t vpid,
                            uint32_t eptag, uint64_t va) noexcept
+    # The invalidation scopes on operands already checked (the def methods check, then call these).
+    cdef uint64_t _mov_cr3(self, uint32_t pcid, uint32_t vpid) noexcept
+    cdef uint64_t _invlpg(self, uint64_t va, uint32_t pcid, uint32_t vpid) noexcept
+    cdef uint64_t _invpcid(self, int type, uint32_t pcid, uint64_t va, uint32_t vpid) noexcept
+    cdef uint64_t _invvpid(self, int type, uint32_t vpid, uint64_t va) noexcept
+    cdef uint64_t _invept(self, int type, uint32_t eptag) noexcept

@@ -36,6 +36,9 @@ class PagingPort(Protocol):
     def write_pte(self, table_gfn: int, index: int, value: int) -> None:
         """Write entry ``index`` of the table in frame ``table_gfn``."""
 
+    def peek_pte(self, table_gfn: int, index: int) -> int:
+        """The entry as ``read_pte`` would return it, with no exit or other effect (inspection only)."""
+
     def load_cr3(self, value: int) -> None:
         """MOV to CR3: ``value`` holds the root's guest-physical address, the PCID and bit 63 (no-flush)."""
 

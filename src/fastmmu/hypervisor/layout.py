@@ -83,6 +83,8 @@ class VMMemory:
             self._perm = rng.permutation(frames).astype(np.uint32 if frames < 1 << 32 else np.uint64)
             self._inverse = np.empty_like(self._perm)
             self._inverse[self._perm] = np.arange(frames, dtype=self._perm.dtype)
+        self._base = base or 0
+        self._direct = base is not None and backing == "contiguous" and allocation == "eager"
         if base is not None and allocation == "eager":
             mem.alloc_at(np.arange(base, base + frames, dtype=np.uint64), owner=owner,  # type: ignore[attr-defined]
                          kind=FrameKind.DATA)
@@ -106,6 +108,8 @@ class VMMemory:
 
     def hfn(self, gfn: int) -> int:
         """The host frame backing ``gfn``, backing it now if it is not yet."""
+        if self._direct and 0 <= gfn < self.frames:  # the common case, first: contiguous and eager
+            return self._base + gfn
         self.check(gfn)
         if self._overcommit is not None:
             frame = int(self._overcommit[gfn])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import numpy as np
@@ -26,7 +27,7 @@ from fastmmu.hypervisor.costs import EXIT_REASONS, CostModel
 from fastmmu.hypervisor.layout import HostExhausted, Partitions, VMMemory
 from fastmmu.hypervisor.modes import MODES, Mode, Outcome
 from fastmmu.hypervisor.result import RunResult
-from fastmmu.settings import ConfigError, from_dict
+from fastmmu.settings import ConfigError, check_size, from_dict
 from fastmmu.tlbconfig import TLBConfig
 from fastmmu.units import format_size
 from fastmmu.workloads.program import as_program
@@ -137,7 +138,8 @@ class Machine:
                  maxphyaddr: int = 46, record_faults: bool = False) -> None:
         from fastmmu import MMU, HostMemory
 
-        config = MachineConfig(host_memory=host_memory if host_memory is not None else 16 << 30,
+        size = check_size(host_memory, "machine.host_memory") if host_memory is not None else 16 << 30
+        config = MachineConfig(host_memory=size,
                                maxphyaddr=maxphyaddr, tlb=tlb if isinstance(tlb, str) else "skylake")
         self.config = config
         self.hypervisor = from_dict(HypervisorConfig, hypervisor, "hypervisor")
@@ -171,7 +173,8 @@ class Machine:
                   name: str = "") -> VM:
         """A VM with guest-physical memory [0, ``memory``), backed by host frames given to it alone."""
         check_mode(mode)
-        config = VMConfig(memory=memory, backing=backing, allocation=allocation, seed=seed, name=name)
+        config = VMConfig(memory=check_size(memory, "vm.memory"), backing=backing, allocation=allocation,
+                          seed=seed, name=name)
         guest_config = from_dict(GuestConfig, guest, "guest") if guest is not None else self.guest_defaults
         if guest_config.reserved >= config.memory:
             raise ConfigError(f"guest.reserved: {format_size(guest_config.reserved)} is not less than the VM's "
@@ -253,7 +256,7 @@ class Machine:
         self.mmu.reset_counters()
         before = {vm.id: (Counter(vm.exits), dict(vm.guest.stats)) for vm in chosen}
         started = time.perf_counter()
-        done, partial = 0, False
+        done, partial, interrupted = 0, False, False
         limit = max_accesses if max_accesses is not None else -1
         try:
             while limit < 0 or done < limit:
@@ -267,8 +270,9 @@ class Machine:
                     done += self._run_slice(vm, budget, on_batch)
             partial = limit >= 0 and any(vm.alive and vm.guest.runnable() for vm in chosen)
         except KeyboardInterrupt:
-            partial = True
-        return self._result(chosen, before, done, partial, time.perf_counter() - started)
+            partial = interrupted = True
+        result = self._result(chosen, before, done, partial, time.perf_counter() - started)
+        return replace(result, interrupted=interrupted) if interrupted else result
 
     def _run_slice(self, vm: VM, budget: int, on_batch: BatchHook | None) -> int:
         """Run ``vm`` for up to ``budget`` accesses; the number done."""
@@ -377,7 +381,7 @@ class Machine:
         hv.update(hypervisor)
         hv["hypervisor_bytes"] = sum(len(vm.hv_frames) for vm in vms) << 12
         hv["hypervisor_bytes_peak"] = sum(vm.hv_frames_peak for vm in vms) << 12
-        stats = {"accesses": accesses, "tlb": tlb, "guest": dict(guest_total), "vm_exits": exits,
+        stats: dict[str, Any] = {"accesses": accesses, "tlb": tlb, "guest": dict(guest_total), "vm_exits": exits,
                  "hypervisor": hv, "vms": per_vm,
                  "structures": {name: t.stats() for name, t in self.mmu.structures().items()}}
         for key in ("page_faults", "pt_reads", "pt_writes", "context_switches"):

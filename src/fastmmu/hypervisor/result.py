@@ -24,6 +24,7 @@ class RunResult:
     breakdown: dict[str, float] = field(default_factory=dict)
     baseline_cycles: float | None = None
     partial: bool = False
+    interrupted: bool = False  # stopped by Ctrl-C (partial too)
     seconds: float = 0.0
 
     @property
@@ -59,7 +60,8 @@ class RunResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "partial": self.partial, "seconds": self.seconds, "cycles": self.cycles,
+        return {"mode": self.mode, "partial": self.partial, "interrupted": self.interrupted,
+                "seconds": self.seconds, "cycles": self.cycles,
                 "baseline_cycles": self.baseline_cycles, "overhead": self.overhead,
                 "breakdown": self.breakdown, "stats": self.stats}
 

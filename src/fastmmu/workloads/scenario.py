@@ -51,16 +51,16 @@ def default_scenario(scale: float = 1.0, seed: int = 1) -> Scenario:
         return max(1, int(count * scale))
 
     web = VMSpec("web", memory="512MiB", processes=[
-        ProcessSpec("db", Zipf(pages=8_192, n=n(900_000), alpha=1.1, writes=0.3, seed=seed)),
-        ProcessSpec("scan", Sequential(pages=2_048, n=n(600_000), stride=64, seed=seed + 1,
+        ProcessSpec("db", Zipf(pages=4_096, n=n(900_000), alpha=1.1, writes=0.3, seed=seed)),
+        ProcessSpec("scan", Sequential(pages=1_024, n=n(600_000), stride=64, seed=seed + 1,
                                        base=0x0000_2000_0000_0000)),
-        ProcessSpec("churn", Churn(pages=256, n=n(4_000), rounds=24, seed=seed + 2, base=0x0000_3000_0000_0000)),
+        ProcessSpec("churn", Churn(pages=128, n=n(4_000), rounds=12, seed=seed + 2, base=0x0000_3000_0000_0000)),
     ])
-    batch = VMSpec("batch", memory="40MiB", backing="scattered", seed=seed, processes=[
-        ProcessSpec("sort", Zipf(pages=16_384, n=n(500_000), alpha=1.2, writes=0.5, seed=seed + 3)),
-        ProcessSpec("hash", Uniform(pages=2_048, n=n(300_000), writes=0.4, seed=seed + 4,
+    batch = VMSpec("batch", memory="24MiB", backing="scattered", seed=seed, processes=[
+        ProcessSpec("sort", Zipf(pages=8_192, n=n(400_000), alpha=1.3, writes=0.5, seed=seed + 3)),
+        ProcessSpec("hash", Uniform(pages=1_024, n=n(300_000), writes=0.4, seed=seed + 4,
                                     base=0x0000_2000_0000_0000)),
-        ProcessSpec("cron", Churn(pages=64, n=n(2_000), rounds=12, seed=seed + 5, base=0x0000_3000_0000_0000)),
+        ProcessSpec("cron", Churn(pages=64, n=n(2_000), rounds=8, seed=seed + 5, base=0x0000_3000_0000_0000)),
     ])
     return Scenario([web, batch], description="two VMs: a web tier (hot-set database, scan, mmap churn) and "
                                               "a batch tier under memory pressure (scattered backing)")

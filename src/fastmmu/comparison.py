@@ -57,6 +57,15 @@ class Comparison:
     def partial(self) -> bool:
         return any(r.partial for r in self.results.values())
 
+    @property
+    def interrupted(self) -> bool:
+        return any(r.interrupted for r in self.results.values())
+
+    def terminations(self) -> list[str]:
+        """'mode: vm: reason' for every VM a mode had to stop."""
+        return [f"{mode}: {vm['name']}: {vm['terminated']}" for mode, r in self.results.items()
+                for vm in r.stats["vms"] if vm["terminated"]]
+
     def rows(self) -> list[dict[str, Any]]:
         return [r.summary() for r in self.results.values()]
 
@@ -82,7 +91,8 @@ class Comparison:
         return "\n".join(text)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"partial": self.partial, "scenario": self.scenario.to_dict(), "config": self.config.to_dict(),
+        return {"partial": self.partial, "interrupted": self.interrupted, "terminations": self.terminations(),
+                "scenario": self.scenario.to_dict(), "config": self.config.to_dict(),
                 "rows": self.rows(), "results": {m: r.to_dict() for m, r in self.results.items()}}
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -105,5 +115,7 @@ def compare(scenario: Scenario | None = None, modes: str | Iterable[str] = "all"
     results: dict[str, RunResult] = {}
     for mode in parse_modes(modes):
         results[mode] = run_mode(scenario, mode, config, max_accesses=max_accesses)
+        if results[mode].interrupted:  # Ctrl-C: keep what is done, run nothing more
+            break
     native = results["native"]
     return Comparison({m: r.with_baseline(native) for m, r in results.items()}, scenario, config)
