@@ -181,7 +181,7 @@ def _read_config_file(path: str) -> dict[str, Any]:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from fastmmu.comparison import compare, parse_modes
+    from fastmmu.comparison import build, compare, parse_modes
     from fastmmu.settings import ConfigError
     from fastmmu.workloads.scenario import default_scenario
 
@@ -190,17 +190,22 @@ def _run_compare(args: argparse.Namespace) -> int:
         raise UserError(f"--scale: expected a positive number, got {args.scale}")
     if args.max_accesses is not None and args.max_accesses < 1:
         raise UserError(f"--max-accesses: expected a positive number, got {args.max_accesses}")
+    scenario = default_scenario(scale=args.scale, seed=args.seed)
     try:
         modes = parse_modes(args.modes)
-        scenario = default_scenario(scale=args.scale, seed=args.seed)
-        started = time.perf_counter()
+        build(scenario, "native", config)  # the machine and its VMs fit: errors before any output
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    if not args.json:
+        print(f"workload: {scenario.description}", flush=True)
+    started = time.perf_counter()
+    try:
         comparison = compare(scenario, modes, config, max_accesses=args.max_accesses)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
     if args.json:
         print(comparison.to_json())
     else:
-        print(f"workload: {scenario.description}")
         print()
         print(comparison.table())
         for line in comparison.terminations():

@@ -62,13 +62,15 @@ def check_int(value: Any, key: str, *, minimum: int = 0, maximum: int | None = N
 
 
 def check_number(value: Any, key: str, *, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not isinstance(value, (int, float)):
         try:
             value = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if not value >= minimum:  # also rejects NaN
-        raise ConfigError(f"{key}: expected a number >= {minimum:g}, got {value!r}")
+    if not minimum <= value < float("inf"):  # also rejects NaN
+        raise ConfigError(f"{key}: expected a number >= {minimum:g} (and finite), got {value!r}")
     return float(value)
 
 

@@ -115,6 +115,7 @@ class GuestOS:
                       "exits": 0, "page_tables": 0, "resident_pages": 0}
         self.fault_log: list[tuple[int, int, int]] | None = [] if record_faults else None
         self.quantum_left = 0
+        self._last_pid = 0  # the pid that ran last: round robin goes on after it
 
     # -- the port, counted -------------------------------------------------------------
 
@@ -163,6 +164,7 @@ class GuestOS:
         if process is self.current:
             return
         self.current = process
+        self._last_pid = process.pid
         self.stats["context_switches"] += 1
         value = process.cr3(self.config.pcid)
         self.port.load_cr3(value | (CR3_NOFLUSH if self.config.pcid else 0))
@@ -179,7 +181,7 @@ class GuestOS:
         runnable = self.runnable()
         if not runnable:
             return None
-        after = [p for p in runnable if current is not None and p.pid > current.pid]
+        after = [p for p in runnable if p.pid > self._last_pid]
         chosen = after[0] if after else runnable[0]
         self.switch_to(chosen)
         self.quantum_left = self.config.quantum
@@ -216,7 +218,10 @@ class GuestOS:
                 kept.append(Vma(end, vma.end, vma.writable, vma.executable, vma.huge))
         process.vmas = kept
         mask = self._width() - 1
-        self._free_tables(process, process.root, self.levels, 0, base & mask, ((end - 1) & mask) + 1)
+        lo, hi = base & mask, ((end - 1) & mask) + 1
+        floor = max([v.end & mask for v in process.vmas if (v.end - 1) & mask < lo], default=0)
+        ceiling = min([v.base & mask for v in process.vmas if v.base & mask >= hi], default=self._width())
+        self._free_tables(process, process.root, self.levels, 0, lo, hi, floor, ceiling)
 
     def exit(self, process: Process, reason: str = "exit") -> None:
         """The process ends: every page and every table is freed, its PCID recycled."""
@@ -224,7 +229,8 @@ class GuestOS:
             return
         for page in list(process.pages.values()):
             self._unmap_page(page, invalidate=False)
-        self._free_tables(process, process.root, self.levels, 0, 0, self._width(), invalidate=False)
+        self._free_tables(process, process.root, self.levels, 0, 0, self._width(), 0, self._width(),
+                          invalidate=False)
         self._release_table(process.root)
         if self.config.pcid:
             self.port.invpcid(1, process.pcid)
@@ -294,7 +300,10 @@ class GuestOS:
         if base is None:
             return False
         self._write(table, index, base << 12 | self._leaf_flags(vma, huge=True))
-        process.swapped -= set(range(start, start + HUGE, 4096))
+        pages = set(range(start, start + HUGE, 4096))
+        if process.swapped & pages:  # some of it was evicted: read back from swap
+            self.stats["major_faults"] += 1
+            process.swapped -= pages
         self.stats["huge_pages"] += 1
         self._track(Page(process, start, base, True, table, index))
         return True
@@ -331,9 +340,10 @@ class GuestOS:
         return None if table is None else (table, (va >> 12) & 511)
 
     def _free_tables(self, process: Process, table: int, level: int, start: int, lo: int, hi: int,
-                     invalidate: bool = True) -> None:
-        """Free the page tables under ``table`` (at ``level``, mapping from ``start``) whose whole
-        span lies in [lo, hi), as Linux's free_pgd_range does: their pages are already unmapped.
+                     floor: int, ceiling: int, invalidate: bool = True) -> None:
+        """Free the page tables under ``table`` (at ``level``, mapping from ``start``) met on the way
+        to [lo, hi) whose whole span lies in [floor, ceiling): the unmapped range widened to the
+        neighbouring regions, so nothing they map can be in them (Linux's free_pgd_range).
         Addresses here are truncated to the paging width; invalidations use canonical ones."""
         span = 1 << (12 + 9 * (level - 1))
         first = max(0, (lo - start) // span)
@@ -345,8 +355,8 @@ class GuestOS:
                 continue
             child = (entry & ADDR_MASK) >> 12
             if level > 2:
-                self._free_tables(process, child, level - 1, base, lo, hi, invalidate)
-            if lo <= base and base + span <= hi:
+                self._free_tables(process, child, level - 1, base, lo, hi, floor, ceiling, invalidate)
+            if floor <= base and base + span <= ceiling:
                 self._write(table, index, 0)
                 if invalidate:  # drops the paging-structure caches that still point at the table
                     self._invalidate(process, self._canonical(base))

@@ -55,8 +55,8 @@ class CostModel:
     walk_start: float = setting(5.0, "starting a walk (the page-miss handler), per walk", unit="cycles")
     guest_page_fault: float = setting(2000.0, "a page fault handled by the guest kernel, zero-fill included",
                                       unit="cycles")
-    guest_pt_access: float = setting(2.0, "a guest kernel read or write of a page-table entry that does "
-                                          "not trap", unit="cycles")
+    guest_pt_access: float = setting(2.0, "a guest kernel read or write of a page-table entry (the access "
+                                          "itself; where it traps, its exit is counted on top)", unit="cycles")
     context_switch: float = setting(500.0, "a guest context switch (scheduler + MOV to CR3)", unit="cycles")
     vm_exit: float = setting(1200.0, "a VM exit and the VM entry back (the round trip, any reason)",
                              unit="cycles")

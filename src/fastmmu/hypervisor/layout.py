@@ -4,10 +4,11 @@ The host's frames are split into the hypervisor's own pool (at the bottom:
 shadow tables and EPTs come from it) and one partition per VM, carved out
 when the VM is created.  Inside its partition a VM's guest frames are laid
 out contiguously (guest frame g is host frame base + g) or scattered (a
-seeded permutation of the partition, so no two neighbouring guest frames are
-neighbours on the host).  Frames are taken from the host eagerly at creation
-or on demand at first use; either way the frame a guest frame gets is fixed
-at creation, so every mode reaches the same host frame for the same access.
+seeded random permutation of the partition, so neighbouring guest frames are
+rarely neighbours on the host, and large host pages cannot back them).
+Frames are taken from the host eagerly at creation or on demand at first
+use; either way the frame a guest frame gets is fixed at creation, so every
+mode reaches the same host frame for the same access.
 
 With overcommit there are no partitions: a VM's frames are allocated on
 first use from whatever is free, and running out stops that VM cleanly.
@@ -112,14 +113,15 @@ class VMMemory:
             return self._base + gfn
         self.check(gfn)
         if self._overcommit is not None:
-            frame = int(self._overcommit[gfn])
-            if frame:
-                return frame
+            assert self._backed is not None
+            if self._backed[gfn]:  # frame 0 is a frame too: the flag, not the value, says backed
+                return int(self._overcommit[gfn])
             try:
                 frame = self.mem.alloc_frame(owner=self.owner, kind=FrameKind.DATA, lo=self._lo)  # type: ignore[attr-defined]
             except MemoryError as exc:
                 raise HostExhausted(f"host memory exhausted while backing guest frame {gfn:#x}") from exc
             self._overcommit[gfn] = frame
+            self._backed[gfn] = True
             self._reverse[frame] = gfn
             self.backed_frames += 1
             return frame
@@ -164,7 +166,8 @@ class VMMemory:
     def host_frames(self) -> np.ndarray:
         """Every host frame this VM holds now."""
         if self._overcommit is not None:
-            return self._overcommit[self._overcommit != 0]
+            assert self._backed is not None
+            return self._overcommit[self._backed]
         assert self.base is not None
         gfns = np.arange(self.frames, dtype=np.uint64) if self._backed is None else \
             np.flatnonzero(self._backed).astype(np.uint64)

@@ -235,10 +235,10 @@ class Machine:
 
     # -- running -----------------------------------------------------------------------
 
-    def _enter(self, vm: VM) -> None:
+    def _enter(self, vm: VM, *, charge: bool = True) -> None:
         """Schedule ``vm`` on the CPU: what a VM switch costs depends on its mode."""
         if self.current is not vm:
-            if self.current is not None:
+            if self.current is not None and charge:
                 vm.mode.switch_cost()
             if not vm.mode.uses_vpid:
                 self.mmu.flush()  # no VPID: nothing of another VM may stay

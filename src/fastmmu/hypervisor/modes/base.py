@@ -63,6 +63,14 @@ class Mode:
     def exit(self, reason: str, count: int = 1) -> None:
         self.vm.count_exit(reason, count)
 
+    def hw(self) -> Any:
+        """The MMU, with this VM on it: the guest's instructions (MOV to CR3, INVLPG) act on it.
+        Outside a run (a guest driven by hand) this enters the VM without charging a switch."""
+        machine = self.vm.machine
+        if machine.current is not self.vm:
+            machine._enter(self.vm, charge=False)
+        return machine.mmu
+
     def cpu_state(self, cr3: int) -> CpuState:
         return CpuState(cr3=cr3, levels=self.levels, cr4_pcide=self.vm.guest_config.pcid)
 
@@ -92,10 +100,10 @@ class Mode:
         raise NotImplementedError
 
     def invlpg(self, va: int) -> None:
-        self.vm.machine.mmu.invlpg(va)
+        self.hw().invlpg(va)
 
     def invpcid(self, kind: int, pcid: int = 0, va: int = 0) -> None:
-        self.vm.machine.mmu.invpcid(kind, pcid=pcid, va=va)
+        self.hw().invpcid(kind, pcid=pcid, va=va)
 
     # -- the hypervisor's hooks ----------------------------------------------------
 

@@ -174,7 +174,7 @@ class DirectMode(Mode):
         if frame not in self.links:
             self.on_protect(frame)
         self.cr3 = value & ~(1 << 63)
-        self.vm.machine.mmu.mov_cr3(self._real_cr3(value))
+        self.hw().mov_cr3(self._real_cr3(value))
 
     def _root_frame(self, value: int) -> int:
         gfn = (value & ADDR_MASK) >> 12

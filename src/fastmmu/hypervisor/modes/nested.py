@@ -74,7 +74,7 @@ class Nested(Mode):
 
     def load_cr3(self, value: int) -> None:
         self.cr3 = value & ~_CR3_NOFLUSH
-        self.vm.machine.mmu.mov_cr3(value)
+        self.hw().mov_cr3(value)
 
     # -- the hardware side -------------------------------------------------------------
 

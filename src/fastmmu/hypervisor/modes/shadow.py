@@ -167,7 +167,7 @@ class Shadow(Mode):
                 space.clear()
         self.cr3, self.current = value, space
         shadow_cr3 = space.root << 12 | (key[1] if pcide else 0)
-        self.vm.machine.mmu.mov_cr3(shadow_cr3 | (CR3_NOFLUSH if noflush and pcide else 0))
+        self.hw().mov_cr3(shadow_cr3 | (CR3_NOFLUSH if noflush and pcide else 0))
 
     def invlpg(self, va: int) -> None:
         self.exit("invlpg")
@@ -187,15 +187,16 @@ class Shadow(Mode):
     # -- the shadow cache ------------------------------------------------------------
 
     def _new_space(self, key: tuple[int, int]) -> ShadowSpace:
-        while len(self.cache) >= max(self.limit, 1):
-            self._evict()
+        while len(self.cache) >= self.limit and self._evict(switching=True):
+            pass
         space = self._with_memory(lambda: ShadowSpace(self, key))
         self.cache[key] = space
         return space
 
-    def _evict(self, keep: ShadowSpace | None = None) -> bool:
+    def _evict(self, *, switching: bool = False) -> bool:
+        """Drop the least recently used shadow; the one in use only when the guest is leaving it."""
         for key, space in self.cache.items():
-            if space is not keep and space is not self.current:
+            if switching or space is not self.current:
                 del self.cache[key]
                 space.release()
                 self.evictions += 1
@@ -210,7 +211,7 @@ class Shadow(Mode):
             except HostExhausted:
                 if self._evict():
                     continue
-                if self.current is not None and len(self.current.frames) > 1:
+                if self.current is not None and len(self.current.frames) > 1:  # last resort: start over
                     self.current.clear()
                     self.evictions += 1
                     continue
