@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastmmu.config import Config
-from fastmmu.hypervisor.config import MODE_NAMES, check_mode
+from fastmmu.hypervisor.config import check_mode, mode_names
 from fastmmu.hypervisor.machine import BatchHook, Machine
 from fastmmu.hypervisor.result import RunResult
 from fastmmu.workloads.scenario import Scenario, default_scenario
@@ -40,9 +40,10 @@ def run_mode(scenario: Scenario, mode: str, config: Config | None = None, *, max
 
 
 def parse_modes(modes: str | Iterable[str]) -> list[str]:
-    names = list(MODE_NAMES) if modes == "all" else (modes.split(",") if isinstance(modes, str) else list(modes))
+    registered = mode_names()
+    names = list(registered) if modes == "all" else (modes.split(",") if isinstance(modes, str) else list(modes))
     chosen = [check_mode(name.strip(), "modes") for name in names]
-    return ["native"] + [m for m in MODE_NAMES if m in chosen and m != "native"]
+    return ["native"] + [m for m in registered if m in chosen and m != "native"]
 
 
 @dataclass

@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 from fastmmu.settings import ConfigError, check_bool, check_choice, check_int, check_size, setting
 
-MODE_NAMES = ("native", "brute_force", "shadow", "nested")
+
+def mode_names() -> tuple[str, ...]:
+    """The registered modes, in the order reports list them (``fastmmu.hypervisor.modes.MODES``)."""
+    from fastmmu.hypervisor.modes import MODES
+
+    return tuple(MODES)
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,8 @@ class VMConfig:
 def check_mode(name: object, key: str = "mode") -> str:
     from fastmmu.settings import suggest
 
-    if name not in MODE_NAMES:
-        raise ConfigError(f"{key}: unknown mode {name!r}; expected one of {', '.join(MODE_NAMES)}"
-                          + (suggest(name, list(MODE_NAMES)) if isinstance(name, str) else ""))
+    names = mode_names()
+    if name not in names:
+        raise ConfigError(f"{key}: unknown mode {name!r}; expected one of {', '.join(names)}"
+                          + (suggest(name, list(names)) if isinstance(name, str) else ""))
     return str(name)
