@@ -43,6 +43,8 @@ globals().update({
     "INV_KEEP_GLOBAL": INV_KEEP_GLOBAL,
     "INV_GLOBAL_ANY_PCID": INV_GLOBAL_ANY_PCID,
     "INV_SKIP_VPID0": INV_SKIP_VPID0,
+    "INV_FRACTURED": INV_FRACTURED,
+    "TLB_ATTR_FRACTURED": TLB_ATTR_FRACTURED,
     "POLICY_LRU": POLICY_LRU,
     "POLICY_PLRU": POLICY_PLRU,
     "POLICY_FIFO": POLICY_FIFO,
@@ -57,7 +59,7 @@ globals().update({
 __all__ = [
     "TLB", "simulate", "POLICY_NAMES", "SIZE_NAMES",
     "INV_MATCH_VPID", "INV_MATCH_PCID", "INV_MATCH_EPTAG", "INV_EPTAG_NONZERO", "INV_MATCH_ADDR",
-    "INV_KEEP_GLOBAL", "INV_GLOBAL_ANY_PCID", "INV_SKIP_VPID0",
+    "INV_KEEP_GLOBAL", "INV_GLOBAL_ANY_PCID", "INV_SKIP_VPID0", "INV_FRACTURED", "TLB_ATTR_FRACTURED",
     "POLICY_LRU", "POLICY_PLRU", "POLICY_FIFO", "POLICY_RANDOM",
     "SIZE_4K", "SIZE_2M", "SIZE_1G", "SIZE_REGION", "MAX_SIZES",
 ]
@@ -115,6 +117,7 @@ cdef class TLB:
             self.c.shift[i] = geometry.shifts[i]
         self.c.rng = geometry.seed
         self.c.hits = self.c.misses = self.c.fills = self.c.evictions = self.c.invalidated = 0
+        self.c.fractured = 0
         self.name = name
         self.kind = geometry.kind
         self.seed = geometry.seed
@@ -262,12 +265,12 @@ cdef class TLB:
                              INV_MATCH_VPID | INV_MATCH_PCID, NOTHING, pcid, vpid, 0, 0)
 
     cdef uint64_t _invlpg(self, uint64_t va, uint32_t pcid, uint32_t vpid) noexcept:
-        return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_GLOBAL_ANY_PCID,
+        return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_GLOBAL_ANY_PCID | INV_FRACTURED,
                              INV_MATCH_VPID | INV_MATCH_PCID, NOTHING, pcid, vpid, 0, va)
 
     cdef uint64_t _invpcid(self, int type, uint32_t pcid, uint64_t va, uint32_t vpid) noexcept:
         if type == 0:
-            return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_KEEP_GLOBAL,
+            return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR | INV_MATCH_PCID | INV_KEEP_GLOBAL | INV_FRACTURED,
                                  INV_MATCH_VPID | INV_MATCH_PCID, NOTHING, pcid, vpid, 0, va)
         if type == 1:
             return self._by_kind(INV_MATCH_VPID | INV_MATCH_PCID | INV_KEEP_GLOBAL,
@@ -278,7 +281,8 @@ cdef class TLB:
 
     cdef uint64_t _invvpid(self, int type, uint32_t vpid, uint64_t va) noexcept:
         if type == 0:
-            return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR, INV_MATCH_VPID, NOTHING, 0, vpid, 0, va)
+            return self._by_kind(INV_MATCH_VPID | INV_MATCH_ADDR | INV_FRACTURED, INV_MATCH_VPID, NOTHING, 0, vpid,
+                                 0, va)
         if type == 1:
             return self._by_kind(INV_MATCH_VPID, INV_MATCH_VPID, NOTHING, 0, vpid, 0, 0)
         if type == 2:

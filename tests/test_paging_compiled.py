@@ -122,7 +122,7 @@ def test_c_constants_match_fastmmu_arch():
     assert {name: c[f"WALK_{name}"] for name in Status.__members__} == {
         n: int(s) for n, s in Status.__members__.items()
     }
-    for name in ("W", "U", "XD", "D", "G", "EPT_R", "EPT_W", "EPT_X", "EPT_D"):
+    for name in ("W", "U", "XD", "D", "G", "EPT_R", "EPT_W", "EPT_X", "EPT_D", "FRACTURED"):
         assert c[f"ATTR_{name}"] == Attr[name], name
     assert c["ATTR_PKEY_SHIFT"] == ATTR_PKEY_SHIFT
     for name in PFErr.__members__:

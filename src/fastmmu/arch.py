@@ -145,6 +145,7 @@ class Attr(IntFlag):
     EPT_W = 1 << 17
     EPT_X = 1 << 18
     EPT_D = 1 << 19
+    FRACTURED = 1 << 23  # a piece of a larger guest page (smaller EPT page): INVLPG of the page removes it
 
 
 ATTR_PKEY_SHIFT = 8

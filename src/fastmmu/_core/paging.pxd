@@ -96,6 +96,7 @@ cdef enum:
     ATTR_EPT_X = 1 << 18
     ATTR_EPT_D = 1 << 19         # the EPT leaf's dirty flag is set (or EPT A/D is off)
     ATTR_MEMTYPE_SHIFT = 20      # bits 22:20: EPT memory type of the final GPA's leaf (0 natively)
+    ATTR_FRACTURED = 1 << 23     # a piece of a larger guest page (smaller EPT page): TLB_ATTR_FRACTURED
 
 # Page-fault error code (SDM Vol. 3A, 4.7).
 cdef enum:
@@ -1005,7 +1006,7 @@ cdef inline bint walk_nested_fast(const mem_t *m, const paging_t *p, const ept_t
             shift -= 9
             gpa = (e & ADDR_MASK) | (((va >> shift) & 511) << 3)
     hpa[0] = x.hpa
-    attrs_out[0] = attrs | ept_attrs(&x)
+    attrs_out[0] = attrs | ept_attrs(&x) | (ATTR_FRACTURED if x.shift < leaf_shift else 0)
     shift_out[0] = x.shift if x.shift < leaf_shift else leaf_shift
     refs_out[0] = refs
     return 1
@@ -1188,8 +1189,9 @@ cdef inline int walk_nested(mem_t *m, const paging_t *p, const ept_t *ept, gva_t
             return _finish_fault(out, WALK_EPT_VIOLATION, pend.guest_gpa[i], 0,
                                  ept_qualification(ept, EQ_WRITE, pend.guest_rights[i], 1, 0, 0), refs)
     _commit(m, va, caches, &pend, start, leaf_level, start_allow, start_xd)
-    if x.shift < leaf_shift:
+    if x.shift < leaf_shift:  # the EPT maps the guest's page in pieces: the TLB caches one
         leaf_shift = x.shift
+        attrs |= ATTR_FRACTURED
     return _finish_ok(out, p, leaf, attrs | ept_attrs(&x), leaf_shift, x.hpa, pa, x.memtype, refs)
 
 

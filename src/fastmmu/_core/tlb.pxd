@@ -84,6 +84,14 @@ cdef enum:
     INV_KEEP_GLOBAL = 32      # global entries survive
     INV_GLOBAL_ANY_PCID = 64  # with INV_MATCH_PCID: global entries match whatever their PCID
     INV_SKIP_VPID0 = 128      # entries of VPID 0 (the host) survive
+    INV_FRACTURED = 256       # with INV_MATCH_ADDR: entries holding a piece of a larger page go whatever
+                              # their address (the SDM's INVLPG: "all TLB entries for that page")
+
+cdef enum:
+    # The one bit of an entry's owner-defined ``attrs`` the TLB itself reads: the entry caches a piece
+    # of a larger page (a guest 2 MiB page under 4 KiB EPT pages), so INVLPG of any address of that
+    # page must remove it (INV_FRACTURED).  paging.pxd sets it as ATTR_FRACTURED.
+    TLB_ATTR_FRACTURED = 1 << 23
 
 
 ctypedef struct tlb_t:
@@ -106,6 +114,7 @@ ctypedef struct tlb_t:
     uint64_t fills         # entries written
     uint64_t evictions     # fills that displaced a valid entry
     uint64_t invalidated   # entries removed by invalidations and flushes
+    uint64_t fractured     # fills of pieces of larger pages (attrs & TLB_ATTR_FRACTURED), ever
 
 
 ctypedef struct tlb_hit_t:
@@ -328,6 +337,8 @@ cdef inline void tlb_fill(tlb_t *t, uint64_t va, uint8_t code, uint64_t ctx, uin
         # frame of the start of the smaller piece that contains va
         frame += ((va & ((<uint64_t>1 << t.shift[code]) - 1)) >> t.shift[use]) << (t.shift[use] - 12)
     vpn = (va >> t.shift[use]) & VPN_MASK
+    if attrs & TLB_ATTR_FRACTURED:
+        t.fractured += 1
     tlb_store(t, tlb_set_base(t, vpn), tlb_want_tag(<uint8_t>use, vpn), ctx, frame, attrs, now)
 
 
@@ -362,18 +373,20 @@ cdef inline bint tlb_entry_selected(const tlb_t *t, uint64_t pos, uint32_t how, 
     if how & INV_MATCH_ADDR:
         code = <uint8_t>((tag >> TAG_SIZE_SHIFT) & 7)
         if ((va >> t.shift[code]) & VPN_MASK) != (tag & VPN_MASK):
-            return 0
+            if not ((how & INV_FRACTURED) and (t.attrs[pos] & TLB_ATTR_FRACTURED)):
+                return 0
     return 1
 
 
 cdef inline uint64_t tlb_invalidate(tlb_t *t, uint32_t how, uint64_t ctx, uint64_t va) noexcept nogil:
     """Remove every entry selected by ``how`` (INV_* flags); returns how many went.
 
-    With INV_MATCH_ADDR only the sets that can hold ``va`` are scanned.
+    With INV_MATCH_ADDR only the sets that can hold ``va`` are scanned (all of them when pieces of
+    larger pages may be anywhere: INV_FRACTURED and some were ever filled).
     """
     cdef uint64_t removed = 0, pos, base, vpn
     cdef uint32_t i, w
-    if how & INV_MATCH_ADDR:
+    if (how & INV_MATCH_ADDR) and not ((how & INV_FRACTURED) and t.fractured):
         for i in range(t.nsizes):
             vpn = (va >> t.shift[t.codes[i]]) & VPN_MASK
             base = tlb_set_base(t, vpn)

@@ -609,7 +609,9 @@ def _walk_linear(mem: Any, cpu: CpuState, ept: EptConfig | None, va: int, access
                 return _ept_exit(t, _EptResult(Status.EPT_VIOLATION, rights=used_entry.ept_rights),
                                  used_entry.address, ExitQual.WRITE, gla=va, ept=ept)
         host_address, memtype = result.hpa, result.memtype
-        page_size = min(page_size, result.page_size)
+        if result.page_size < page_size:  # the EPT maps the guest's page in pieces: the TLB caches one
+            page_size = result.page_size
+            attrs |= Attr.FRACTURED
         attrs |= _ept_attrs(result.rights, result.dirty, result.memtype)
 
     # 6. Success: A in every entry read, D in the leaf on a write (4.8); cache the upper entries.

@@ -40,7 +40,9 @@ INV_MATCH_ADDR = 16
 INV_KEEP_GLOBAL = 32
 INV_GLOBAL_ANY_PCID = 64
 INV_SKIP_VPID0 = 128
-INV_ALL_FLAGS = 255
+INV_FRACTURED = 256  # with INV_MATCH_ADDR: entries holding a piece of a larger page go whatever their address
+INV_ALL_FLAGS = 511
+TLB_ATTR_FRACTURED = 1 << 23  # the attrs bit that marks such a piece (fastmmu.arch.Attr.FRACTURED)
 
 POLICY_NAMES = ("lru", "plru", "fifo", "random")
 SIZE_NAMES = ("4K", "2M", "1G", "region")
@@ -281,7 +283,7 @@ def check_fill(
 
 
 def check_invalidate(how: Any, va: Any, pcid: Any, vpid: Any, eptag: Any) -> tuple[int, int, int, int, int]:
-    how = check_int(how, "how", 0, INV_ALL_FLAGS, "a combination of INV_* flags (0..255)")
+    how = check_int(how, "how", 0, INV_ALL_FLAGS, "a combination of INV_* flags (0..511)")
     va = check_int(va, "va", 0, MAX_U64)
     return (how, va, *check_ctx(pcid, vpid, eptag))
 
@@ -580,7 +582,8 @@ class TLB:
                 or (how & INV_EPTAG_NONZERO and e.eptag == 0)
                 or (how & INV_KEEP_GLOBAL and e.global_)
                 or (how & INV_MATCH_PCID and e.pcid != pcid and not (e.global_ and how & INV_GLOBAL_ANY_PCID))
-                or (how & INV_MATCH_ADDR and not self._covers(e, va))
+                or (how & INV_MATCH_ADDR and not self._covers(e, va)
+                    and not (how & INV_FRACTURED and e.attrs & TLB_ATTR_FRACTURED))
             )
 
         return self._remove(selected)
@@ -600,6 +603,12 @@ class TLB:
             return self._remove(lambda e: e.vpid == vpid and e.pcid == pcid)
         return 0
 
+    def _of_page(self, e: Entry, va: int) -> bool:
+        """Whether an address-specific invalidation of ``va`` removes ``e``: it covers ``va``, or it is
+        a piece of a larger page (SDM 4.10.4.1: INVLPG removes "all TLB entries for that page"; which
+        page a piece belongs to is not kept, so every piece goes)."""
+        return self._covers(e, va) or bool(e.attrs & TLB_ATTR_FRACTURED)
+
     def invlpg(self, va: int, pcid: int = 0, vpid: int = 0, *, la57: bool = False) -> int:
         """INVLPG: the page of ``va`` for the current PCID, global or not, and every PSC entry of the PCID.
 
@@ -609,7 +618,7 @@ class TLB:
         if not is_canonical(va, bool(la57)):
             return 0
         if self.kind == "tlb":
-            return self._remove(lambda e: e.vpid == vpid and self._covers(e, va) and (e.global_ or e.pcid == pcid))
+            return self._remove(lambda e: e.vpid == vpid and self._of_page(e, va) and (e.global_ or e.pcid == pcid))
         if self.kind == "psc":
             return self._remove(lambda e: e.vpid == vpid and e.pcid == pcid)
         return 0
@@ -624,7 +633,7 @@ class TLB:
                 return self._remove(lambda e: e.vpid == vpid and e.pcid == pcid)
             return self._remove(lambda e: e.vpid == vpid)
         if type == 0:
-            return self._remove(lambda e: e.vpid == vpid and e.pcid == pcid and not e.global_ and self._covers(e, va))
+            return self._remove(lambda e: e.vpid == vpid and e.pcid == pcid and not e.global_ and self._of_page(e, va))
         if type == 1:
             return self._remove(lambda e: e.vpid == vpid and e.pcid == pcid and not e.global_)
         if type == 2:
@@ -641,7 +650,7 @@ class TLB:
         if self.kind == "psc":
             return self._remove(lambda e: e.vpid == vpid)
         if type == 0:
-            return self._remove(lambda e: e.vpid == vpid and self._covers(e, va))
+            return self._remove(lambda e: e.vpid == vpid and self._of_page(e, va))
         if type == 1:
             return self._remove(lambda e: e.vpid == vpid)
         return self._remove(lambda e: e.vpid == vpid and not e.global_)

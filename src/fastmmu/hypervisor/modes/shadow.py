@@ -17,6 +17,7 @@ from fastmmu.hypervisor.modes.base import Mode, Outcome
 
 # Plain ints: IntFlag arithmetic is slow on the fault path.
 _ATTR_D = int(Attr.D)
+_ATTR_FRACTURED = int(Attr.FRACTURED)
 _ATTR_U = int(Attr.U)
 _ATTR_W = int(Attr.W)
 _ATTR_XD = int(Attr.XD)
@@ -41,6 +42,7 @@ class ShadowSpace:
         self.mode = mode
         self.key = key  # (guest root frame, PCID)
         self.frames: list[int] = []
+        self.pieces: dict[int, int] = {}  # guest large page base -> its size, where mapped in smaller leaves
         self.root = self._new_table()
 
     def _new_table(self) -> int:
@@ -49,8 +51,11 @@ class ShadowSpace:
         self.mode.tables_built += 1
         return frame
 
-    def map(self, va: int, frame: int, flags: int, leaf_level: int) -> None:
+    def map(self, va: int, frame: int, flags: int, leaf_level: int, guest_size: int = 4096) -> None:
+        """Map ``va``'s page at ``leaf_level`` (1: 4 KiB, 2: 2 MiB); ``guest_size`` is the guest page's."""
         mem = self.mode.mem
+        if guest_size > 1 << (12 + 9 * (leaf_level - 1)):
+            self.pieces[va & ~(guest_size - 1)] = guest_size
         table = self.root
         for level in range(self.mode.levels, leaf_level, -1):
             slot = table << 12 | ((va >> (12 + 9 * (level - 1))) & 511) << 3
@@ -65,7 +70,30 @@ class ShadowSpace:
         mem.write(table << 12 | ((va >> (12 + 9 * (leaf_level - 1))) & 511) << 3, frame << 12 | flags | size)
 
     def unmap(self, va: int) -> bool:
-        """Drop the leaf that maps ``va``, whatever its size; True if there was one."""
+        """Drop the leaf that maps ``va``, whatever its size, and every piece of the guest's large page
+        around ``va`` if it was mapped in pieces (INVLPG removes the whole page); True if any went."""
+        found = False
+        for size, level in ((2 << 20, 1), (1 << 30, 2)):
+            base = va & ~(size - 1)
+            if self.pieces.get(base) == size:
+                del self.pieces[base]
+                table = self._table_at(base, level)
+                if table is not None:
+                    self.mode.mem.write_run(table << 12, 512, 0, 0)
+                    found = True
+        return self._unmap_leaf(va) or found
+
+    def _table_at(self, va: int, level: int) -> int | None:
+        """The frame of the table at ``level`` on ``va``'s path, if there is one."""
+        table = self.root
+        for current in range(self.mode.levels, level, -1):
+            entry = self.mode.mem.read(table << 12 | ((va >> (12 + 9 * (current - 1))) & 511) << 3)
+            if not entry & _P or (current <= 3 and entry & _PS):
+                return None
+            table = (entry & ADDR_MASK) >> 12
+        return table
+
+    def _unmap_leaf(self, va: int) -> bool:
         mem = self.mode.mem
         table = self.root
         for level in range(self.mode.levels, 0, -1):
@@ -83,6 +111,7 @@ class ShadowSpace:
         """Forget every translation (the tables below the root go back to the pool)."""
         self.mode.vm.free_hv_frames(self.frames[1:])
         del self.frames[1:]
+        self.pieces.clear()
         self.mode.mem.write_run(self.root << 12, 512, 0, 0)
 
     def release(self) -> None:
@@ -254,14 +283,27 @@ class Shadow(Mode):
         if attrs & _ATTR_W and attrs & _ATTR_D:  # read-only until the guest's entry is dirty
             flags |= _RW
         leaf_level, frame = 1, None
-        if walk.page_size > 4096:
+        guest_size = walk.page_size
+        if walk.attrs & _ATTR_FRACTURED:  # the physmap's pages are smaller than the guest's
+            guest_size = self._guest_page_size(va)
+        if guest_size > 4096:
             frame = self.layout.large_run((gpa >> 12) & ~(_HUGE_FRAMES - 1), _HUGE_FRAMES)
             leaf_level = 2 if frame is not None else 1
         if frame is None:
             frame = self.layout.hfn(gpa >> 12)
         space = self.current
-        self._with_memory(lambda: space.map(va, frame, int(flags), leaf_level))
+        self._with_memory(lambda: space.map(va, frame, int(flags), leaf_level, guest_size))
         return Outcome.RETRY
+
+    def _guest_page_size(self, va: int) -> int:
+        """The size of the guest page that maps ``va`` (its tables were just walked: they are sane)."""
+        table = (self.cr3 & ADDR_MASK) >> 12
+        for level in range(self.levels, 1, -1):
+            entry = Mode.read_pte(self, table, (va >> (12 + 9 * (level - 1))) & 511)
+            if level <= 3 and entry & _PS:
+                return 1 << (12 + 9 * (level - 1))
+            table = (entry & ADDR_MASK) >> 12
+        return 4096
 
     def destroy(self) -> None:
         if self.physmap is not None:
