@@ -163,17 +163,21 @@ def test_2m_fill_into_a_4k_only_tlb_caches_the_4k_piece_that_holds_the_address(i
     t = impl.TLB(64, 4)
     va = PAGE + (3 << 21) + (5 << 12) + 0x123
     t.fill(va, 0x800, size="2M", attrs=3)
-    assert t.lookup(va) == (0x805, 3, "4K")
+    piece = 3 | impl.TLB_ATTR_FRACTURED  # marked: INVLPG of any address of the 2 MiB page must remove it
+    assert t.lookup(va) == (0x805, piece, "4K")
     assert t.lookup(va + 0x1000) is None  # the rest of the 2 MiB page is not cached
     assert [(e["vpn"], e["size"]) for e in t.contents()] == [((va >> 12) & ((1 << 48) - 1), "4K")]
+    t.fill(va + 0x1000, 0x800, size="2M", attrs=3)
+    assert t.invlpg(va + (100 << 12)) == 2  # another address of the page: both pieces go
 
 
 def test_1g_fill_into_a_4k_2m_tlb_caches_the_2m_piece(impl):
     t = impl.TLB(16, 4, sizes=("4K", "2M"))
     va = PAGE + (7 << 21) + 0x5432
     t.fill(va, 0x40000, size="1G")
-    assert t.lookup(va) == (0x40000 + (7 << 9), 0, "2M")
-    assert t.lookup(PAGE + (7 << 21) + 0x1F_F000) == (0x40000 + (7 << 9), 0, "2M")
+    piece = impl.TLB_ATTR_FRACTURED
+    assert t.lookup(va) == (0x40000 + (7 << 9), piece, "2M")
+    assert t.lookup(PAGE + (7 << 21) + 0x1F_F000) == (0x40000 + (7 << 9), piece, "2M")
     assert t.lookup(PAGE + (8 << 21)) is None
 
 

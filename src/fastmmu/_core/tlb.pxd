@@ -89,7 +89,8 @@ cdef enum:
 
 cdef enum:
     # The one bit of an entry's owner-defined ``attrs`` the TLB itself reads: the entry caches a piece
-    # of a larger page (a guest 2 MiB page under 4 KiB EPT pages), so INVLPG of any address of that
+    # of a larger page (a guest 2 MiB page under 4 KiB EPT pages, or a page size the structure holds
+    # only in smaller pieces), so INVLPG of any address of that
     # page must remove it (INV_FRACTURED).  paging.pxd sets it as ATTR_FRACTURED.
     TLB_ATTR_FRACTURED = 1 << 23
 
@@ -336,6 +337,7 @@ cdef inline void tlb_fill(tlb_t *t, uint64_t va, uint8_t code, uint64_t ctx, uin
     if use != code:
         # frame of the start of the smaller piece that contains va
         frame += ((va & ((<uint64_t>1 << t.shift[code]) - 1)) >> t.shift[use]) << (t.shift[use] - 12)
+        attrs |= TLB_ATTR_FRACTURED  # a piece of a larger page: INVLPG of any of its addresses removes it
     vpn = (va >> t.shift[use]) & VPN_MASK
     if attrs & TLB_ATTR_FRACTURED:
         t.fractured += 1

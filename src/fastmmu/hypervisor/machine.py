@@ -160,7 +160,8 @@ class Machine:
         self.partitions = Partitions(pool, self.mem.nframes)
         self.vms: dict[int, VM] = {}
         self._next_id = 1
-        self.current: VM | None = None
+        self.current: VM | None = None  # the VM whose context the CPU holds
+        self.scheduled: VM | None = None  # the VM the scheduler last ran (switches are counted from it)
         self.committed = 0  # bytes of VM memory promised (partitions)
 
     def __repr__(self) -> str:
@@ -223,6 +224,8 @@ class Machine:
         del self.vms[vm.id]
         if self.current is vm:
             self.current = None
+        if self.scheduled is vm:
+            self.scheduled = None
         if vm.terminated is None:
             vm.terminated = "destroyed"
 
@@ -236,10 +239,13 @@ class Machine:
     # -- running -----------------------------------------------------------------------
 
     def _enter(self, vm: VM, *, charge: bool = True) -> None:
-        """Schedule ``vm`` on the CPU: what a VM switch costs depends on its mode."""
-        if self.current is not vm:
-            if self.current is not None and charge:
+        """Put ``vm`` on the CPU.  The scheduler's switches (``charge``) cost what the mode says; a
+        guest driven by hand outside a run enters its VM for free and does not count as scheduled."""
+        if charge:
+            if self.scheduled is not None and self.scheduled is not vm:
                 vm.mode.switch_cost()
+            self.scheduled = vm
+        if self.current is not vm:
             if not vm.mode.uses_vpid:
                 self.mmu.flush()  # no VPID: nothing of another VM may stay
             self.current = vm

@@ -493,6 +493,7 @@ class TLB:
         if use != code:
             piece = (va & ((1 << shifts[code]) - 1)) >> shifts[use]
             frame += piece << (shifts[use] - 12)
+            attrs |= TLB_ATTR_FRACTURED  # a piece of a larger page: INVLPG of any of its addresses removes it
         vpn = self._vpn(va, use)
         ways = self._set_of(vpn)
         way = self._victim(ways)
