@@ -89,7 +89,7 @@ class EptConfig:
         if self.root & 0xFFF:
             raise ValueError(f"EPT root: {self.root:#x} is not 4 KiB aligned")
         if not self.eptag:
-            self.eptag = ((self.root >> 12) & 0xFFFF_FFFF) or 1
+            self.eptag = (self.root >> 12) % 0xFFFF_FFFF + 1  # unique per root frame below 2^32 - 1
         if not 0 < self.eptag < 1 << 32:
             raise ValueError(f"eptag: expected 1..2^32-1, got {self.eptag!r}")
 

@@ -19,10 +19,7 @@ class GuestConfig:
                             unit="bytes")
 
     def __post_init__(self) -> None:
-        if self.levels not in (4, 5) or isinstance(self.levels, bool):
-            from fastmmu.settings import ConfigError
-
-            raise ConfigError(f"guest.levels: expected 4 or 5, got {self.levels!r}")
+        object.__setattr__(self, "levels", check_int(self.levels, "guest.levels", minimum=4, maximum=5))
         object.__setattr__(self, "pcid", check_bool(self.pcid, "guest.pcid"))
         object.__setattr__(self, "huge_pages", check_bool(self.huge_pages, "guest.huge_pages"))
         object.__setattr__(self, "quantum", check_int(self.quantum, "guest.quantum", minimum=1))

@@ -54,8 +54,8 @@ class HypervisorConfig:
                                                            minimum=1))
         check_choice(self.ept, "hypervisor.ept", ("lazy", "eager"))
         check_choice(self.ept_page_size, "hypervisor.ept_page_size", ("4K", "2M", "1G"))
-        if self.ept_levels not in (4, 5) or isinstance(self.ept_levels, bool):
-            raise ConfigError(f"hypervisor.ept_levels: expected 4 or 5, got {self.ept_levels!r}")
+        object.__setattr__(self, "ept_levels", check_int(self.ept_levels, "hypervisor.ept_levels", minimum=4,
+                                                         maximum=5))
         object.__setattr__(self, "ept_ad", check_bool(self.ept_ad, "hypervisor.ept_ad"))
         object.__setattr__(self, "overcommit", check_bool(self.overcommit, "hypervisor.overcommit"))
 

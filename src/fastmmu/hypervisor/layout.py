@@ -177,7 +177,7 @@ class VMMemory:
 
     def release(self) -> None:
         """Give every backed frame back to the host."""
-        frames = self.host_frames()
+        frames = np.sort(self.host_frames())  # ascending: the host checks it for duplicates in one pass
         if len(frames):
             self.mem.free(frames)  # type: ignore[attr-defined]
         self.backed_frames = 0

@@ -64,7 +64,11 @@ class VM:
         self.terminated: str | None = None
         self.hv_frames: set[int] = set()
         self.hv_frames_peak = 0
-        self.mode: Mode = MODES[mode](self)
+        try:
+            self.mode: Mode = MODES[mode](self)
+        except HostExhausted:
+            self.free_hv_frames(list(self.hv_frames))
+            raise
         self.guest = GuestOS(self.mode, memory.frames, guest, record_faults=record_faults)
         self._idle: int | None = None
 
@@ -200,8 +204,16 @@ class Machine:
             layout = VMMemory(self.mem, vm_id, frames, backing=backing, allocation=allocation, base=base,
                               seed=seed)
             self.committed += config.memory
+        try:
+            vm = VM(self, vm_id, config, mode, guest_config, layout, vpid=vm_id, record_faults=self.record_faults)
+        except HostExhausted as exc:  # its hypervisor tables (shadow's map, an eager EPT) do not fit
+            layout.release()
+            if layout.base is not None:
+                self.partitions.give_back(layout.base, layout.frames)
+                self.committed -= config.memory
+            raise ConfigError(f"hypervisor.memory: {exc} (creating a {format_size(config.memory)} {mode} VM)"
+                              ) from None
         self._next_id += 1
-        vm = VM(self, vm_id, config, mode, guest_config, layout, vpid=vm_id, record_faults=self.record_faults)
         self.vms[vm_id] = vm
         return vm
 
@@ -319,6 +331,8 @@ class Machine:
             status = np.zeros(count, dtype=np.uint8)
             index, retries = 0, 0
             while index < count and process.alive:
+                if mode.stale_walks:
+                    mode.forget_cached_walks()
                 result = mmu.translate(addresses, kinds, out=out, status=status, start=index)
                 if on_batch is not None and result.stopped > index:
                     on_batch(vm, process, addresses, out, index, result.stopped)

@@ -50,6 +50,9 @@ class Mode:
     """Whether TLB entries are tagged with the VM's VPID, so that a VM switch keeps them."""
     walks_guest_tables = True
     """Whether the hardware walks the guest's own tables (the others walk hypervisor-made ones)."""
+    stale_walks = False
+    """Set when cached walks may be wrong: the run loop calls ``forget_cached_walks`` before it
+    lets the hardware walk again."""
 
     def __init__(self, vm: VM) -> None:
         self.vm = vm
@@ -99,6 +102,11 @@ class Mode:
     def load_cr3(self, value: int) -> None:
         raise NotImplementedError
 
+    def check_cr3(self, value: int) -> None:
+        """MOV to CR3 with reserved bits set is a #GP in the guest kernel: the VM is stopped."""
+        if (value & ~(1 << 63)) >> self.mem.maxphyaddr or (value >> 63 and not self.vm.guest_config.pcid):
+            self.vm.terminate(f"MOV to CR3 {value:#x} sets reserved bits (#GP in the guest kernel)")
+
     def invlpg(self, va: int) -> None:
         self.hw().invlpg(va)
 
@@ -133,6 +141,9 @@ class Mode:
 
     def deliver_page_fault(self, process: Process, va: int, error_code: int) -> Outcome:
         return Outcome.RETRY if self.vm.guest.page_fault(process, va, error_code) else Outcome.KILLED
+
+    def forget_cached_walks(self) -> None:
+        self.stale_walks = False
 
     def destroy(self) -> None:
         """Return every frame the mode allocated to the hypervisor's pool."""

@@ -51,6 +51,7 @@ class DirectMode(Mode):
         self.links: dict[int, int] = {}  # host frame -> present non-leaf entries pointing at it
         self.roots: set[int] = set()  # host frames loaded by CR3 and not released
         self.poison: dict[tuple[int, int], int] = {}  # (host frame, index) -> the guest's value
+        self.walk_flushes = 0
         self.address_limit = 1 << self.mem.maxphyaddr
 
     # -- conversion between the guest's view and the real entry ---------------------
@@ -102,10 +103,13 @@ class DirectMode(Mode):
                               f"{self.name} mode keeps one meaning per table")
         self.level_of[frame] = level
         self.mem.set_kind(frame, FrameKind.GUEST_PT)
-        if level >= 2:  # entries written before the table was linked were read as level 1
+        # entries written before the table was linked were read as level 1 (bit 7 ones poisoned)
+        waiting = [(index, value) for (f, index), value in self.poison.items() if f == frame]
+        if level >= 2:
             row = self.mem.read_frame(frame)
-            for index in map(int, (row & int(_P)).nonzero()[0]):
-                self._store(frame, index, self._guest(int(row[index]), 1), level, old=0)
+            waiting += [(index, self._guest(int(row[index]), 1)) for index in map(int, (row & int(_P)).nonzero()[0])]
+        for index, value in waiting:
+            self._store(frame, index, value, level, old=0)
 
     def _link(self, frame: int, level: int) -> None:
         self._set_level(frame, level)
@@ -121,8 +125,16 @@ class DirectMode(Mode):
             return
         self.links.pop(frame, None)
         if frame not in self.roots:
-            self.level_of.pop(frame, None)
+            self._forget_level(frame)
+
+    def _forget_level(self, frame: int) -> None:
+        """``frame`` is no longer a table at its level.  Paging-structure caches may still hold it
+        at that level, while its entries are no longer converted for it (a PAT bit would be read as
+        PS): the cached walks of this VM go before the hardware walks again (as Xen flushes when a
+        page changes type)."""
+        if self.level_of.pop(frame, None) is not None:
             self.on_unprotect(frame)
+            self.stale_walks = True
 
     def on_protect(self, frame: int) -> None:
         """A frame became a live page table (brute force write-protects it)."""
@@ -136,8 +148,7 @@ class DirectMode(Mode):
         frame = self.layout.hfn(gfn)
         self.roots.discard(frame)
         if not self.links.get(frame):
-            if self.level_of.pop(frame, None) is not None:
-                self.on_unprotect(frame)
+            self._forget_level(frame)
             self.mem.set_kind(frame, FrameKind.DATA)
 
     def read_pte(self, table_gfn: int, index: int) -> int:
@@ -159,15 +170,18 @@ class DirectMode(Mode):
         was_poisoned = self.poison.pop(key, None) is not None
         if not was_poisoned and old & _P and not self._is_leaf(old, level) and frame in self.level_of:
             self._unlink((old & ADDR_MASK) >> 12)
-        real = self._real(value, level)
+        known = frame in self.level_of
+        # bit 7 means PS or PAT depending on the level: in a frame not linked yet, wait to know
+        real = self._real(value, level) if known or not (value & _P and value & _PS) else None
         if real is None:
             self.poison[key] = value
             real = value & ~(_P | ADDR_MASK) & _U64
         self.mem.write(frame << 12 | index << 3, real)
-        if real & _P and not self._is_leaf(real, level) and frame in self.level_of:
+        if real & _P and not self._is_leaf(real, level) and known:
             self._link((real & ADDR_MASK) >> 12, level - 1)
 
     def load_cr3(self, value: int) -> None:
+        self.check_cr3(value)
         frame = self._root_frame(value)
         self.roots.add(frame)
         self._set_level(frame, self.levels)
@@ -226,5 +240,15 @@ class DirectMode(Mode):
                 else:
                     yield "real table (table)", (entry & ADDR_MASK) >> 12
 
+    def forget_cached_walks(self) -> None:
+        self.stale_walks = False
+        self.walk_flushes += 1
+        mmu = self.hw()
+        if self.uses_vpid:
+            mmu.invvpid(1, vpid=self.vm.vpid)
+        else:
+            mmu.flush()
+
     def stats(self) -> dict[str, Any]:
-        return {"page_table_frames": len(self.level_of), "poisoned_entries": len(self.poison)}
+        return {"page_table_frames": len(self.level_of), "poisoned_entries": len(self.poison),
+                "cached_walk_flushes": self.walk_flushes}

@@ -73,6 +73,7 @@ class Nested(Mode):
         super().write_pte(table_gfn, index, value)
 
     def load_cr3(self, value: int) -> None:
+        self.check_cr3(value)
         self.cr3 = value & ~_CR3_NOFLUSH
         self.hw().mov_cr3(value)
 

@@ -178,6 +178,7 @@ class Shadow(Mode):
 
     def load_cr3(self, value: int) -> None:
         self.exit("cr3_load")
+        self.check_cr3(value)
         pcide = self.vm.guest_config.pcid
         noflush = bool(value & CR3_NOFLUSH)
         value &= ~CR3_NOFLUSH
@@ -228,6 +229,7 @@ class Shadow(Mode):
             if switching or space is not self.current:
                 del self.cache[key]
                 space.release()
+                self.hw().flush()  # no cached walk may lead into its freed tables
                 self.evictions += 1
                 return True
         return False
@@ -242,6 +244,7 @@ class Shadow(Mode):
                     continue
                 if self.current is not None and len(self.current.frames) > 1:  # last resort: start over
                     self.current.clear()
+                    self.hw().flush()  # the TLBs and paging-structure caches still lead into them
                     self.evictions += 1
                     continue
                 raise
