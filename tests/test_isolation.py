@@ -33,13 +33,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
+from deadlines import deadline
 from hypothesis import HealthCheck, Phase, event, given, seed, settings
 from hypothesis import strategies as st
 
@@ -180,20 +179,6 @@ def batch_checker(m: Machine) -> Callable[..., None]:
         assert_owned(m, vm, frames, f"an access of {process.name} at {int(addresses[start]):#x}..")
 
     return on_batch
-
-
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"no outcome after {seconds} s: a loop without progress?")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 # -- the attacker ---------------------------------------------------------------------
@@ -466,7 +451,7 @@ def attack(mode: str, data: st.DataObject) -> None:
 
     on_batch = batch_checker(m)
     rounds, steps = 1, 0
-    with time_limit(TIME_LIMIT):
+    with deadline(TIME_LIMIT):
         for _ in range(MAX_CHUNKS):
             result = m.run(max_accesses=CHUNK, on_batch=on_batch)
             check_machine(m)
@@ -570,7 +555,7 @@ def test_cr3_and_pcid_juggling_under_pool_pressure(mode: str, data: st.DataObjec
 
     vm.guest.page_fault = hostile  # type: ignore[method-assign]
     on_batch = batch_checker(m)
-    with time_limit(TIME_LIMIT):
+    with deadline(TIME_LIMIT):
         for _ in range(MAX_CHUNKS):
             result = m.run(max_accesses=60, on_batch=on_batch)
             check_machine(m)
@@ -679,7 +664,7 @@ def test_shadow_cache_of_one_does_not_hang() -> None:
     m = Machine(HOST, hypervisor={"shadow_cache": 1})
     vm = m.create_vm("16MiB", "shadow")
     processes = [vm.spawn(zipf(pages=16, n=200, seed=s)) for s in (1, 2)]
-    with time_limit(10):
+    with deadline(10):
         m.run()
     assert vm.terminated is None and all(p.exit_reason == "exit" for p in processes)
 

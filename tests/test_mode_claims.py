@@ -16,14 +16,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
+from deadlines import deadline
 
 from fastmmu.arch import Access
 from fastmmu.hypervisor.costs import EXIT_REASONS
@@ -36,28 +33,6 @@ B2 = 0x0000_2000_0000_0000
 B3 = 0x0000_3000_0000_0000
 MiB = 1 << 20
 READ, WRITE = int(Access.READ), int(Access.WRITE)
-# Seconds per run (each takes well under 1 s in a release build): a hang fails the test instead of
-# stopping the suite.  FASTMMU_TEST_DEADLINE raises it for a debug build.
-DEADLINE = float(os.environ.get("FASTMMU_TEST_DEADLINE", 120))  # a guard against hangs, not a timing
-
-
-@contextmanager
-def deadline(seconds: float = DEADLINE) -> Iterator[None]:
-    """Raise TimeoutError in the test if the block runs longer than ``seconds`` (where SIGALRM exists)."""
-    if not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"the run did not finish in {seconds} s (a hang in the simulator?)")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def exits(**counts: int) -> dict[str, int]:

@@ -22,16 +22,13 @@ cache, eager and lazy EPTs and 2 MiB EPT pages.
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
+from deadlines import deadline
 
 from fastmmu.arch import PTE
 from fastmmu.comparison import build
@@ -44,34 +41,12 @@ from fastmmu.workloads.scenario import ProcessSpec, Scenario, VMSpec, default_sc
 MODES = ("native", "brute_force", "shadow", "nested")
 FLAGS = int(PTE.P | PTE.RW | PTE.US | PTE.A | PTE.D | PTE.NX | PTE.PS)
 SEEDS = (0, 1, 2, 3, 5, 8)  # the main cases run with all of them, the variations with the first two
-# Seconds per mode run (each takes well under 1 s in a release build): a hang fails the test instead
-# of stopping the suite.  FASTMMU_TEST_DEADLINE raises it for a debug build.
-DEADLINE = float(os.environ.get("FASTMMU_TEST_DEADLINE", 120))  # a guard against hangs, not a timing
 
 B1 = 0x0000_1000_0000_0000
 B2 = 0x0000_2000_0000_0000
 B3 = 0x0000_3000_0000_0000
 B4 = 0x0000_4000_0000_0000
 MiB = 1 << 20
-
-
-@contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the test if the block runs longer than ``seconds`` (where SIGALRM exists)."""
-    if not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"the run did not finish in {seconds} s (a hang in the simulator?)")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 # -- what the guest experiences --------------------------------------------------------------
@@ -116,7 +91,7 @@ def observe(machine: Machine, stops: tuple[int, ...] = ()) -> Experience:
 
         guest.exit = exit_hook
 
-    with deadline(DEADLINE):
+    with deadline():
         for n, stop in enumerate(stops):
             result = machine.run(max_accesses=stop, on_batch=on_batch)
             assert result.partial, "a stop point after the end of the run checks nothing"
@@ -329,7 +304,7 @@ def test_unmapping_a_guest_huge_page_drops_every_cached_piece_of_it(mode: str) -
         machine = Machine("1GiB", tlb="skylake", guest={"huge_pages": True}, record_faults=True)
         vm = machine.create_vm("64MiB", name)
         vm.spawn(program)
-        with deadline(DEADLINE):
+        with deadline():
             machine.run()
         logs[name] = [(pid, hex(va), code) for pid, va, code in vm.guest.fault_log]
         huge_pages[name] = vm.guest.stats["huge_pages"]
