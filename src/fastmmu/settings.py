@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from fastmmu.units import format_size, parse_size
@@ -132,5 +132,3 @@ def to_dict(obj: Any) -> dict[str, Any]:
             out[f.name] = value
     return out
 
-
-Checker = Callable[[Any, str], Any]

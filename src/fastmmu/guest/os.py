@@ -81,6 +81,8 @@ class Process:
     current: Accesses | None = None
     position: int = 0
     done: bool = False
+    kinds_of: Accesses | None = None  # the batch whose user-mode kinds ``kinds`` holds (the run loop's)
+    kinds: np.ndarray | None = None
 
     def cr3(self, pcid_enabled: bool) -> int:
         return self.root << 12 | (self.pcid if pcid_enabled else 0)

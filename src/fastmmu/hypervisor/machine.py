@@ -20,7 +20,7 @@ import numpy as np
 
 from fastmmu.arch import FrameKind
 from fastmmu.guest.config import GuestConfig
-from fastmmu.guest.os import GuestOS, Process
+from fastmmu.guest.os import GuestOS, Process, user_kinds
 from fastmmu.guest.port import GuestMemoryError
 from fastmmu.hypervisor.config import HypervisorConfig, MachineConfig, VMConfig, check_mode
 from fastmmu.hypervisor.costs import EXIT_REASONS, CostModel
@@ -30,7 +30,7 @@ from fastmmu.hypervisor.result import RunResult
 from fastmmu.settings import ConfigError, check_size, from_dict
 from fastmmu.tlbconfig import TLBConfig
 from fastmmu.units import format_size
-from fastmmu.workloads.program import as_program
+from fastmmu.workloads.program import Accesses, as_program
 
 GAUGES = ("page_tables", "resident_pages")  # guest stats that are levels, not counts
 MAX_RETRIES = 16  # the same access faulting this often in a row means the VM cannot make progress
@@ -412,12 +412,10 @@ class Machine:
                          cycles=breakdown["total"], breakdown=breakdown, partial=partial, seconds=seconds)
 
 
-def process_kinds(process: Process, batch: Any) -> np.ndarray:
+def process_kinds(process: Process, batch: Accesses) -> np.ndarray:
     """The batch's access kinds as a CPL-3 process makes them (cached per batch)."""
-    cached = getattr(process, "_kinds", None)
-    if cached is not None and cached[0] is batch:
-        return cached[1]  # type: ignore[no-any-return]
-    kinds = batch.kinds | np.uint8(4)  # Access.USER
-    kinds.flags.writeable = False  # validated once by the MMU, not again at every resume
-    process._kinds = (batch, kinds)  # type: ignore[attr-defined]
-    return kinds
+    if process.kinds_of is not batch:
+        process.kinds_of, process.kinds = batch, user_kinds(batch.kinds)
+        process.kinds.flags.writeable = False  # validated once by the MMU, not again at every resume
+    assert process.kinds is not None
+    return process.kinds

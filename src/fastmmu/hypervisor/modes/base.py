@@ -21,12 +21,9 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from fastmmu.arch import ADDR_MASK, PTE, Status
+from fastmmu.arch import Status
 from fastmmu.batch import BatchResult
 from fastmmu.cpu import CpuState, EptConfig
-
-# Plain ints: IntFlag arithmetic is slow on the fault path.
-_P = int(PTE.P)
 
 if TYPE_CHECKING:
     from fastmmu.guest.os import Process
@@ -48,8 +45,6 @@ class Mode:
     name = ""
     uses_vpid = False
     """Whether TLB entries are tagged with the VM's VPID, so that a VM switch keeps them."""
-    walks_guest_tables = True
-    """Whether the hardware walks the guest's own tables (the others walk hypervisor-made ones)."""
     stale_walks = False
     """Set when cached walks may be wrong: the run loop calls ``forget_cached_walks`` before it
     lets the hardware walk again."""
@@ -157,10 +152,3 @@ class Mode:
         isolation tests check each frame belongs to the VM."""
         return iter(())
 
-
-def table_frame(entry: int) -> int:
-    return (entry & ADDR_MASK) >> 12
-
-
-def present(entry: int) -> bool:
-    return bool(entry & _P)

@@ -200,11 +200,8 @@ class DirectMode(Mode):
     # -- the hardware side -------------------------------------------------------------
 
     def context(self) -> tuple[CpuState, EptConfig | None]:
-        cr3 = (self.cr3 & ~ADDR_MASK) | (self._root_frame(self.cr3) << 12) if self.cr3 else self._idle_root()
+        cr3 = (self.cr3 & ~ADDR_MASK) | (self._root_frame(self.cr3) << 12) if self.cr3 else self.vm.idle_root()
         return self.cpu_state(cr3), None
-
-    def _idle_root(self) -> int:
-        return self.vm.idle_root()
 
     def on_fault(self, process: Process, result: BatchResult, va: int, access: int) -> Outcome:
         if result.status == Status.PAGE_FAULT and self.poison:

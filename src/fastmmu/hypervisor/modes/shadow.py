@@ -156,7 +156,6 @@ class Shadow(Mode):
 
     name = "shadow"
     uses_vpid = False
-    walks_guest_tables = False
 
     def __init__(self, vm: VM) -> None:
         super().__init__(vm)
