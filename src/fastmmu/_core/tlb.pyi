@@ -19,6 +19,8 @@ __all__ = [
     "INV_KEEP_GLOBAL",
     "INV_GLOBAL_ANY_PCID",
     "INV_SKIP_VPID0",
+    "INV_FRACTURED",
+    "TLB_ATTR_FRACTURED",
     "POLICY_LRU",
     "POLICY_PLRU",
     "POLICY_FIFO",
@@ -38,6 +40,10 @@ INV_MATCH_ADDR: int
 INV_KEEP_GLOBAL: int
 INV_GLOBAL_ANY_PCID: int
 INV_SKIP_VPID0: int
+INV_FRACTURED: int
+"""With INV_MATCH_ADDR: pieces of larger pages go whatever their address."""
+TLB_ATTR_FRACTURED: int
+"""The ``attrs`` bit that marks a piece of a larger page (``fastmmu.arch.Attr.FRACTURED``)."""
 POLICY_LRU: int
 POLICY_PLRU: int
 POLICY_FIFO: int

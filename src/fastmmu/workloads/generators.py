@@ -37,6 +37,19 @@ def _offsets(rng: np.random.Generator, count: int) -> np.ndarray:
     return rng.integers(0, 512, count, dtype=np.uint64) << np.uint64(3)
 
 
+def _chunks(n: int, chunk: int) -> Iterator[int]:
+    """The sizes of the batches ``n`` accesses are yielded in."""
+    for start in range(0, n, chunk):
+        yield min(chunk, n - start)
+
+
+def _on_pages(base: int, pages: np.ndarray, rng: np.random.Generator, writes: float) -> Accesses:
+    """One access somewhere in each of ``pages`` (page numbers from ``base``), a ``writes`` share of
+    them writes."""
+    count = len(pages)
+    return Accesses(np.uint64(base) + (pages << np.uint64(12)) + _offsets(rng, count), _kinds(rng, count, writes))
+
+
 @dataclass(frozen=True)
 class Zipf:
     """Accesses to ``pages`` pages with Zipf-distributed popularity (exponent ``alpha``); the
@@ -58,11 +71,9 @@ class Zipf:
         cdf = np.cumsum(weights)
         cdf /= cdf[-1]
         order = rng.permutation(self.pages).astype(np.uint64)
-        for start in range(0, self.n, self.chunk):
-            count = min(self.chunk, self.n - start)
+        for count in _chunks(self.n, self.chunk):
             ranks = np.minimum(np.searchsorted(cdf, rng.random(count)), self.pages - 1)
-            addresses = np.uint64(self.base) + (order[ranks] << np.uint64(12)) + _offsets(rng, count)
-            yield Accesses(addresses, _kinds(rng, count, self.writes))
+            yield _on_pages(self.base, order[ranks], rng, self.writes)
 
 
 @dataclass(frozen=True)
@@ -80,11 +91,8 @@ class Uniform:
         _check(self.pages, self.n)
         yield Mmap(self.base, self.pages << 12)
         rng = np.random.default_rng(self.seed)
-        for start in range(0, self.n, self.chunk):
-            count = min(self.chunk, self.n - start)
-            pages = rng.integers(0, self.pages, count, dtype=np.uint64)
-            yield Accesses(np.uint64(self.base) + (pages << np.uint64(12)) + _offsets(rng, count),
-                           _kinds(rng, count, self.writes))
+        for count in _chunks(self.n, self.chunk):
+            yield _on_pages(self.base, rng.integers(0, self.pages, count, dtype=np.uint64), rng, self.writes)
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ class Sequential:
         yield Mmap(self.base, self.pages << 12)
         rng = np.random.default_rng(self.seed)
         span = self.pages << 12
-        for start in range(0, self.n, self.chunk):
+        for start in range(0, self.n, self.chunk):  # (the start matters here: the scan goes on)
             count = min(self.chunk, self.n - start)
             offsets = (np.arange(start, start + count, dtype=np.uint64) * np.uint64(self.stride)) % np.uint64(span)
             yield Accesses(np.uint64(self.base) + offsets, _kinds(rng, count, self.writes))
@@ -131,9 +139,7 @@ class Churn:
         for round_ in range(self.rounds):
             base = self.base + (round_ % 4) * (length + (2 << 20))
             yield Mmap(base, length)
-            pages = rng.integers(0, self.pages, self.n, dtype=np.uint64)
-            yield Accesses(np.uint64(base) + (pages << np.uint64(12)) + _offsets(rng, self.n),
-                           _kinds(rng, self.n, self.writes))
+            yield _on_pages(base, rng.integers(0, self.pages, self.n, dtype=np.uint64), rng, self.writes)
             yield Munmap(base, length)
 
 
