@@ -253,3 +253,13 @@ def test_invlpg_of_a_non_canonical_address_does_nothing(backend):
     mmu.translate(*batch([VA])[:1])
     mmu.invlpg(1 << 47)
     assert len(mmu.structures()["l1d[0]"].contents()) == 1
+
+
+def test_two_batches_with_default_kinds_and_outputs_one_after_the_other(backend):
+    # The resume shortcut remembers the last batch's arrays weakly; arrays the call made
+    # itself (kinds, out, status = None) are gone afterwards and must not match None.
+    mem, pt, mmu = native(backend)
+    addresses = np.array([VA, VA + 0x1008], dtype=np.uint64)
+    first = mmu.translate(addresses)
+    second = mmu.translate(addresses)
+    assert first.complete and second.complete and second.stopped == 2

@@ -72,7 +72,9 @@ def check_batch(addresses: Any, kinds: Any, out: Any, status: Any, start: int
     only what could have changed since is checked again."""
     global _last_batch
     last = _last_batch
-    if (last and last[0]() is addresses and last[1]() is kinds and last[2]() is out and last[3]() is status
+    # (Dead weak references return None: so must the arguments not be None themselves.)
+    if (last and isinstance(kinds, np.ndarray) and isinstance(out, np.ndarray) and isinstance(status, np.ndarray)
+            and last[0]() is addresses and last[1]() is kinds and last[2]() is out and last[3]() is status
             and kinds is _validated_kinds() and _frozen(kinds) and out.shape == last[4] == status.shape
             == addresses.shape == kinds.shape and out.flags.writeable and status.flags.writeable
             and out.dtype == np.uint64 and status.dtype == np.uint8 and addresses.dtype == np.uint64
