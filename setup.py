@@ -14,7 +14,7 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-MODULES = ["memory", "tlb", "paging", "mmu"]
+MODULES = ["memory", "tlb", "paging", "mmu", "traceparse"]
 # FASTMMU_MODULES=memory,tlb builds only those (handy while one module is being edited).
 if os.environ.get("FASTMMU_MODULES"):
     MODULES = [m for m in os.environ["FASTMMU_MODULES"].split(",") if m in MODULES]

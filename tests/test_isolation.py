@@ -174,7 +174,8 @@ def check_machine(m: Machine) -> None:
 def batch_checker(m: Machine) -> Callable[..., None]:
     """``on_batch``: every host frame a completed access reached is its VM's."""
 
-    def on_batch(vm: VM, process: Process, addresses: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+    def on_batch(vm: VM, process: Process, addresses: np.ndarray, kinds: np.ndarray, out: np.ndarray,
+                 start: int, stop: int) -> None:
         frames = np.unique(out[start:stop] >> np.uint64(12))
         assert_owned(m, vm, frames, f"an access of {process.name} at {int(addresses[start]):#x}..")
 
@@ -589,7 +590,8 @@ def test_shadow_pool_pressure_does_not_leave_stale_paging_structure_entries() ->
     vm.spawn(StepList([Mmap(JUGGLE_SPACE, 6 * JUGGLE_SPACE), Accesses(addresses, 0)]))
     reached: list[tuple[int, int]] = []
 
-    def on_batch(vm: VM, process: Process, addresses: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+    def on_batch(vm: VM, process: Process, addresses: np.ndarray, kinds: np.ndarray, out: np.ndarray,
+                 start: int, stop: int) -> None:
         reached.extend((int(addresses[i]), int(out[i]) >> 12) for i in range(start, stop))
 
     m.run(on_batch=on_batch)
@@ -611,7 +613,8 @@ def owners_reached(m: Machine) -> tuple[Callable[..., None], dict[int, dict[int,
     """``on_batch`` counting, per VM, the owners of the host frames its accesses reached."""
     reached: dict[int, dict[int, int]] = {}
 
-    def on_batch(vm: VM, process: Process, addresses: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+    def on_batch(vm: VM, process: Process, addresses: np.ndarray, kinds: np.ndarray, out: np.ndarray,
+                 start: int, stop: int) -> None:
         counts = reached.setdefault(vm.id, {})
         for frame in (out[start:stop] >> np.uint64(12)).tolist():
             owner = m.mem.owner_of(frame)

@@ -36,8 +36,9 @@ GAUGES = ("page_tables", "resident_pages")  # guest stats that are levels, not c
 MAX_RETRIES = 16  # the same access faulting this often in a row means the VM cannot make progress
 GIB = 1 << 30
 
-BatchHook = Callable[["VM", Process, np.ndarray, np.ndarray, int, int], None]
-"""``hook(vm, process, addresses, host_addresses, start, stop)``: accesses [start, stop) done."""
+BatchHook = Callable[["VM", Process, np.ndarray, np.ndarray, np.ndarray, int, int], None]
+"""``hook(vm, process, addresses, kinds, host_addresses, start, stop)``: accesses [start, stop) done
+(``kinds`` as the MMU saw them: with the CPL-3 bit)."""
 
 
 class VMTerminated(Exception):
@@ -335,7 +336,7 @@ class Machine:
                     mode.forget_cached_walks()
                 result = mmu.translate(addresses, kinds, out=out, status=status, start=index)
                 if on_batch is not None and result.stopped > index:
-                    on_batch(vm, process, addresses, out, index, result.stopped)
+                    on_batch(vm, process, addresses, kinds, out, index, result.stopped)
                 done += result.stopped - index
                 if result.complete:
                     index = count
@@ -346,7 +347,7 @@ class Machine:
                 outcome = mode.on_fault(process, result, int(addresses[index]), int(kinds[index]))
                 if outcome is Outcome.DONE:
                     if on_batch is not None:
-                        on_batch(vm, process, addresses, out, index, index + 1)
+                        on_batch(vm, process, addresses, kinds, out, index, index + 1)
                     index, done, retries = index + 1, done + 1, 0
                 elif outcome is Outcome.RETRY:
                     retries += 1
