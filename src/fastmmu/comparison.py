@@ -8,15 +8,18 @@ overheads.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastmmu.config import Config
 from fastmmu.hypervisor.config import check_mode, mode_names
 from fastmmu.hypervisor.machine import BatchHook, Machine
 from fastmmu.hypervisor.result import RunResult
+from fastmmu.observers import Timeline, chain
 from fastmmu.workloads.scenario import Scenario, default_scenario
 
 
@@ -35,8 +38,17 @@ def build(scenario: Scenario, mode: str, config: Config | None = None, *, record
 
 
 def run_mode(scenario: Scenario, mode: str, config: Config | None = None, *, max_accesses: int | None = None,
-             on_batch: BatchHook | None = None) -> RunResult:
-    return build(scenario, check_mode(mode), config).run(max_accesses=max_accesses, on_batch=on_batch)
+             on_batch: BatchHook | None = None, timeline_every: int | None = None) -> RunResult:
+    """One mode on a fresh machine; with ``timeline_every``, the counters sampled that often."""
+    machine = build(scenario, check_mode(mode), config)
+    timeline = Timeline(timeline_every) if timeline_every else None
+    result = machine.run(max_accesses=max_accesses,
+                         on_batch=chain(on_batch, timeline.on_batch if timeline else None))
+    if timeline is None:
+        return result
+    timeline.done = result.stats["accesses"]
+    timeline.sample(machine)
+    return replace(result, timeline=timeline.rows())
 
 
 def parse_modes(modes: str | Iterable[str]) -> list[str]:
@@ -99,6 +111,29 @@ class Comparison:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
+    def to_csv(self) -> str:
+        """One row per mode: the summary, the cycles by cause and the exits by reason (pandas reads it)."""
+        return results_csv(list(self.results.values()))
+
+
+def results_csv(results: list[RunResult]) -> str:
+    """CSV of runs: one row each, flat columns (``cycles.<cause>``, ``exits.<reason>``)."""
+    rows = []
+    for r in results:
+        row = {k: v for k, v in r.summary().items() if k != "top_exits"}
+        row["seconds"] = round(r.seconds, 3)
+        row.update({f"cycles.{cause}": value for cause, value in r.breakdown.items()})
+        row.update({f"exits.{reason}": n for reason, n in r.exits.items()})
+        rows.append(row)
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
 
 def _count(n: float) -> str:
     n = float(n)
@@ -109,13 +144,21 @@ def _count(n: float) -> str:
 
 
 def compare(scenario: Scenario | None = None, modes: str | Iterable[str] = "all", config: Config | None = None,
-            *, max_accesses: int | None = None) -> Comparison:
-    """Run ``scenario`` (default: the built-in one) under each mode; native is the baseline."""
+            *, max_accesses: int | None = None, on_batch: BatchHook | None = None,
+            on_mode: Callable[[str, int], None] | None = None, timeline_every: int | None = None) -> Comparison:
+    """Run ``scenario`` (default: the built-in one) under each mode; native is the baseline.
+
+    ``on_batch`` watches every mode's run (``observers``); ``on_mode(mode, index)`` is called as
+    each mode starts; ``timeline_every`` samples the counters every so many accesses.
+    """
     scenario = scenario or default_scenario()
     config = config or Config()
     results: dict[str, RunResult] = {}
-    for mode in parse_modes(modes):
-        results[mode] = run_mode(scenario, mode, config, max_accesses=max_accesses)
+    for index, mode in enumerate(parse_modes(modes)):
+        if on_mode is not None:
+            on_mode(mode, index)
+        results[mode] = run_mode(scenario, mode, config, max_accesses=max_accesses, on_batch=on_batch,
+                                 timeline_every=timeline_every)
         if results[mode].interrupted:  # Ctrl-C: keep what is done, run nothing more
             break
     native = results["native"]

@@ -25,7 +25,7 @@ from fastmmu.arch import ADDR_MASK, CR3_NOFLUSH, PTE, Access, PFErr
 from fastmmu.guest.config import GuestConfig
 from fastmmu.guest.frames import HUGE_FRAMES, FrameAllocator
 from fastmmu.guest.port import PagingPort
-from fastmmu.workloads.program import Accesses, Mmap, Munmap, Step, as_program
+from fastmmu.workloads.program import Accesses, Invlpg, Mmap, Munmap, Step, as_program
 
 # Plain ints: IntFlag arithmetic is slow on the fault path.
 _PFERR_ID = int(PFErr.ID)
@@ -443,8 +443,12 @@ class GuestOS:
                           executable=step.executable, huge=step.huge)
             elif isinstance(step, Munmap):
                 self.munmap(process, step.base, step.length)
+            elif isinstance(step, Invlpg):
+                if self._canonical(step.va & (self._width() - 1)) == step.va:  # else a no-op, as INVLPG
+                    self._invalidate(process, step.va & ~0xFFF)
             else:
-                raise TypeError(f"program step: expected Accesses, Mmap or Munmap, got {type(step).__name__}")
+                raise TypeError(f"program step: expected Accesses, Mmap, Munmap or Invlpg, "
+                                f"got {type(step).__name__}")
 
     # -- inspection (tests and reports; not guest actions) -----------------------------
 

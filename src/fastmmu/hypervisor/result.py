@@ -26,6 +26,7 @@ class RunResult:
     partial: bool = False
     interrupted: bool = False  # stopped by Ctrl-C (partial too)
     seconds: float = 0.0
+    timeline: list[dict[str, float]] = field(default_factory=list)  # per interval (observers.Timeline)
 
     @property
     def overhead(self) -> float | None:
@@ -63,7 +64,7 @@ class RunResult:
         return {"mode": self.mode, "partial": self.partial, "interrupted": self.interrupted,
                 "seconds": self.seconds, "cycles": self.cycles,
                 "baseline_cycles": self.baseline_cycles, "overhead": self.overhead,
-                "breakdown": self.breakdown, "stats": self.stats}
+                "breakdown": self.breakdown, "stats": self.stats, "timeline": self.timeline}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)

@@ -121,6 +121,49 @@ class Sequential:
 
 
 @dataclass(frozen=True)
+class Strided(Sequential):
+    """A sweep ``stride`` bytes apart, by default one access per page: every access a new page,
+    the pattern that defeats a TLB (and, with a stride of 2 MiB, the paging-structure caches)."""
+
+    stride: int = 4096
+
+
+@dataclass(frozen=True)
+class WorkingSets:
+    """Phased working sets: ``phases`` phases, each uniform over its own set of ``set_pages``
+    pages drawn from a region of ``pages``; ``keep`` is the share of a set carried over from the
+    phase before (0: each phase moves to new pages, 1: one set throughout)."""
+
+    pages: int
+    n: int
+    phases: int = 4
+    set_pages: int = 256
+    keep: float = 0.0
+    writes: float = 0.3
+    seed: int = 0
+    base: int = DEFAULT_BASE
+    chunk: int = CHUNK
+
+    def steps(self) -> Iterator[Step]:
+        _check(self.pages, self.n)
+        if self.phases <= 0 or not 0 < self.set_pages <= self.pages or not 0.0 <= self.keep <= 1.0:
+            raise ValueError(f"working sets: expected phases > 0, 0 < set_pages <= pages and 0 <= keep <= 1, "
+                             f"got phases={self.phases}, set_pages={self.set_pages}, keep={self.keep}")
+        yield Mmap(self.base, self.pages << 12)
+        rng = np.random.default_rng(self.seed)
+        current = rng.choice(self.pages, self.set_pages, replace=False).astype(np.uint64)
+        for phase in range(self.phases):
+            if phase:
+                kept = current[:int(round(self.keep * self.set_pages))]
+                fresh = np.setdiff1d(np.arange(self.pages, dtype=np.uint64), kept, assume_unique=True)
+                current = np.concatenate([kept, rng.choice(fresh, self.set_pages - len(kept), replace=False)])
+                rng.shuffle(current)
+            share = self.n // self.phases + (1 if phase < self.n % self.phases else 0)
+            for count in _chunks(share, self.chunk):
+                yield _on_pages(self.base, current[rng.integers(0, self.set_pages, count)], rng, self.writes)
+
+
+@dataclass(frozen=True)
 class Churn:
     """Map/unmap churn: ``rounds`` times, map a region of ``pages`` pages, touch it with ``n``
     accesses, unmap it.  Each round builds and frees page tables."""
@@ -164,6 +207,14 @@ def uniform(pages: int, n: int, **options: object) -> Uniform:
 
 def sequential(pages: int, n: int, **options: object) -> Sequential:
     return Sequential(pages, n, **options)  # type: ignore[arg-type]
+
+
+def strided(pages: int, n: int, **options: object) -> Strided:
+    return Strided(pages, n, **options)  # type: ignore[arg-type]
+
+
+def working_sets(pages: int, n: int, **options: object) -> WorkingSets:
+    return WorkingSets(pages, n, **options)  # type: ignore[arg-type]
 
 
 def churn(pages: int, n: int, **options: object) -> Churn:

@@ -7,6 +7,8 @@ steps, so that one program can run under every mode from the start.  Steps:
   (``fastmmu.Access`` values, uint8 or one int for all; the CPL-3 bit is
   added by the guest).
 - ``Mmap`` / ``Munmap``: the process maps or unmaps a region.
+- ``Invlpg``: the process's kernel invalidates one translation (a replayed
+  trace says so; the guest kernel issues its own after every change it makes).
 
 The process exits when its steps run out.
 """
@@ -64,7 +66,12 @@ class Munmap:
     length: int
 
 
-Step = Accesses | Mmap | Munmap
+@dataclass(frozen=True)
+class Invlpg:
+    va: int
+
+
+Step = Accesses | Mmap | Munmap | Invlpg
 
 
 class Program(Protocol):

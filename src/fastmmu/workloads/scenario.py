@@ -9,6 +9,7 @@ processes that exit while others run).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,10 +39,56 @@ class Scenario:
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The scenario as ``scenario_from_dict`` reads it (a run's resolved configuration)."""
+        from fastmmu.workloads.registry import program_to_spec
+
         return {"description": self.description,
                 "vms": [{"name": v.name, "memory": v.memory, "backing": v.backing, "allocation": v.allocation,
-                         "processes": [{"name": p.name, "program": repr(p.program)} for p in v.processes]}
+                         "seed": v.seed,
+                         "processes": [{"name": p.name, **program_to_spec(p.program)} for p in v.processes]}
                         for v in self.vms]}
+
+
+def scenario_from_dict(data: Mapping[str, Any], key: str = "workload") -> Scenario:
+    """A scenario from a mapping (a config file's ``[workload]`` table, or ``Scenario.to_dict()``).
+
+    ``{"vms": [{"name": "web", "memory": "512MiB", "processes": [{"name": "db", "generator": "zipf",
+    "pages": 4096, "n": 100000}, {"name": "sort", "trace": "sort.lackey.gz"}]}]}``
+    """
+    from fastmmu.settings import ConfigError, suggest
+    from fastmmu.workloads.registry import program_from_spec
+
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key}: expected a table with a list of vms, got {type(data).__name__}")
+    unknown = [k for k in data if k not in ("vms", "description")]
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key{suggest(str(unknown[0]), ['vms', 'description'])}; "
+                          "expected vms (and description)")
+    vms_data = data.get("vms")
+    if not isinstance(vms_data, list) or not vms_data:
+        raise ConfigError(f"{key}.vms: expected a non-empty list of VMs")
+    vm_keys = ("name", "memory", "backing", "allocation", "seed", "processes")
+    vms = []
+    for i, vm in enumerate(vms_data):
+        where = f"{key}.vms[{i}]"
+        if not isinstance(vm, Mapping):
+            raise ConfigError(f"{where}: expected a table, got {type(vm).__name__}")
+        for k in vm:
+            if k not in vm_keys:
+                raise ConfigError(f"{where}.{k}: unknown key{suggest(str(k), list(vm_keys))}")
+        processes = vm.get("processes")
+        if not isinstance(processes, list) or not processes:
+            raise ConfigError(f"{where}.processes: expected a non-empty list of processes")
+        specs = []
+        for j, process in enumerate(processes):
+            name = process.get("name", f"p{j}") if isinstance(process, Mapping) else ""
+            program_spec = {k: v for k, v in process.items() if k != "name"} if isinstance(process, Mapping) \
+                else process
+            specs.append(ProcessSpec(str(name), program_from_spec(program_spec, f"{where}.processes[{j}]")))
+        vms.append(VMSpec(str(vm.get("name", f"vm{i}")), memory=vm.get("memory", "1GiB"),
+                          backing=vm.get("backing", "contiguous"), allocation=vm.get("allocation", "eager"),
+                          seed=vm.get("seed", 0), processes=specs))
+    return Scenario(vms, description=str(data.get("description", "")))
 
 
 def default_scenario(scale: float = 1.0, seed: int = 1) -> Scenario:

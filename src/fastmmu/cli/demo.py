@@ -1,227 +1,19 @@
-"""The ``fastmmu`` command line: argparse sub-commands, one small function each.
-
-A sub-command is a pair: ``_add_<name>(subparsers)`` declares its arguments
-(with an example in its ``--help``) and sets ``handler`` to a function
-``(args) -> int`` that returns the exit status.  To add one, write the pair
-and list it in ``COMMANDS``.  Heavy imports happen inside the handlers so
-that ``fastmmu --help`` and ``fastmmu info`` stay fast and work even when
-parts of the core are missing.
-
-Errors: a mistake in the user's input prints ``fastmmu: error: ...`` and
-exits 2, never a traceback.  Handlers raise ``UserError`` for that.
-"""
+"""``fastmmu demo``: the core at work, without the hypervisor."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
-EXIT_OK = 0
-EXIT_FAILURE = 1  # the run itself failed (e.g. the compiled core does not load)
-EXIT_USAGE = 2  # the user's input was wrong
-EXIT_INTERRUPTED = 130
-
-
-class UserError(Exception):
-    """A mistake in the user's input: reported as ``fastmmu: error: ...``, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors read ``fastmmu: error: ...`` in every sub-command."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"fastmmu: error: {message}\n")
-
-
-def _size(text: str) -> int:
-    """argparse type for sizes such as 1TiB or 4096."""
-    from fastmmu.units import parse_size
-
-    try:
-        return parse_size(text, "size")
-    except (TypeError, ValueError) as exc:
-        # argparse already names the option: drop parse_size's own "size: " prefix.
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("size: ")) from None
-
-
-def _add_command(subparsers: Any, name: str, summary: str, example: str) -> argparse.ArgumentParser:
-    return subparsers.add_parser(
-        name,
-        help=summary,
-        description=summary,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
-
-# -- info ----------------------------------------------------------------------
-
-
-def _add_info(subparsers: Any) -> None:
-    p = _add_command(
-        subparsers, "info",
-        "Show the version, which backend is loaded (and from where), how it was built, "
-        "and the numpy, Python and platform in use.",
-        "fastmmu info --json",
-    )
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(handler=_run_info)
-
-
-def _run_info(args: argparse.Namespace) -> int:
-    from fastmmu._backend import backend_report
-
-    report = backend_report()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(_format_info(report))
-    return EXIT_OK if report["ok"] else EXIT_FAILURE
-
-
-def _format_info(report: dict[str, Any]) -> str:
-    lines = [
-        f"fastmmu {report['version']}",
-        f"  package:   {report['package']}",
-        f"  backend:   {report['backend']}",
-        f"  build:     {report['build']}",
-        "  compiled modules:",
-    ]
-    for module in report["modules"]:
-        if module["state"] == "loaded":
-            lines.append(f"    {module['name']:<22} loaded   {module['path']}")
-        else:
-            lines.append(f"    {module['name']:<22} {module['state'].upper()}: {module['error']}")
-            lines.append(f"    {'':<22} fix: {module['fix']}")
-    reference = "present (tests only, never a fallback)" if report["reference_model"] else "not present"
-    lines += [
-        f"  reference model: {reference}",
-        f"  numpy:     {report['numpy']}",
-        f"  python:    {report['python']} ({report['python_executable']})",
-        f"  platform:  {report['platform']}",
-    ]
-    if report["backend"] != "compiled":
-        lines.append("fastmmu: error: the compiled core (fastmmu._core.memory) cannot be imported; "
-                     "nothing can run until it is rebuilt (see 'fix' above)")
-    return "\n".join(lines)
-
-
-# -- compare (the main job) ------------------------------------------------------
-
-
-def _add_compare(subparsers: Any) -> None:
-    p = _add_command(
-        subparsers, "compare",
-        "Run one workload under every way of virtualizing memory (native, brute force, shadow "
-        "paging, nested paging) and print what each costs: TLB misses, walks, guest page faults, "
-        "VM exits by reason, estimated cycles and the overhead versus native.  With no workload "
-        "given it runs the built-in one: two VMs, six processes, a mix of locality, memory "
-        "pressure and page-table churn.",
-        "fastmmu compare --set hypervisor.shadow_cache=2 --json",
-    )
-    p.add_argument("--modes", default="all", metavar="LIST",
-                   help="comma-separated modes to run (native always runs, as the baseline; default: all)")
-    p.add_argument("--scale", type=float, default=1.0, metavar="F",
-                   help="multiply the built-in workload's accesses by F (default: 1)")
-    p.add_argument("--seed", type=int, default=1, help="seed of the built-in workload (default: 1)")
-    _add_config_options(p)
-    p.add_argument("--max-accesses", type=int, default=None, metavar="N",
-                   help="stop each mode after N accesses (the results are marked partial)")
-    p.add_argument("--json", action="store_true", help="print the full results as JSON")
-    p.set_defaults(handler=_run_compare)
-
-
-def _add_config_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file (see the README)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one setting, e.g. --set hypervisor.ept=eager (repeatable)")
-
-
-def _load_config(args: argparse.Namespace) -> Any:
-    """The run's Config from --config and --set; a mistake is a UserError naming the setting."""
-    from fastmmu.config import Config
-    from fastmmu.settings import ConfigError
-
-    data: dict[str, Any] = {}
-    if args.config:
-        data = _read_config_file(args.config)
-    try:
-        return Config.from_dict(data).with_overrides(args.overrides)
-    except (ConfigError, TypeError) as exc:
-        where = f"{args.config}: " if args.config else ""
-        raise UserError(f"{where}{exc}") from None
-
-
-def _read_config_file(path: str) -> dict[str, Any]:
-    import os
-    import tomllib
-
-    if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, expected a TOML or JSON file")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read it: {exc.strerror}") from None
-    try:
-        if path.endswith(".json"):
-            data = json.loads(raw)
-        else:
-            data = tomllib.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError say where
-        raise UserError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'TOML'}: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a table of settings at the top level")
-    return data
-
-
-def _run_compare(args: argparse.Namespace) -> int:
-    from fastmmu.comparison import build, compare, parse_modes
-    from fastmmu.settings import ConfigError
-    from fastmmu.workloads.scenario import default_scenario
-
-    config = _load_config(args)
-    if args.scale <= 0:
-        raise UserError(f"--scale: expected a positive number, got {args.scale}")
-    if args.max_accesses is not None and args.max_accesses < 1:
-        raise UserError(f"--max-accesses: expected a positive number, got {args.max_accesses}")
-    scenario = default_scenario(scale=args.scale, seed=args.seed)
-    try:
-        modes = parse_modes(args.modes)
-        build(scenario, "native", config)  # the machine and its VMs fit: errors before any output
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
-    if not args.json:
-        print(f"workload: {scenario.description}", flush=True)
-    started = time.perf_counter()
-    try:
-        comparison = compare(scenario, modes, config, max_accesses=args.max_accesses)
-    except ConfigError as exc:
-        raise UserError(str(exc)) from None
-    if args.json:
-        print(comparison.to_json())
-    else:
-        print()
-        print(comparison.table())
-        for line in comparison.terminations():
-            print(f"stopped: {line}")
-        if comparison.partial:
-            print("partial: not every process ran to its end" +
-                  (" (interrupted)" if comparison.interrupted else ""))
-        print(f"cycles are estimates from the cost model (costs.*); took {time.perf_counter() - started:.1f} s")
-    return EXIT_INTERRUPTED if comparison.interrupted else EXIT_OK
-
+from fastmmu.cli.common import EXIT_OK, UserError, add_command, size_arg
 
 # -- demo ----------------------------------------------------------------------
 
 
-def _add_demo(subparsers: Any) -> None:
-    p = _add_command(
+def add_demo(subparsers: Any) -> None:
+    p = add_command(
         subparsers, "demo",
         "Show the core at work: configure a large host memory, give two VMs their guest "
         "memory (one contiguous, one scattered), write the tables that map it and compare "
@@ -229,9 +21,9 @@ def _add_demo(subparsers: Any) -> None:
         "under nested paging (EPT) through Skylake TLBs.",
         "fastmmu demo --memory 1TiB --vm-memory 2GiB --seed 1",
     )
-    p.add_argument("--memory", type=_size, default="1TiB", metavar="SIZE",
+    p.add_argument("--memory", type=size_arg, default="1TiB", metavar="SIZE",
                    help="configured host memory (default: 1TiB)")
-    p.add_argument("--vm-memory", type=_size, default="2GiB", metavar="SIZE",
+    p.add_argument("--vm-memory", type=size_arg, default="2GiB", metavar="SIZE",
                    help="guest memory of each of the two VMs (default: 2GiB)")
     p.add_argument("--seed", type=int, default=1, help="seed of the scattered layout and the trace (default: 1)")
     p.add_argument("--accesses", type=int, default=2_000_000, metavar="N",
@@ -424,49 +216,3 @@ def translation_demo(mem: Any, guest_frames: Any, *, accesses: int, seed: int) -
     if not np.array_equal(outputs[0], outputs[1]):
         raise RuntimeError("demo: native and nested translations reached different host addresses")
     return {"accesses": accesses, "working_set": working_set, "modes": modes}
-
-
-# -- the command table -----------------------------------------------------------
-
-# Sub-commands in the order --help lists them.  Still to come, each as an _add_<name> /
-# _run_<name> pair: run, explain, trace, sweep, config.
-COMMANDS: list[Callable[[Any], None]] = [_add_compare, _add_info, _add_demo]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from fastmmu._backend import _version
-
-    parser = _Parser(
-        prog="fastmmu",
-        description="fastmmu: a fast simulator of x86-64 memory virtualization "
-                    "(native, brute-force trap-and-emulate, shadow paging, nested paging/EPT).",
-        epilog="examples:\n  fastmmu compare\n  fastmmu info\n  fastmmu demo --memory 1TiB\n\n"
-               "Run 'fastmmu COMMAND --help' for a command's options and an example.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"fastmmu {_version()}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    subparsers.required = True
-    for add in COMMANDS:
-        add(subparsers)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``fastmmu`` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except UserError as exc:
-        print(f"fastmmu: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("fastmmu: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # e.g. `fastmmu info | head -1`
-        sys.stderr.close()
-        return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,182 @@
+"""``fastmmu compare`` (every mode on one workload: the main job) and ``fastmmu run`` (one mode)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from fastmmu.cli.common import EXIT_INTERRUPTED, EXIT_OK, UserError, add_command, add_config_options, load_settings
+from fastmmu.cli.output import add_output_options, check_output_options, resolved_config, write_results
+from fastmmu.cli.workload import add_workload_options, load_scenario
+
+TIMELINE_POINTS = 200  # samples of the counters per mode, for the TLB-miss-rate chart
+
+
+def add_compare(subparsers: Any) -> None:
+    p = add_command(
+        subparsers, "compare",
+        "Run one workload under every way of virtualizing memory (native, brute force, shadow "
+        "paging, nested paging) and print what each costs: TLB misses, walks, guest page faults, "
+        "VM exits by reason, estimated cycles and the overhead versus native.  With no workload "
+        "given it runs the built-in one: two VMs, six processes, a mix of locality, memory "
+        "pressure and page-table churn.",
+        "fastmmu compare --trace sort.lackey.gz -o results --plot",
+    )
+    p.add_argument("--modes", default="all", metavar="LIST",
+                   help="comma-separated modes to run (native always runs, as the baseline; default: all)")
+    _add_run_options(p)
+    p.set_defaults(handler=_run_compare)
+
+
+def add_run(subparsers: Any) -> None:
+    p = add_command(
+        subparsers, "run",
+        "Run one workload under one mode and print everything it cost: TLB and walk counts, "
+        "guest page faults, VM exits by reason, hypervisor memory and the estimated cycles by cause.",
+        "fastmmu run --mode shadow --workload zipf:pages=4096,n=1M --json",
+    )
+    p.add_argument("--mode", required=True, metavar="MODE",
+                   help="native, brute_force, shadow or nested")
+    _add_run_options(p)
+    p.set_defaults(handler=_run_one)
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    add_workload_options(p)
+    add_config_options(p)
+    p.add_argument("--max-accesses", type=int, default=None, metavar="N",
+                   help="stop each mode after N accesses (the results are marked partial)")
+    add_output_options(p)
+
+
+def _prepare(args: argparse.Namespace, modes: list[str] | str) -> tuple[Any, Any, list[str]]:
+    """Config, scenario and modes, every mistake found before anything runs."""
+    from fastmmu.comparison import build, parse_modes
+    from fastmmu.settings import ConfigError
+
+    config, workload = load_settings(args)
+    if args.max_accesses is not None and args.max_accesses < 1:
+        raise UserError(f"--max-accesses: expected a positive number, got {args.max_accesses}")
+    check_output_options(args)
+    scenario = load_scenario(args, workload)
+    try:
+        chosen = parse_modes(modes)
+        build(scenario, "native", config)  # the machine and its VMs fit: errors before any output
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    return config, scenario, chosen
+
+
+def _progress(args: argparse.Namespace, scenario: Any, modes: list[str]) -> Any:
+    from fastmmu.cli.progress import ProgressBar
+    from fastmmu.workloads.registry import expected_accesses
+
+    counts = [expected_accesses(p.program) for vm in scenario.vms for p in vm.processes]
+    total = None if None in counts else sum(c or 0 for c in counts)
+    if total is not None and args.max_accesses is not None:
+        total = min(total, args.max_accesses)
+    bar = ProgressBar(modes, total)
+    if args.no_progress or args.json and not bar.enabled:
+        bar.enabled = False
+    return bar, total
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from fastmmu.comparison import compare
+    from fastmmu.settings import ConfigError
+    from fastmmu.traces.base import TraceError
+
+    config, scenario, modes = _prepare(args, args.modes)
+    bar, total = _progress(args, scenario, modes)
+    if not args.json:
+        print(f"workload: {scenario.description}", flush=True)
+    started = time.perf_counter()
+    try:
+        comparison = compare(scenario, modes, config, max_accesses=args.max_accesses, on_batch=bar.on_batch,
+                             on_mode=bar.start_mode, timeline_every=_timeline_every(total))
+    except (ConfigError, TraceError) as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        bar.close()
+    if args.output:
+        write_results(args.output, comparison.to_dict(), comparison.to_csv(), resolved_config(config, scenario),
+                      comparison, args.plot)
+    if args.json:
+        print(comparison.to_json())
+    else:
+        print()
+        print(comparison.table())
+        _report_end(comparison.terminations(), comparison.partial, comparison.interrupted, args.output, started)
+    return EXIT_INTERRUPTED if comparison.interrupted else EXIT_OK
+
+
+def _run_one(args: argparse.Namespace) -> int:
+    from fastmmu.comparison import results_csv, run_mode
+    from fastmmu.settings import ConfigError
+    from fastmmu.traces.base import TraceError
+
+    config, scenario, _ = _prepare(args, args.mode)
+    mode = args.mode
+    bar, total = _progress(args, scenario, [mode])
+    if not args.json:
+        print(f"workload: {scenario.description}", flush=True)
+    started = time.perf_counter()
+    bar.start_mode(mode, 0)
+    try:
+        result = run_mode(scenario, mode, config, max_accesses=args.max_accesses, on_batch=bar.on_batch,
+                          timeline_every=_timeline_every(total))
+    except (ConfigError, TraceError) as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        bar.close()
+    data = {"partial": result.partial, "interrupted": result.interrupted, "scenario": scenario.to_dict(),
+            "config": config.to_dict(), "result": result.to_dict()}
+    if args.output:
+        write_results(args.output, data, results_csv([result]), resolved_config(config, scenario))
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print()
+        print(run_report(result))
+        stopped = [f"{mode}: {vm['name']}: {vm['terminated']}" for vm in result.stats["vms"] if vm["terminated"]]
+        _report_end(stopped, result.partial, result.interrupted, args.output, started)
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+def run_report(result: Any) -> str:
+    """Everything one run cost, readable: the summary, then counts, exits and cycles by cause."""
+    s, tlb, guest, hv = result.stats, result.stats["tlb"], result.stats["guest"], result.stats["hypervisor"]
+    lines = [f"mode {result.mode}: {s['accesses']:,} accesses in {result.seconds:.1f} s",
+             f"  TLB        L1 hits {tlb['l1_hits']:,}, L2 hits {tlb['l2_hits']:,}, walks {tlb['walks']:,} "
+             f"(miss rate {tlb['miss_rate']:.2%}, {tlb['references_per_walk']:.1f} references per walk)",
+             f"  guest      page faults {guest['page_faults']:,}, page-table reads {guest['pt_reads']:,}, "
+             f"writes {guest['pt_writes']:,}, context switches {guest['context_switches']:,}"]
+    exits = {r: n for r, n in s["vm_exits"].items() if r != "total" and n}
+    lines.append(f"  VM exits   {s['vm_exits']['total']:,}" + (": " + ", ".join(
+        f"{r} {n:,}" for r, n in sorted(exits.items(), key=lambda kv: -kv[1])) if exits else ""))
+    lines.append(f"  memory     shadow {hv['shadow_bytes']:,} B, EPT {hv['ept_bytes']:,} B, "
+                 f"hypervisor tables {hv['hypervisor_bytes']:,} B (peak {hv['hypervisor_bytes_peak']:,} B)")
+    total = result.cycles or 1.0
+    lines.append(f"  cycles     {result.cycles:,.0f} (estimated; costs.*)")
+    for cause, cycles in result.breakdown.items():
+        if cause != "total" and cycles:
+            lines.append(f"    {cause:<20} {cycles:>16,.0f}  {cycles / total:6.1%}")
+    return "\n".join(lines)
+
+
+def _report_end(stopped: list[str], partial: bool, interrupted: bool, output: str | None, started: float) -> None:
+    for line in stopped:
+        print(f"stopped: {line}")
+    if partial:
+        print("partial: not every process ran to its end" + (" (interrupted)" if interrupted else ""))
+    if output:
+        print(f"results written to {output}/ (results.json, results.csv, config.json)")
+    print(f"cycles are estimates from the cost model (costs.*); took {time.perf_counter() - started:.1f} s",
+          file=sys.stdout)
+
+
+def _timeline_every(total: int | None) -> int:
+    return max(10_000, (total or 10_000_000) // TIMELINE_POINTS)

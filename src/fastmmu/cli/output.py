@@ -1,0 +1,75 @@
+"""Where results go: a table on stdout, ``--json``, and ``-o DIR`` (results.json, results.csv, config.json,
+and with ``--plot`` the charts).
+
+``config.json`` is the run's fully resolved configuration (every setting,
+defaults included, and the workload): ``--config DIR/config.json`` runs it
+again.  Files are written whole or not at all (a temporary file renamed),
+so an interrupted write never leaves half a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from fastmmu.cli.common import UserError
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="print the full results as JSON instead of a table")
+    g.add_argument("-o", "--output", metavar="DIR",
+                   help="write results.json, results.csv and the resolved config.json into DIR")
+    g.add_argument("--plot", action="store_true",
+                   help="with -o: also write PNG charts (needs the plot extra: pip install 'fastmmu[plot]')")
+    g.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+
+
+def check_output_options(args: argparse.Namespace) -> None:
+    """Before running: the directory can be written, and --plot can plot."""
+    if args.plot and not args.output:
+        raise UserError("--plot: give a directory for the charts with -o DIR")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--plot needs matplotlib: pip install 'fastmmu[plot]'") from None
+    if args.output:
+        path = Path(args.output)
+        if path.exists() and not path.is_dir():
+            raise UserError(f"-o {args.output}: exists and is not a directory")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"-o {args.output}: cannot create it: {exc.strerror}") from None
+        if not os.access(path, os.W_OK):
+            raise UserError(f"-o {args.output}: cannot write into it")
+
+
+def resolved_config(config: Any, scenario: Any) -> dict[str, Any]:
+    """Every setting with its value, and the workload: what ``--config`` reads back."""
+    return {**config.to_dict(), "workload": scenario.to_dict()}
+
+
+def write_results(directory: str, results: dict[str, Any], csv_text: str, config: dict[str, Any],
+                  comparison: Any = None, plot: bool = False) -> list[Path]:
+    """results.json, results.csv, config.json (and the charts); the paths written."""
+    out = Path(directory)
+    written = [_write(out / "results.json", json.dumps(results, indent=2) + "\n"),
+               _write(out / "results.csv", csv_text),
+               _write(out / "config.json", json.dumps(config, indent=2) + "\n")]
+    if plot and comparison is not None:
+        from fastmmu.plots import plot_comparison
+
+        written += plot_comparison(comparison, out)
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+    return path

@@ -1,0 +1,84 @@
+"""Charts of a comparison, as PNG files (needs the ``plot`` extra: ``pip install fastmmu[plot]``).
+
+Three charts, the ones ``fastmmu compare --plot`` writes:
+
+- ``overhead.png``: estimated cycles per mode, stacked by cause, relative to native;
+- ``tlb_miss_rate.png``: the TLB miss rate over the run, one line per mode
+  (needs the runs' timelines: ``compare(..., timeline_every=N)``);
+- ``exits.png``: VM exits by reason, per mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CAUSES = ("accesses", "tlb", "walks", "guest_page_faults", "guest_pt_accesses", "context_switches",
+          "vm_exits", "shadow_tables")
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("plots need matplotlib: pip install 'fastmmu[plot]'") from None
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_comparison(comparison: Any, directory: str | Path) -> list[Path]:
+    """Write the three charts of ``comparison`` into ``directory``; their paths."""
+    plt = _pyplot()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    results = comparison.results
+    modes = list(results)
+    native = results["native"].cycles or 1.0
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = [0.0] * len(modes)
+    for cause in CAUSES:
+        values = [results[m].breakdown.get(cause, 0.0) / native for m in modes]
+        if any(values):
+            ax.bar(modes, values, bottom=bottom, label=cause.replace("_", " "))
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_ylabel("estimated cycles / native")
+    ax.set_title("Overhead by cause")
+    ax.legend(fontsize=8)
+    written.append(_save(fig, directory / "overhead.png", plt))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mode in modes:
+        timeline = results[mode].timeline
+        if timeline:
+            ax.plot([row["accesses"] for row in timeline], [row["tlb_miss_rate"] for row in timeline], label=mode)
+    ax.set_xlabel("accesses")
+    ax.set_ylabel("TLB miss rate (per interval)")
+    ax.set_title("TLB miss rate over time")
+    if any(results[m].timeline for m in modes):
+        ax.legend(fontsize=8)
+    written.append(_save(fig, directory / "tlb_miss_rate.png", plt))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    reasons = sorted({r for m in modes for r, n in results[m].exits.items() if r != "total" and n})
+    width = 0.8 / max(1, len(reasons))
+    for i, reason in enumerate(reasons):
+        ax.bar([k + i * width for k in range(len(modes))], [results[m].exits.get(reason, 0) for m in modes],
+               width=width, label=reason.replace("_", " "))
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(modes))], modes)
+    ax.set_ylabel("VM exits")
+    ax.set_title("VM exits by reason")
+    if reasons:
+        ax.legend(fontsize=8)
+    written.append(_save(fig, directory / "exits.png", plt))
+    return written
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
