@@ -490,7 +490,7 @@ def _runs(vm):
     """Run the machine and return the (pid, accesses) runs in the order they happened."""
     runs = []
 
-    def hook(_vm, process, _addresses, _out, start, stop):
+    def hook(_vm, process, _addresses, _kinds, _out, start, stop):
         if runs and runs[-1][0] == process.pid:
             runs[-1][1] += stop - start
         else:
