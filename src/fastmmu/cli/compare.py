@@ -9,7 +9,13 @@ import time
 from typing import Any
 
 from fastmmu.cli.common import EXIT_INTERRUPTED, EXIT_OK, UserError, add_command, add_config_options, load_settings
-from fastmmu.cli.output import add_output_options, check_output_options, resolved_config, write_results
+from fastmmu.cli.output import (
+    HostTraces,
+    add_output_options,
+    check_output_options,
+    resolved_config,
+    write_results,
+)
 from fastmmu.cli.workload import add_workload_options, load_scenario
 
 TIMELINE_POINTS = 200  # samples of the counters per mode, for the TLB-miss-rate chart
@@ -86,21 +92,32 @@ def _progress(args: argparse.Namespace, scenario: Any, modes: list[str]) -> Any:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from fastmmu.comparison import compare
+    from fastmmu.observers import chain
     from fastmmu.settings import ConfigError
     from fastmmu.traces.base import TraceError
 
     config, scenario, modes = _prepare(args, args.modes)
     bar, total = _progress(args, scenario, modes)
+    traces = HostTraces(args.output, args.host_trace) if args.host_trace else None
     if not args.json:
         print(f"workload: {scenario.description}", flush=True)
     started = time.perf_counter()
+
+    def on_mode(mode: str, index: int) -> None:
+        bar.start_mode(mode, index)
+        if traces is not None:
+            traces.start_mode(mode, index)
+
     try:
-        comparison = compare(scenario, modes, config, max_accesses=args.max_accesses, on_batch=bar.on_batch,
-                             on_mode=bar.start_mode, timeline_every=_timeline_every(total))
+        comparison = compare(scenario, modes, config, max_accesses=args.max_accesses,
+                             on_batch=chain(bar.on_batch, traces.on_batch if traces else None),
+                             on_mode=on_mode, timeline_every=_timeline_every(total))
     except (ConfigError, TraceError) as exc:
         raise UserError(str(exc)) from None
     finally:
         bar.close()
+        if traces is not None:
+            traces.close()
     if args.output:
         write_results(args.output, comparison.to_dict(), comparison.to_csv(), resolved_config(config, scenario),
                       comparison, args.plot)
@@ -115,23 +132,30 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 def _run_one(args: argparse.Namespace) -> int:
     from fastmmu.comparison import results_csv, run_mode
+    from fastmmu.observers import chain
     from fastmmu.settings import ConfigError
     from fastmmu.traces.base import TraceError
 
     config, scenario, _ = _prepare(args, args.mode)
     mode = args.mode
     bar, total = _progress(args, scenario, [mode])
+    traces = HostTraces(args.output, args.host_trace) if args.host_trace else None
     if not args.json:
         print(f"workload: {scenario.description}", flush=True)
     started = time.perf_counter()
     bar.start_mode(mode, 0)
+    if traces is not None:
+        traces.start_mode(mode, 0)
     try:
-        result = run_mode(scenario, mode, config, max_accesses=args.max_accesses, on_batch=bar.on_batch,
+        result = run_mode(scenario, mode, config, max_accesses=args.max_accesses,
+                          on_batch=chain(bar.on_batch, traces.on_batch if traces else None),
                           timeline_every=_timeline_every(total))
     except (ConfigError, TraceError) as exc:
         raise UserError(str(exc)) from None
     finally:
         bar.close()
+        if traces is not None:
+            traces.close()
     data = {"partial": result.partial, "interrupted": result.interrupted, "scenario": scenario.to_dict(),
             "config": config.to_dict(), "result": result.to_dict()}
     if args.output:

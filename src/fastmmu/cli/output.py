@@ -25,6 +25,9 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                    help="write results.json, results.csv and the resolved config.json into DIR")
     g.add_argument("--plot", action="store_true",
                    help="with -o: also write PNG charts (needs the plot extra: pip install 'fastmmu[plot]')")
+    g.add_argument("--host-trace", choices=("native", "ramulator", "dramsim3"), default=None,
+                   help="with -o: also write each mode's host-physical address trace (host-<mode>.fmt, "
+                        ".ramulator.txt or .dramsim3.txt) for DRAM and cache simulators")
     g.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -32,6 +35,8 @@ def check_output_options(args: argparse.Namespace) -> None:
     """Before running: the directory can be written, and --plot can plot."""
     if args.plot and not args.output:
         raise UserError("--plot: give a directory for the charts with -o DIR")
+    if args.host_trace and not args.output:
+        raise UserError("--host-trace: give a directory for the traces with -o DIR")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -73,3 +78,33 @@ def _write(path: Path, text: str) -> Path:
     partial.write_text(text)
     partial.replace(path)
     return path
+
+
+HOST_TRACE_SUFFIX = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
+
+
+class HostTraces:
+    """One host-physical address trace per mode (``--host-trace``): an ``on_batch`` hook that
+    starts a new file as each mode starts (``start_mode``)."""
+
+    def __init__(self, directory: str, format: str) -> None:
+        self.directory, self.format = Path(directory), format
+        self.writer: Any = None
+        self.paths: list[Path] = []
+
+    def start_mode(self, mode: str, index: int) -> None:
+        from fastmmu.traces.writers import HostTraceWriter
+
+        self.close()
+        path = self.directory / f"host-{mode}{HOST_TRACE_SUFFIX[self.format]}"
+        self.writer = HostTraceWriter(path, self.format, metadata={"mode": mode})
+        self.paths.append(path)
+
+    def on_batch(self, *args: Any) -> None:
+        if self.writer is not None:
+            self.writer.on_batch(*args)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
