@@ -77,7 +77,8 @@ def observe(machine: Machine, stops: tuple[int, ...] = ()) -> Experience:
     seen = Experience()
     chunks: dict[tuple[str, int], list[np.ndarray]] = defaultdict(list)
 
-    def on_batch(vm: Any, process: Any, addresses: np.ndarray, host: np.ndarray, start: int, stop: int) -> None:
+    def on_batch(vm: Any, process: Any, addresses: np.ndarray, kinds: np.ndarray, host: np.ndarray,
+                 start: int, stop: int) -> None:
         chunks[(vm.name, process.pid)].append(host[start:stop].copy())
 
     for vm in machine.vms.values():

@@ -148,7 +148,7 @@ def test_vms_get_disjoint_partitions_contiguous_or_scattered(allocation: str) ->
         vm.spawn(zipf(pages=500, n=5_000, seed=i))
     partition = {vm_id: set(frames.tolist()) for vm_id, frames in planned.items()}
 
-    def on_batch(vm: VM, process: Any, addresses: Any, out: np.ndarray, start: int, stop: int) -> None:
+    def on_batch(vm: VM, process: Any, addresses: Any, kinds: Any, out: np.ndarray, start: int, stop: int) -> None:
         assert set((out[start:stop] >> np.uint64(12)).tolist()) <= partition[vm.id]
 
     m.run(on_batch=on_batch)

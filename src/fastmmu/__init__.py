@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from fastmmu._core.tlb import TLB
     from fastmmu.comparison import Comparison, compare
     from fastmmu.config import Config
+    from fastmmu.explain import Explanation, explain, explain_in_scenario
     from fastmmu.guest.config import GuestConfig
     from fastmmu.hypervisor.config import HypervisorConfig
     from fastmmu.hypervisor.costs import CostModel
@@ -57,6 +58,9 @@ _LAZY = {
     "ConfigError": "fastmmu.settings",
     "compare": "fastmmu.comparison",
     "Comparison": "fastmmu.comparison",
+    "explain": "fastmmu.explain",
+    "explain_in_scenario": "fastmmu.explain",
+    "Explanation": "fastmmu.explain",
 }
 _SUBPACKAGES = ("workloads", "hypervisor", "guest", "reference")
 
@@ -74,8 +78,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "EPT", "PTE", "VM", "Access", "Attr", "BatchResult", "CacheGeometry", "Comparison", "Config", "ConfigError",
-    "CostModel", "CpuState", "EptConfig", "EptTable", "ExitQual", "FrameKind", "GuestConfig", "HostMemory",
-    "HypervisorConfig", "MMU", "Machine", "MemType", "MemoryExhausted", "PFErr", "PageTable", "Reference",
-    "RunResult", "Status", "TLB", "TLBConfig", "VMTerminated", "Walk", "__version__", "compare", "walk",
-    "walk_ept", "walk_nested", "workloads",
+    "CostModel", "CpuState", "EptConfig", "EptTable", "ExitQual", "Explanation", "FrameKind", "GuestConfig",
+    "HostMemory", "HypervisorConfig", "MMU", "Machine", "MemType", "MemoryExhausted", "PFErr", "PageTable",
+    "Reference", "RunResult", "Status", "TLB", "TLBConfig", "VMTerminated", "Walk", "__version__", "compare",
+    "explain", "explain_in_scenario", "walk", "walk_ept", "walk_nested", "workloads",
 ]
