@@ -204,7 +204,7 @@ def _commands() -> list[str]:
 
 
 def test_every_command_has_an_example_in_its_help(capsys):
-    assert _commands() == ["compare", "run", "trace", "workloads", "config", "info", "demo"]
+    assert _commands() == ["compare", "run", "explain", "trace", "workloads", "config", "info", "demo"]
     for command in _commands():
         status, out, _ = run(capsys, command, "--help")
         assert status == 0

@@ -21,6 +21,7 @@ from typing import Any
 from fastmmu.cli.common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Parser, UserError
 from fastmmu.cli.compare import add_compare, add_run
 from fastmmu.cli.demo import add_demo, demo
+from fastmmu.cli.explain import add_explain
 from fastmmu.cli.info import add_info
 from fastmmu.cli.settings import add_config, add_workloads
 from fastmmu.cli.trace import add_trace
@@ -28,7 +29,8 @@ from fastmmu.cli.trace import add_trace
 # -- the command table -----------------------------------------------------------
 
 # Sub-commands in the order --help lists them.
-COMMANDS: list[Callable[[Any], None]] = [add_compare, add_run, add_trace, add_workloads, add_config, add_info, add_demo]
+COMMANDS: list[Callable[[Any], None]] = [add_compare, add_run, add_explain, add_trace, add_workloads, add_config,
+                                         add_info, add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
