@@ -89,8 +89,8 @@ def test_plot_and_host_trace_need_a_directory(capsys):
 
 
 def test_host_traces_one_per_mode_hold_every_access(capsys, tmp_path):
-    from fastmmu.traces.native import read
     from fastmmu.traces.base import ReadOptions
+    from fastmmu.traces.native import read
 
     status, out, err = run(capsys, "compare", *SMALL, "--modes", "nested", "-o", str(tmp_path),
                            "--host-trace", "native")

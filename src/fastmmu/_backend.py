@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # The compiled modules a complete build contains (pyx/<name>.pyx each).
-CORE_MODULES = ("memory", "tlb", "paging", "mmu")
+CORE_MODULES = ("memory", "tlb", "paging", "mmu", "traceparse")
 
 FIX_NOT_BUILT = (
     "this module was not built: reinstall from the source tree with `pip install .` "

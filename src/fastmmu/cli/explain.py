@@ -56,7 +56,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     config, workload = load_settings(args)
     scenario = load_scenario(args, workload)
     process: str | int | None = args.process
-    if process is not None and process.isdigit():
+    if isinstance(process, str) and process.isdigit():
         process = int(process)
     try:
         result = explain_in_scenario(scenario, args.mode, address, args.access, process=process, vm=args.vm,

@@ -1,0 +1,28 @@
+"""Real traces: read valgrind lackey, Dinero din, ChampSim and native traces as chunks of arrays.
+
+>>> trace = fastmmu.traces.open("sort.lackey.gz")    # doctest: +SKIP
+>>> for chunk in trace.chunks():                      # doctest: +SKIP
+...     mmu.translate(chunk.addresses, chunk.kinds)
+"""
+
+from fastmmu.traces.base import (
+    CHUNK_RECORDS,
+    NATIVE_MAGIC,
+    Event,
+    Invlpg,
+    MapRegion,
+    ReadOptions,
+    SwitchCr3,
+    SwitchProcess,
+    SwitchVM,
+    TraceChunk,
+    TraceError,
+    TraceStats,
+    UnmapRegion,
+)
+from fastmmu.traces.source import FORMATS, Trace, open
+
+__all__ = [
+    "CHUNK_RECORDS", "FORMATS", "NATIVE_MAGIC", "Event", "Invlpg", "MapRegion", "ReadOptions", "SwitchCr3",
+    "SwitchProcess", "SwitchVM", "Trace", "TraceChunk", "TraceError", "TraceStats", "UnmapRegion", "open",
+]
