@@ -43,3 +43,11 @@ def format_size(nbytes: int) -> str:
         if nbytes and nbytes % factor == 0:
             return f"{nbytes // factor}{suffix}"
     return f"{nbytes}B"
+
+
+def approx_size(nbytes: int) -> str:
+    """``nbytes`` rounded for reading ("5.6MiB", "1016B"): reports, not settings."""
+    for suffix, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if nbytes >= factor:
+            return f"{nbytes / factor:.1f}{suffix}"
+    return f"{nbytes}B"

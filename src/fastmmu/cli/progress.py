@@ -44,9 +44,11 @@ class ProgressBar:
         if self.total:
             fraction = min(self.done / self.total, 1.0)
             filled = int(fraction * 20)
-            eta = (self.total - self.done) / rate if rate > 0 and self.done < self.total else 0.0
+            settled = elapsed >= 0.5 and self.done * 100 >= self.total   # a rate worth an estimate
+            eta = _clock((self.total - self.done) / rate) if settled and self.done < self.total else \
+                ("0:00:00" if self.done >= self.total else "-:--:--")
             text = (f"{self.mode} [{self.index + 1}/{len(self.modes)}] [{'#' * filled}{'.' * (20 - filled)}] "
-                    f"{_count(self.done)}/~{_count(self.total)} accesses  {_count(rate)}/s  ETA {_clock(eta)}")
+                    f"{_count(self.done)}/~{_count(self.total)} accesses  {_count(rate)}/s  ETA {eta}")
         else:
             text += f" accesses  {_count(rate)}/s"
         return text

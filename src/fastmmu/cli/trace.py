@@ -92,7 +92,7 @@ def trace_info(path: str, format: str | None = None, *, skip_bad: bool = False) 
         "events": stats.events, "skipped_lines": stats.skipped_lines, "bad_records": stats.bad_records,
         "streams": streams, "pages_touched": len(pages),
         "lowest_address": low, "highest_address": high,
-        "metadata": getattr(trace, "metadata", lambda: {})() if trace.format == "native" else {},
+        "metadata": trace.metadata(),
         "seconds": time.perf_counter() - started,
     }
     return info
@@ -100,7 +100,7 @@ def trace_info(path: str, format: str | None = None, *, skip_bad: bool = False) 
 
 def _run_info(args: argparse.Namespace) -> int:
     from fastmmu.traces.base import TraceError
-    from fastmmu.units import format_size
+    from fastmmu.units import approx_size
 
     try:
         info = trace_info(args.input, args.format, skip_bad=args.skip_bad)
@@ -111,7 +111,7 @@ def _run_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     rate = info["records"] / info["seconds"] / 1e6 if info["seconds"] > 0 else 0.0
     print(f"{info['path']}: {info['format']} trace" + (f", {info['compression']}" if info["compression"] else "")
-          + (f", {format_size(info['bytes'])}" if info["bytes"] else ""))
+          + (f", {approx_size(info['bytes'])}" if info["bytes"] else ""))
     print(f"  records      {info['records']:,}: {info['reads']:,} reads, {info['writes']:,} writes, "
           f"{info['fetches']:,} fetches")
     if info["events"]:
@@ -123,11 +123,11 @@ def _run_info(args: argparse.Namespace) -> int:
         for label, n in sorted(info["streams"].items()):
             print(f"  stream       {label}: {n:,} records")
     print(f"  pages        {info['pages_touched']:,} distinct 4 KiB pages "
-          f"({format_size(info['pages_touched'] << 12)})")
+          f"({approx_size(info['pages_touched'] << 12)})")
     if info["lowest_address"] is not None:
         print(f"  addresses    {info['lowest_address']:#x} .. {info['highest_address']:#x}")
     for key, value in info["metadata"].items():
-        print(f"  {key:<12} {value}")
+        print(f"  {key + ':':<13}{' '.join(value) if isinstance(value, list) else value}")
     print(f"  read in {info['seconds']:.2f} s ({rate:.1f} M records/s)")
     return EXIT_OK
 

@@ -65,6 +65,18 @@ class Trace:
         self.stats = TraceStats()
         return self._pass(_reader(self.format, self.path), self.stats)
 
+    def metadata(self) -> dict[str, object]:
+        """A native trace's metadata block (what made it, from what); {} for other formats."""
+        if self.format != "native":
+            return {}
+        from fastmmu.traces.native import read_header
+
+        with ExitStack() as stack:
+            raw = stack.enter_context(_open_raw(self.path))
+            stream = stack.enter_context(_decompressed(raw, self.compression, self.path))
+            with _translated_errors(self.path, self.compression):
+                return dict(read_header(stream, self.path).metadata)
+
     def _pass(self, reader: FormatReader, stats: TraceStats) -> Iterator[TraceChunk]:
         options = ReadOptions(self.path, skip_bad=self.skip_bad, chunk_records=self.chunk_records, stats=stats)
         with ExitStack() as stack:
