@@ -74,6 +74,11 @@ class Comparison:
     def interrupted(self) -> bool:
         return any(r.interrupted for r in self.results.values())
 
+    @property
+    def error(self) -> str | None:
+        """Why a program stopped the comparison early (a malformed trace, say), or None."""
+        return next((r.error for r in self.results.values() if r.error), None)
+
     def terminations(self) -> list[str]:
         """'mode: vm: reason' for every VM a mode had to stop."""
         return [f"{mode}: {vm['name']}: {vm['terminated']}" for mode, r in self.results.items()
@@ -104,7 +109,8 @@ class Comparison:
         return "\n".join(text)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"partial": self.partial, "interrupted": self.interrupted, "terminations": self.terminations(),
+        return {"partial": self.partial, "interrupted": self.interrupted, "error": self.error,
+                "terminations": self.terminations(),
                 "scenario": self.scenario.to_dict(), "config": self.config.to_dict(),
                 "rows": self.rows(), "results": {m: r.to_dict() for m, r in self.results.items()}}
 
@@ -159,7 +165,7 @@ def compare(scenario: Scenario | None = None, modes: str | Iterable[str] = "all"
             on_mode(mode, index)
         results[mode] = run_mode(scenario, mode, config, max_accesses=max_accesses, on_batch=on_batch,
                                  timeline_every=timeline_every)
-        if results[mode].interrupted:  # Ctrl-C: keep what is done, run nothing more
+        if results[mode].interrupted or results[mode].error:  # keep what is done, run nothing more
             break
     native = results["native"]
     return Comparison({m: r.with_baseline(native) for m, r in results.items()}, scenario, config)

@@ -8,7 +8,15 @@ import sys
 import time
 from typing import Any
 
-from fastmmu.cli.common import EXIT_INTERRUPTED, EXIT_OK, UserError, add_command, add_config_options, load_settings
+from fastmmu.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UserError,
+    add_command,
+    add_config_options,
+    load_settings,
+)
 from fastmmu.cli.output import (
     HostTraces,
     add_output_options,
@@ -127,7 +135,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         print()
         print(comparison.table())
         _report_end(comparison.terminations(), comparison.partial, comparison.interrupted, args.output, started)
-    return EXIT_INTERRUPTED if comparison.interrupted else EXIT_OK
+    return _status(comparison.interrupted, comparison.error)
 
 
 def _run_one(args: argparse.Namespace) -> int:
@@ -167,7 +175,7 @@ def _run_one(args: argparse.Namespace) -> int:
         print(run_report(result))
         stopped = [f"{mode}: {vm['name']}: {vm['terminated']}" for vm in result.stats["vms"] if vm["terminated"]]
         _report_end(stopped, result.partial, result.interrupted, args.output, started)
-    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+    return _status(result.interrupted, result.error)
 
 
 def run_report(result: Any) -> str:
@@ -200,6 +208,15 @@ def _report_end(stopped: list[str], partial: bool, interrupted: bool, output: st
         print(f"results written to {output}/ (results.json, results.csv, config.json)")
     print(f"cycles are estimates from the cost model (costs.*); took {time.perf_counter() - started:.1f} s",
           file=sys.stdout)
+
+
+def _status(interrupted: bool, error: str | None) -> int:
+    """130 after Ctrl-C; 2, with the error on stderr, when a program's input stopped the run (the
+    results so far are printed and written, marked partial); else 0."""
+    if error:
+        print(f"fastmmu: error: {error} (the results above stop there, marked partial)", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_INTERRUPTED if interrupted else EXIT_OK
 
 
 def _timeline_every(total: int | None) -> int:

@@ -149,7 +149,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     except TraceError as exc:
         raise UserError(str(exc)) from None
     metadata = {"source": os.path.basename(args.input), "source_format": trace.format}
-    partial = args.output + ".partial"
+    partial = _partial_name(args.output)
     written, interrupted = 0, False
     try:
         with NativeWriter(partial, metadata) as writer:
@@ -175,6 +175,13 @@ def _run_convert(args: argparse.Namespace) -> int:
           + (f" ({stats.bad_records:,} bad records skipped)" if stats.bad_records else "")
           + (" (interrupted: partial)" if interrupted else ""))
     return EXIT_INTERRUPTED if interrupted else EXIT_OK
+
+
+def _partial_name(path: str) -> str:
+    """Where a trace is written until it is complete: beside it, with the same suffix (which says
+    how to compress it), renamed into place at the end."""
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".partial-{tail}")
 
 
 def _write_upto(writer: Any, chunk: Any, start: int, stop: int, limit: int | None, written: int) -> int:
@@ -208,7 +215,7 @@ def _run_record(args: argparse.Namespace) -> int:
         process = subprocess.Popen([valgrind, "--tool=lackey", "--trace-mem=yes", f"--log-file={fifo}", *cmd])
         metadata = {"source": "valgrind lackey", "command": cmd, "recorded": time.strftime("%Y-%m-%dT%H:%M:%S")}
         options = ReadOptions(f"{cmd[0]} (valgrind lackey output)")
-        partial = args.output + ".partial"
+        partial = _partial_name(args.output)
         interrupted = False
         try:
             with open(fifo, "rb") as stream, NativeWriter(partial, metadata) as writer:

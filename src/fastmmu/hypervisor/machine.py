@@ -30,7 +30,7 @@ from fastmmu.hypervisor.result import RunResult
 from fastmmu.settings import ConfigError, check_size, from_dict
 from fastmmu.tlbconfig import TLBConfig
 from fastmmu.units import format_size
-from fastmmu.workloads.program import Accesses, as_program
+from fastmmu.workloads.program import Accesses, ProgramError, as_program
 
 GAUGES = ("page_tables", "resident_pages")  # guest stats that are levels, not counts
 MAX_RETRIES = 16  # the same access faulting this often in a row means the VM cannot make progress
@@ -164,6 +164,7 @@ class Machine:
         self.pool_frames = pool
         self.partitions = Partitions(pool, self.mem.nframes)
         self.vms: dict[int, VM] = {}
+        self._done = 0  # accesses completed in the current run()
         self._next_id = 1
         self.current: VM | None = None  # the VM whose context the CPU holds
         self.scheduled: VM | None = None  # the VM the scheduler last ran (switches are counted from it)
@@ -275,23 +276,27 @@ class Machine:
         self.mmu.reset_counters()
         before = {vm.id: (Counter(vm.exits), dict(vm.guest.stats)) for vm in chosen}
         started = time.perf_counter()
-        done, partial, interrupted = 0, False, False
+        self._done = 0  # accesses completed: counted as they complete, so an interruption loses none
+        partial, interrupted, error = False, False, None
         limit = max_accesses if max_accesses is not None else -1
         try:
-            while limit < 0 or done < limit:
+            while limit < 0 or self._done < limit:
                 active = [vm for vm in chosen if vm.alive and vm.guest.runnable()]
                 if not active:
                     break
                 for vm in active:
-                    budget = self.hypervisor.vm_slice if limit < 0 else min(self.hypervisor.vm_slice, limit - done)
+                    budget = self.hypervisor.vm_slice if limit < 0 else min(self.hypervisor.vm_slice,
+                                                                            limit - self._done)
                     if budget <= 0:
                         break
-                    done += self._run_slice(vm, budget, on_batch)
+                    self._run_slice(vm, budget, on_batch)
             partial = limit >= 0 and any(vm.alive and vm.guest.runnable() for vm in chosen)
         except KeyboardInterrupt:
             partial = interrupted = True
-        result = self._result(chosen, before, done, partial, time.perf_counter() - started)
-        return replace(result, interrupted=interrupted) if interrupted else result
+        except ProgramError as exc:  # e.g. a malformed trace: keep what was done, say why it stopped
+            partial, error = True, str(exc)
+        result = self._result(chosen, before, self._done, partial, time.perf_counter() - started)
+        return replace(result, interrupted=interrupted, error=error) if interrupted or error else result
 
     def _run_slice(self, vm: VM, budget: int, on_batch: BatchHook | None) -> int:
         """Run ``vm`` for up to ``budget`` accesses; the number done."""
@@ -338,6 +343,7 @@ class Machine:
                 if on_batch is not None and result.stopped > index:
                     on_batch(vm, process, addresses, kinds, out, index, result.stopped)
                 done += result.stopped - index
+                self._done += result.stopped - index
                 if result.complete:
                     index = count
                     break
@@ -349,6 +355,7 @@ class Machine:
                     if on_batch is not None:
                         on_batch(vm, process, addresses, kinds, out, index, index + 1)
                     index, done, retries = index + 1, done + 1, 0
+                    self._done += 1
                 elif outcome is Outcome.RETRY:
                     retries += 1
                     if retries > MAX_RETRIES:

@@ -26,6 +26,7 @@ class RunResult:
     partial: bool = False
     interrupted: bool = False  # stopped by Ctrl-C (partial too)
     seconds: float = 0.0
+    error: str | None = None  # why a program stopped the run (e.g. a malformed trace); partial too
     timeline: list[dict[str, float]] = field(default_factory=list)  # per interval (observers.Timeline)
 
     @property
@@ -61,7 +62,7 @@ class RunResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "partial": self.partial, "interrupted": self.interrupted,
+        return {"mode": self.mode, "partial": self.partial, "interrupted": self.interrupted, "error": self.error,
                 "seconds": self.seconds, "cycles": self.cycles,
                 "baseline_cycles": self.baseline_cycles, "overhead": self.overhead,
                 "breakdown": self.breakdown, "stats": self.stats, "timeline": self.timeline}

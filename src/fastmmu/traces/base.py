@@ -20,11 +20,13 @@ from typing import BinaryIO, Protocol
 
 import numpy as np
 
+from fastmmu.workloads.program import ProgramError
+
 CHUNK_RECORDS = 1 << 20
 NATIVE_MAGIC = b"FMMUTRC1"  # the first 8 bytes of a native-format trace (traces/native.py)
 
 
-class TraceError(ValueError):
+class TraceError(ProgramError, ValueError):
     """A trace the user gave cannot be read: where, what, and the offending text."""
 
     def __init__(self, path: str, message: str, *, line: int | None = None, offset: int | None = None,

@@ -72,8 +72,11 @@ def read_lines(stream: BinaryIO, options: ReadOptions, parse: Parser, expected: 
             stats.records += records
             stats.skipped_lines += skipped
             stats.bad_records += bad
-            if error >= 0:
-                raise _bad_line(options.path, block[pos:length], lines_before + 1, expected)
+            if error >= 0:   # the records before it are delivered first: work done is never lost
+                failure = _bad_line(options.path, block[pos:length], lines_before + 1, expected)
+                if filled:
+                    yield TraceChunk(addresses[:filled].copy(), kinds[:filled].copy())
+                raise failure
             if filled == len(addresses):
                 yield TraceChunk(addresses, kinds)
                 addresses, kinds, filled = _new_chunk(options.chunk_records)

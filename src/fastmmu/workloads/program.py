@@ -24,6 +24,11 @@ import numpy as np
 from fastmmu.arch import Access
 
 
+class ProgramError(Exception):
+    """A program cannot go on (its trace is malformed, say): the run stops there, keeps what was
+    done, and reports this error."""
+
+
 @dataclass(frozen=True)
 class Accesses:
     addresses: np.ndarray

@@ -65,8 +65,13 @@ class TraceProgram:
     def estimate(self) -> int | None:
         """About how many accesses it replays (for a progress bar): the first chunk's records per byte
         of the file as stored, times its size; exact for a trace read in one chunk."""
+        from fastmmu.workloads.program import ProgramError
+
         trace = self.open()
-        first = next(iter(trace.chunks()), None)
+        try:
+            first = next(iter(trace.chunks()), None)
+        except ProgramError:  # a bad record early on: the run itself will stop there and say so
+            return None
         stats = trace.stats
         if first is None:
             return 0
