@@ -1,5 +1,5 @@
 """The native trace format: round trips, every bad input with its exact message, skip_bad, and a
-file written from the specification alone (docs/trace-format.md) by a tiny independent writer."""
+file written from the specification alone (the README's native trace format) by a tiny independent writer."""
 
 from __future__ import annotations
 
@@ -175,10 +175,10 @@ def test_round_trip_property(steps: list, chunk_records: int, block_words: int) 
     assert events == want_events
 
 
-# -- the specification is enough: a writer that knows only docs/trace-format.md ---------
+# -- the specification is enough: a writer that knows only the README's native trace format ---------
 
 def spec_writer(records: list[tuple], metadata: dict) -> bytes:
-    """Follows docs/trace-format.md literally; shares no code with fastmmu."""
+    """Follows the README's native trace format literally; shares no code with fastmmu."""
     meta = json.dumps(metadata).encode("utf-8")
     out = bytearray(b"FMMUTRC1" + struct.pack("<II", 1, len(meta)) + meta)
     out += b"\0" * (-len(out) % 8)
@@ -208,7 +208,7 @@ def test_a_file_written_from_the_specification_reads_back() -> None:
 
 
 def test_the_documented_hex_example_is_what_the_writer_writes() -> None:
-    """docs/trace-format.md shows these bytes; keep the two in step."""
+    """the README's native trace format shows these bytes; keep the two in step."""
     data = written([SwitchProcess(1), (np.array([0x7F00_0000_1000], dtype=np.uint64), 1)], {"producer": "doc"})
     assert data.hex(" ", 8) == ("464d4d5554524331 0100000012000000 7b2270726f647563 6572223a22646f63 "
                                 "227d000000000000 0100000000000081 00100000007f0002")
@@ -382,10 +382,11 @@ def test_zst_without_zstandard_is_a_clear_error(tmp_path, monkeypatch) -> None:
 
 
 def test_the_writer_in_the_documentation_works(tmp_path: Path) -> None:
-    doc = Path(__file__).resolve().parent.parent / "docs" / "trace-format.md"
+    doc = Path(__file__).resolve().parent.parent / "README.md"
     if not doc.exists():
-        pytest.skip("docs/ is not next to the tests (an installed wheel)")
-    code = doc.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+        pytest.skip("README.md is not next to the tests (an installed wheel)")
+    code = next(block.split("```", 1)[0] for block in doc.read_text().split("```python\n")[1:]
+                if "def write_trace" in block)
     assert len(code.strip().splitlines()) <= 16
     namespace: dict = {}
     exec(code, namespace)

@@ -19,7 +19,7 @@ from fastmmu.tlbconfig import CacheGeometry, TLBConfig
 from fastmmu.translation import Reference, Walk
 
 if TYPE_CHECKING:
-    from fastmmu import workloads
+    from fastmmu import traces, workloads
     from fastmmu._core.memory import HostMemory, MemoryExhausted
     from fastmmu._core.mmu import MMU
     from fastmmu._core.paging import walk, walk_ept, walk_nested
@@ -62,7 +62,7 @@ _LAZY = {
     "explain_in_scenario": "fastmmu.explain",
     "Explanation": "fastmmu.explain",
 }
-_SUBPACKAGES = ("workloads", "hypervisor", "guest", "reference")
+_SUBPACKAGES = ("workloads", "traces", "hypervisor", "guest", "reference", "plots", "observers")
 
 
 def __getattr__(name: str) -> Any:
@@ -81,5 +81,5 @@ __all__ = [
     "CostModel", "CpuState", "EptConfig", "EptTable", "ExitQual", "Explanation", "FrameKind", "GuestConfig",
     "HostMemory", "HypervisorConfig", "MMU", "Machine", "MemType", "MemoryExhausted", "PFErr", "PageTable",
     "Reference", "RunResult", "Status", "TLB", "TLBConfig", "VMTerminated", "Walk", "__version__", "compare",
-    "explain", "explain_in_scenario", "walk", "walk_ept", "walk_nested", "workloads",
+    "explain", "explain_in_scenario", "walk", "walk_ept", "walk_nested", "traces", "workloads",
 ]

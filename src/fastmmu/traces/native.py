@@ -5,7 +5,7 @@ process and CR3 switches, VM switches, map/unmap, INVLPG) needs those events
 in order with the accesses.  This format carries both, costs 8 bytes per
 access, reads back with a few numpy operations per megabyte, and is simple
 enough that a C, Rust or Python tool writes it with a dozen lines
-(docs/trace-format.md is the specification; keep the two in step).
+(README.md, "The native trace format", is the specification; keep the two in step).
 
 Layout (all integers little-endian):
 
