@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run
 
 import fastmmu
 from fastmmu import cli
@@ -18,16 +19,6 @@ from fastmmu._core import memory as core_memory
 from fastmmu.arch import ENTRIES_PER_TABLE
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run ``fastmmu argv...`` in process: (exit status, stdout, stderr)."""
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exc:  # argparse: --help, --version, usage errors
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 # -- which fastmmu is under test -------------------------------------------------------

@@ -8,20 +8,11 @@ import subprocess
 import sys
 
 import pytest
+from cli_runner import run
 
-from fastmmu import cli
 from fastmmu.hypervisor.machine import Machine
 
 SMALL = ("--scale", "0.02")  # the built-in workload at 2% of its accesses: well under a second a mode
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 @pytest.fixture(scope="module")

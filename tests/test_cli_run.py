@@ -14,22 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run
 
-from fastmmu import cli
 from fastmmu.cli.progress import ProgressBar
 from fastmmu.config import Config
 
 SMALL = ("--workload", "zipf:pages=512,n=20k,seed=3", "--workload", "strided:pages=256,n=5k@second",
          "--vm-memory", "32MiB")
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_workloads_make_processes_in_the_named_vms(capsys):

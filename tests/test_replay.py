@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_runner import run
 
-from fastmmu import cli
 from fastmmu.comparison import compare, run_mode
 from fastmmu.settings import ConfigError
 from fastmmu.traces import open as open_trace
@@ -21,15 +21,6 @@ from fastmmu.workloads import ProcessSpec, Scenario, TraceProgram, VMSpec, progr
 DATA = Path(__file__).parent / "data" / "traces"
 LACKEY = DATA / "sample.lackey"
 BASE = 0x0000_5000_0000_0000
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    try:
-        status = cli.main(list(argv))
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def one_process(program, memory: str = "64MiB") -> Scenario:

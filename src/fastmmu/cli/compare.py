@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastmmu.cli.common import (
@@ -84,48 +85,65 @@ def _prepare(args: argparse.Namespace, modes: list[str] | str) -> tuple[Any, Any
     return config, scenario, chosen
 
 
-def _progress(args: argparse.Namespace, scenario: Any, modes: list[str]) -> Any:
-    from fastmmu.cli.progress import ProgressBar
-    from fastmmu.workloads.registry import expected_accesses
+class _Watch:
+    """What watches the runs as they go: the progress line and, with --host-trace, the writers."""
 
-    counts = [expected_accesses(p.program) for vm in scenario.vms for p in vm.processes]
-    total = None if None in counts else sum(c or 0 for c in counts)
-    if total is not None and args.max_accesses is not None:
-        total = min(total, args.max_accesses)
-    bar = ProgressBar(modes, total)
-    if args.no_progress or args.json and not bar.enabled:
-        bar.enabled = False
-    return bar, total
+    def __init__(self, args: argparse.Namespace, scenario: Any, modes: list[str]) -> None:
+        from fastmmu.cli.progress import ProgressBar
+        from fastmmu.observers import chain
+        from fastmmu.workloads.registry import expected_accesses
+
+        counts = [expected_accesses(p.program) for vm in scenario.vms for p in vm.processes]
+        total = None if None in counts else sum(c or 0 for c in counts)
+        if total is not None and args.max_accesses is not None:
+            total = min(total, args.max_accesses)
+        self.bar = ProgressBar(modes, total)
+        if args.no_progress or args.json and not self.bar.enabled:
+            self.bar.enabled = False
+        self.traces = HostTraces(args.output, args.host_trace) if args.host_trace else None
+        self.on_batch = chain(self.bar.on_batch, self.traces.on_batch if self.traces else None)
+        self.timeline_every = max(10_000, (total or 10_000_000) // TIMELINE_POINTS)
+
+    def start_mode(self, mode: str, index: int) -> None:
+        self.bar.start_mode(mode, index)
+        if self.traces is not None:
+            self.traces.start_mode(mode, index)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.traces is not None:
+            self.traces.close()
+
+
+def _simulate(args: argparse.Namespace, modes: list[str] | str,
+              run: Callable[[Any, list[str], Any, _Watch], Any]) -> tuple[Any, Any, Any, float]:
+    """Check everything, then ``run(scenario, modes, config, watch)``: (config, scenario, its outcome,
+    when it started)."""
+    from fastmmu.settings import ConfigError
+    from fastmmu.traces.base import TraceError
+
+    config, scenario, chosen = _prepare(args, modes)
+    watch = _Watch(args, scenario, chosen)
+    if not args.json:
+        print(f"workload: {scenario.description}", flush=True)
+    started = time.perf_counter()
+    try:
+        outcome = run(scenario, chosen, config, watch)
+    except (ConfigError, TraceError) as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        watch.close()
+    return config, scenario, outcome, started
 
 
 def _run_compare(args: argparse.Namespace) -> int:
     from fastmmu.comparison import compare
-    from fastmmu.observers import chain
-    from fastmmu.settings import ConfigError
-    from fastmmu.traces.base import TraceError
 
-    config, scenario, modes = _prepare(args, args.modes)
-    bar, total = _progress(args, scenario, modes)
-    traces = HostTraces(args.output, args.host_trace) if args.host_trace else None
-    if not args.json:
-        print(f"workload: {scenario.description}", flush=True)
-    started = time.perf_counter()
+    def run(scenario: Any, modes: list[str], config: Any, watch: _Watch) -> Any:
+        return compare(scenario, modes, config, max_accesses=args.max_accesses, on_batch=watch.on_batch,
+                       on_mode=watch.start_mode, timeline_every=watch.timeline_every)
 
-    def on_mode(mode: str, index: int) -> None:
-        bar.start_mode(mode, index)
-        if traces is not None:
-            traces.start_mode(mode, index)
-
-    try:
-        comparison = compare(scenario, modes, config, max_accesses=args.max_accesses,
-                             on_batch=chain(bar.on_batch, traces.on_batch if traces else None),
-                             on_mode=on_mode, timeline_every=_timeline_every(total))
-    except (ConfigError, TraceError) as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        bar.close()
-        if traces is not None:
-            traces.close()
+    config, scenario, comparison, started = _simulate(args, args.modes, run)
     if args.output:
         write_results(args.output, comparison.to_dict(), comparison.to_csv(), resolved_config(config, scenario),
                       comparison, args.plot)
@@ -140,32 +158,17 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 def _run_one(args: argparse.Namespace) -> int:
     from fastmmu.comparison import results_csv, run_mode
-    from fastmmu.observers import chain
-    from fastmmu.settings import ConfigError
-    from fastmmu.traces.base import TraceError
 
-    config, scenario, _ = _prepare(args, args.mode)
     mode = args.mode
-    bar, total = _progress(args, scenario, [mode])
-    traces = HostTraces(args.output, args.host_trace) if args.host_trace else None
-    if not args.json:
-        print(f"workload: {scenario.description}", flush=True)
-    started = time.perf_counter()
-    bar.start_mode(mode, 0)
-    if traces is not None:
-        traces.start_mode(mode, 0)
-    try:
-        result = run_mode(scenario, mode, config, max_accesses=args.max_accesses,
-                          on_batch=chain(bar.on_batch, traces.on_batch if traces else None),
-                          timeline_every=_timeline_every(total))
-    except (ConfigError, TraceError) as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        bar.close()
-        if traces is not None:
-            traces.close()
-    data = {"partial": result.partial, "interrupted": result.interrupted, "scenario": scenario.to_dict(),
-            "config": config.to_dict(), "result": result.to_dict()}
+
+    def run(scenario: Any, modes: list[str], config: Any, watch: _Watch) -> Any:
+        watch.start_mode(mode, 0)
+        return run_mode(scenario, mode, config, max_accesses=args.max_accesses, on_batch=watch.on_batch,
+                        timeline_every=watch.timeline_every)
+
+    config, scenario, result, started = _simulate(args, mode, run)
+    data = {"partial": result.partial, "interrupted": result.interrupted, "error": result.error,
+            "scenario": scenario.to_dict(), "config": config.to_dict(), "result": result.to_dict()}
     if args.output:
         write_results(args.output, data, results_csv([result]), resolved_config(config, scenario))
     if args.json:
@@ -217,7 +220,3 @@ def _status(interrupted: bool, error: str | None) -> int:
         print(f"fastmmu: error: {error} (the results above stop there, marked partial)", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_INTERRUPTED if interrupted else EXIT_OK
-
-
-def _timeline_every(total: int | None) -> int:
-    return max(10_000, (total or 10_000_000) // TIMELINE_POINTS)

@@ -32,7 +32,7 @@ def _run_config(args: argparse.Namespace) -> int:
             data["workload"] = workload
         print(json.dumps(data, indent=2))
     elif args.format == "toml":
-        print(_toml(rows, with_help=args.dump or True))
+        print(_toml(rows))
     else:
         width = max(len(r["key"]) for r in rows)
         for r in rows:
@@ -43,7 +43,7 @@ def _run_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _toml(rows: list[dict[str, Any]], with_help: bool) -> str:
+def _toml(rows: list[dict[str, Any]]) -> str:
     """The settings as a TOML file, a comment with each one's description and unit."""
     out: list[str] = []
     section = ""
@@ -52,9 +52,8 @@ def _toml(rows: list[dict[str, Any]], with_help: bool) -> str:
         if head != section:
             section = head
             out.append(f"{'' if not out else chr(10)}[{section}]")
-        if with_help:
-            unit = f" ({r['unit']})" if r["unit"] else ""
-            out.append(f"# {r['description']}{unit}")
+        unit = f" ({r['unit']})" if r["unit"] else ""
+        out.append(f"# {r['description']}{unit}")
         out.append(f"{name} = {_toml_value(r['value'])}")
     return "\n".join(out)
 

@@ -124,3 +124,20 @@ class FormatReader(Protocol):
     """A format module's reader: decompressed bytes in, chunks out (raises TraceError)."""
 
     def __call__(self, stream: BinaryIO, options: ReadOptions) -> Iterator[TraceChunk]: ...
+
+
+def fill(stream: BinaryIO, view: memoryview) -> int:
+    """Read into ``view`` until it is full or the stream ends; how many bytes came."""
+    got = 0
+    readinto = getattr(stream, "readinto", None)
+    while got < len(view):
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            data = stream.read(len(view) - got)
+            n = len(data)
+            view[got:got + n] = data
+        if not n:
+            break
+        got += n
+    return got

@@ -39,8 +39,8 @@ from typing import BinaryIO
 import numpy as np
 
 from fastmmu.arch import Access
-from fastmmu.traces.base import ReadOptions, TraceChunk, TraceError
-from fastmmu.traces.text import BLOCK_BYTES, fill
+from fastmmu.traces.base import ReadOptions, TraceChunk, TraceError, fill
+from fastmmu.traces.text import BLOCK_BYTES
 
 STANDARD = np.dtype({
     "names": ["ip", "is_branch", "branch_taken", "destination_registers", "source_registers",

@@ -66,6 +66,7 @@ from fastmmu.traces.base import (
     TraceChunk,
     TraceError,
     UnmapRegion,
+    fill,
 )
 from fastmmu.traces.output import PathLike, open_output
 
@@ -190,7 +191,7 @@ def read(stream: BinaryIO, options: ReadOptions, *, block_words: int = BLOCK_WOR
     kept = 0             # bytes carried over at the start of ``buffer`` (an unfinished record)
     offset = header.size  # file offset of buffer[0]
     while True:
-        filled = _fill(stream, buffer, kept)
+        filled = kept + fill(stream, memoryview(buffer)[kept:])
         stats.bytes_read += filled - kept
         at_end = filled < len(buffer)
         whole = filled - filled % WORD
@@ -209,23 +210,6 @@ def read(stream: BinaryIO, options: ReadOptions, *, block_words: int = BLOCK_WOR
         buffer[:leftover] = buffer[used * WORD:filled]
         kept, offset = leftover, offset + used * WORD
     yield from chunks.finish()
-
-
-def _fill(stream: BinaryIO, buffer: bytearray, start: int) -> int:
-    """Fill ``buffer`` from ``start``; the number of valid bytes (short only at the end of the stream)."""
-    view, filled = memoryview(buffer), start
-    readinto = getattr(stream, "readinto", None)
-    while filled < len(buffer):
-        if readinto is not None:
-            got = readinto(view[filled:])
-        else:
-            part = stream.read(len(buffer) - filled)
-            got = len(part)
-            view[filled:filled + got] = part
-        if not got:
-            break
-        filled += got
-    return filled
 
 
 def _bad(options: ReadOptions, offset: int, message: str, text: str | bytes) -> None:

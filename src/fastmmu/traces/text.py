@@ -14,30 +14,13 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fastmmu.traces.base import ReadOptions, TraceChunk, TraceError
+from fastmmu.traces.base import ReadOptions, TraceChunk, TraceError, fill
 
 BLOCK_BYTES = 1 << 24
 NEWLINE = 0x0A
 
 # A compiled parser (fastmmu._core.traceparse.parse_lackey / parse_din).
 Parser = Callable[..., tuple[int, int, int, int, int, int]]
-
-
-def fill(stream: BinaryIO, view: memoryview) -> int:
-    """Read into ``view`` until it is full or the stream ends; how many bytes came."""
-    got = 0
-    readinto = getattr(stream, "readinto", None)
-    while got < len(view):
-        if readinto is not None:
-            n = readinto(view[got:])
-        else:
-            data = stream.read(len(view) - got)
-            n = len(data)
-            view[got:got + n] = data
-        if not n:
-            break
-        got += n
-    return got
 
 
 def read_lines(stream: BinaryIO, options: ReadOptions, parse: Parser, expected: str, *,
