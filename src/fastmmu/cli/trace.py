@@ -204,6 +204,8 @@ def _run_record(args: argparse.Namespace) -> int:
     if not cmd:
         raise UserError("trace record: give the program to run after --, e.g. fastmmu trace record -o t.fmt -- ls")
     valgrind = shutil.which("valgrind")
+    if not hasattr(os, "mkfifo"):
+        raise UserError("trace record streams valgrind's output through a named pipe: it needs Linux or macOS")
     if valgrind is None:
         raise UserError("trace record needs valgrind on the PATH (e.g. apt install valgrind)")
     if shutil.which(cmd[0]) is None and not os.path.exists(cmd[0]):
