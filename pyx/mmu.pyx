@@ -11,7 +11,8 @@ its index: the caller (the guest OS or the hypervisor, in Python) handles it
 and resumes from there.  ``fastmmu.reference.mmu`` is the same, readable.
 """
 
-from libc.string cimport memset
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from fastmmu._core.paging cimport (
     ATTR_G,
     ATTR_EPT_D,
     ATTR_EPT_SHIFT,
+    TRACE_CAPACITY,
     WALK_GP,
     WALK_OK,
     WALK_TRAP,
@@ -68,13 +70,17 @@ from fastmmu._core.types cimport (
 
 from fastmmu._core.tlb import TLB as _TLB
 from fastmmu.arch import Status
-from fastmmu.batch import BatchResult, check_batch
+from fastmmu.batch import REFERENCE_DTYPE, BatchResult, check_batch
 from fastmmu.reference.tlb import check_invept, check_invlpg, check_invpcid, check_invvpid, is_canonical
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.tlbconfig import PSC_SHIFTS, TLBConfig, fill_target
 from fastmmu.translation import Walk
 
 _LEVEL_NAMES = ("l1i", "l1d", "l2")
+if REFERENCE_DTYPE.itemsize != sizeof(ref_record_t):
+    raise ImportError(f"fastmmu._core.mmu: REFERENCE_DTYPE is {REFERENCE_DTYPE.itemsize} bytes, "
+                      f"ref_record_t {sizeof(ref_record_t)}")
+LOG_STEP = 4096   # accesses translated between two checks of the log's room (TRACE_CAPACITY each)
 _PSC_LEVEL = {"pde": 2, "pdpte": 3, "pml4e": 4, "pml5e": 5}
 _STATUSES = tuple(Status)  # by value: Status(n) is slow on the path of every fault
 _FAULT_NAMES = {1: "page_fault", 2: "gp", 3: "ept_violation", 4: "ept_misconfig", 5: "trap"}
@@ -242,6 +248,12 @@ cdef class MMU:
     def __cinit__(self):
         self._structures = []
         self._by_name = {}
+        self._log = NULL
+        self._log_count = self._log_capacity = 0
+        self._logging = 0
+
+    def __dealloc__(self):
+        free(self._log)
 
     def __init__(self, HostMemory mem not None, *, tlb=None, cpu=None, ept=None, vpid=0):
         if tlb is None:
@@ -413,6 +425,11 @@ cdef class MMU:
         cdef int result = WALK_OK
         if n == 0 or start == n:
             return BatchResult(int(start), Status.OK, None)
+        if self._logging:
+            result = self._translate_logged(va, kind, hpa, st, &i, &w)
+            if result == WALK_OK:
+                return BatchResult(int(n), Status.OK, None)
+            return BatchResult(int(i), _STATUSES[result], self._fault_record(&w, result, va[i], NULL, False))
         cdef bint fast = _fast_walks(self)
         self._load_clocks()
         with nogil:
@@ -473,6 +490,78 @@ cdef class MMU:
             walk_trace_clear(&none)
             refs = &none
         return walk_result(w, refs, with_trace)
+
+    # -- the reference log (PTE-access traces) -----------------------------------
+
+    def log_references(self, bint on=True):
+        """Record every memory reference of every walk ``translate`` makes (or stop: False).
+
+        The log is what a PTE-access trace is made of: per reference the host-physical
+        address of the entry read, the index of its access in the batch, its level and
+        its dimension (0 x86 paging, 1 EPT); faulting walks included, TLB hits make none.
+        ``take_references`` empties it.  Logging walks without the fast paths (the same
+        results, more slowly); ``translate_one`` never logs.
+        """
+        self._logging = on
+
+    def take_references(self):
+        """The references logged since the last call, in order, as a REFERENCE_DTYPE array."""
+        out = np.empty(self._log_count, dtype=REFERENCE_DTYPE)
+        cdef uint8_t[::1] raw = out.view(np.uint8)
+        if self._log_count:
+            memcpy(&raw[0], self._log, self._log_count * sizeof(ref_record_t))
+        self._log_count = 0
+        return out
+
+    cdef int _reserve(self, size_t more) except -1:
+        """Room for ``more`` references in the log (grown with the GIL held, never inside nogil)."""
+        cdef size_t need = self._log_count + more, capacity = self._log_capacity or 65536
+        cdef ref_record_t *grown
+        if need <= self._log_capacity:
+            return 0
+        while capacity < need:
+            capacity *= 2
+        grown = <ref_record_t *>realloc(self._log, capacity * sizeof(ref_record_t))
+        if grown == NULL:
+            raise MemoryError(f"reference log: cannot hold {need} references; take_references() more often")
+        self._log, self._log_capacity = grown, capacity
+        return 0
+
+    cdef int _translate_logged(self, const uint64_t[::1] va, const uint8_t[::1] kind, uint64_t[::1] hpa,
+                               uint8_t[::1] st, Py_ssize_t *index, walk_t *w) except -1:
+        """``translate``'s loop with every walk traced into the log; the WALK_* status it stopped at,
+        ``index`` left at that access (or at the end) and ``w`` holding its fault."""
+        cdef walk_trace_t refs
+        cdef bint walked = 0
+        cdef int result = WALK_OK
+        cdef Py_ssize_t i = index[0], n = va.shape[0], stop
+        cdef uint32_t k
+        cdef ref_record_t *record
+        if n > 0xFFFFFFFF:
+            raise ValueError("addresses: a logged batch holds at most 2**32 - 1 accesses")
+        self._load_clocks()
+        while i < n and result == WALK_OK:
+            stop = min(n, i + LOG_STEP)
+            self._reserve(<size_t>(stop - i) * TRACE_CAPACITY)
+            with nogil:
+                while i < stop:
+                    walk_trace_clear(&refs)
+                    result = _translate(self, va[i], kind[i], &hpa[i], w, &refs, &walked, 0)
+                    for k in range(refs.count):
+                        record = &self._log[self._log_count]
+                        record.address = refs.refs[k].address
+                        record.index = <uint32_t>i
+                        record.level = refs.refs[k].level
+                        record.dimension = refs.refs[k].dimension
+                        self._log_count += 1
+                    st[i] = <uint8_t>result
+                    if result != WALK_OK:
+                        self.counts.faults[result] += 1
+                        break
+                    i += 1
+        self._store_clocks()
+        index[0] = i
+        return result
 
     # -- counters ----------------------------------------------------------------
 

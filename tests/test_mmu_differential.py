@@ -131,7 +131,14 @@ class MMUMachine(RuleBasedStateMachine):
                 outs.append((result.stopped, int(result.status), result.fault, out[start:result.stopped + 1].tolist()
                              if result.stopped < len(addresses) else out[start:].tolist()))
             assert outs[0] == outs[1]
+            logs = [mmu.take_references() for mmu in self.mmus]   # the PTE-access trace (empty unless logging)
+            assert logs[0].tolist() == logs[1].tolist()
             start = outs[0][0] + 1   # skip past the faulting access, as a handler that gives up would
+
+    @rule(on=st.booleans())
+    def log_references(self, on: bool) -> None:
+        for mmu in self.mmus:
+            mmu.log_references(on)
 
     @rule(page=st.sampled_from(PAGES_4K + [PAGE_2M]), level=st.integers(1, 4), bits=st.sets(st.sampled_from(FLAG_BITS)),
           table=st.integers(0, 2))

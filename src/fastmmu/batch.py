@@ -27,6 +27,14 @@ class BatchResult:
         return self.status == Status.OK
 
 
+# One memory reference of a walk in the reference log (MMU.log_references / take_references):
+# the host-physical address of the entry read, the index of its access in the batch, the
+# entry's level (1 PTE .. 5 PML5E) and its dimension (0 x86 paging, 1 EPT).  16 bytes, the
+# layout of the compiled core's ref_record_t.
+REFERENCE_DTYPE = np.dtype([("address", "<u8"), ("index", "<u4"), ("level", "u1"), ("dimension", "u1")],
+                           align=True)
+
+
 def _no_array() -> None:
     return None
 

@@ -41,6 +41,13 @@ ctypedef struct mmu_counts_t:
     uint64_t rights_drops        # cached entries dropped because their rights did not allow an access
 
 
+ctypedef struct ref_record_t:    # one memory reference of a walk, as the reference log keeps it
+    uint64_t address             # host-physical address of the entry read
+    uint32_t index               # the access's index in its batch
+    uint8_t level                # 1 (PTE) .. 5 (PML5E)
+    uint8_t dimension            # 0: x86 paging (native, guest or shadow tables); 1: EPT
+
+
 cdef class MMU:
     cdef HostMemory mem
     cdef level_t levels[N_LEVELS]
@@ -56,7 +63,14 @@ cdef class MMU:
     cdef object _cpu             # the CpuState in force
     cdef object _ept_config      # the EptConfig in force, or None
     cdef list _clocked           # (PSC level or 0 for the nested TLB, TLB): caches whose clocks the walker borrows
+    cdef bint _logging           # log_references(True): translate() records every walk reference
+    cdef ref_record_t *_log      # the references not yet taken (take_references), malloc'd
+    cdef size_t _log_count
+    cdef size_t _log_capacity
     cdef void _load_clocks(self)
     cdef void _store_clocks(self)
     cdef object _add(self, str name, object t)
     cdef object _fault_record(self, walk_t *w, int result, uint64_t va, walk_trace_t *refs, bint with_trace)
+    cdef int _reserve(self, size_t more) except -1
+    cdef int _translate_logged(self, const uint64_t[::1] va, const uint8_t[::1] kind, uint64_t[::1] hpa,
+                               uint8_t[::1] st, Py_ssize_t *index, walk_t *w) except -1

@@ -23,7 +23,7 @@ from fastmmu.arch import (
     Status,
     is_canonical,
 )
-from fastmmu.batch import BatchResult, check_batch
+from fastmmu.batch import REFERENCE_DTYPE, BatchResult, check_batch
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.reference import paging
 from fastmmu.reference.tlb import TLB
@@ -58,6 +58,8 @@ class MMU:
         self.nested = TLB(g.entries, g.ways, sizes=g.sizes, policy=g.policy, name="nested", kind="ntlb") if g else None
         self.set_context(cpu or CpuState(), ept=ept, vpid=vpid)
         self.reset_counters()
+        self.logging = False
+        self.log: list[tuple[int, int, int, int]] = []
 
     # -- state -------------------------------------------------------------------
 
@@ -206,7 +208,7 @@ class MMU:
         if frame < self.mem.nframes and self.mem.is_trapped(frame):   # beyond memory: nothing to trap
             self.counts["faults"]["trap"] += 1
             return Walk(status=Status.TRAP, host_address=result.host_address, page_size=result.page_size,
-                        attrs=result.attrs, fault_address=va, guest_linear_address=va)
+                        attrs=result.attrs, fault_address=va, guest_linear_address=va, trace=result.trace)
         return result
 
     def _walk(self, va: int, access: int, trace: bool) -> Walk:
@@ -226,7 +228,8 @@ class MMU:
         """Translate ``addresses[start:]`` into ``out``; stop at the first access not translated."""
         addresses, kinds, out, status = check_batch(addresses, kinds, out, status, start)
         for i in range(start, len(addresses)):
-            result = self.translate_one(int(addresses[i]), int(kinds[i]))
+            result = self.translate_one(int(addresses[i]), int(kinds[i]), trace=self.logging)
+            self.log.extend((ref.address, i, ref.level, 0 if ref.dimension == "guest" else 1) for ref in result.trace)
             if result.status in (Status.OK, Status.TRAP):
                 out[i] = result.host_address
             status[i] = result.status
@@ -235,6 +238,18 @@ class MMU:
                 fault = dataclasses.replace(result, guest_refs=(0,) * 5, ept_refs=(0,) * 5, trace=())
                 return BatchResult(i, result.status, fault)
         return BatchResult(len(addresses), Status.OK, None)
+
+    # -- the reference log -------------------------------------------------------
+
+    def log_references(self, on: bool = True) -> None:
+        """Record every memory reference of every walk ``translate`` makes (or stop)."""
+        self.logging = bool(on)
+
+    def take_references(self) -> np.ndarray:
+        """The references logged since the last call, in order (REFERENCE_DTYPE)."""
+        out = np.array(self.log, dtype=REFERENCE_DTYPE)
+        self.log = []
+        return out
 
     # -- counters ----------------------------------------------------------------
 
