@@ -38,6 +38,10 @@ from fastmmu._core.paging cimport (
     walk_native_fast,
     walk_nested,
     walk_nested_fast,
+    walk_native_group,
+    walk_nested_group,
+    walk_group_t,
+    GROUP_MAX,
     walk_result,
     walk_t,
     walk_trace_clear,
@@ -130,7 +134,7 @@ cdef inline void _count_walk(MMU self, uint32_t refs) noexcept nogil:
 
 
 cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa, walk_t *w,
-                           trace_kind *trace, bint *walked, bint fast) noexcept nogil:
+                           trace_kind *trace, bint *walked, bint fast, bint *slow) noexcept nogil:
     """One access: the TLB levels, then a walk.  Returns a WALK_* status.
 
     ``w`` holds the walk's result when ``walked`` is set, else the page size
@@ -198,6 +202,7 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
                         w.host_address = fast_hpa
                         return WALK_TRAP
                     return WALK_OK
+        slow[0] = 1
         if self.nested:
             status = walk_nested(&self.mem.c, &self.paging, &self.ept, va, access, &self.caches, trace, w)
         else:
@@ -215,6 +220,71 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
         w.host_address = hpa[0]
         return WALK_TRAP
     return WALK_OK
+
+
+cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
+                      Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
+    """The batch loop with no TLB and the fast paths on: every access walks, GROUP_MAX at a time.
+
+    The group kernels never write, so their results stand until a walk writes memory: a
+    lane they leave (``ok == 0``) takes the per-access path (``_translate``), and when that
+    ran the full walker, which may have set A/D flags, the rest of the group is walked again.
+    Returns the status of the access at ``pi[0]`` (WALK_OK: the batch is done).
+    """
+    cdef walk_group_t g
+    cdef Py_ssize_t i = pi[0]
+    cdef uint32_t k, cnt, size = GROUP_MAX
+    cdef uint64_t done = 0, refs = 0, trap_pfn
+    cdef int result = WALK_OK
+    cdef bint walked = 0, slow = 0, nested = self.nested
+    cdef const mem_t *m = &self.mem.c
+    while i < n:
+        cnt = <uint32_t>(n - i) if n - i < size else size
+        for k in range(cnt):
+            g.va[k] = va[i + k]
+            g.access[k] = kind[i + k]
+        if nested:
+            walk_nested_group(m, &self.paging, &self.ept, &g, cnt)
+        else:
+            walk_native_group(m, &self.paging, &g, cnt)
+        refs = g.refs
+        slow = 0
+        for k in range(cnt):
+            if g.ok[k]:
+                done += 1
+                hpa[i] = g.hpa[k]
+                st[i] = WALK_OK
+                if m.ntraps and m.trap[_clamp_frame(m, g.hpa[k] >> PAGE_SHIFT)]:
+                    w.status = WALK_TRAP
+                    w.page_shift = PAGE_SHIFT
+                    w.attrs = g.attrs[k]
+                    w.host_address = g.hpa[k]
+                    result = WALK_TRAP
+                    break
+            else:
+                result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow)
+                if result != WALK_OK:
+                    break
+                st[i] = WALK_OK
+                if slow:
+                    i += 1
+                    break
+            i += 1
+        if result != WALK_OK:
+            st[i] = <uint8_t>result
+            self.counts.faults[result] += 1
+            break
+        # A group cut short by a full walk: smaller groups until they run through again.
+        if slow:
+            size = size // 2 if size > 1 else 1
+        elif size < GROUP_MAX:
+            size *= 2
+    self.counts.accesses += done
+    self.counts.walks += done
+    self.counts.references += done * refs
+    self.counts.histogram[refs if refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += done
+    pi[0] = i
+    return result
 
 
 cdef inline uint8_t _hit_shift(const tlb_hit_t *hit) noexcept nogil:
@@ -409,20 +479,25 @@ cdef class MMU:
         cdef uint8_t[::1] st = status
         cdef Py_ssize_t i = start, n = va.shape[0]
         cdef walk_t w
-        cdef bint walked = 0
+        cdef bint walked = 0, slow = 0
         cdef int result = WALK_OK
         if n == 0 or start == n:
             return BatchResult(int(start), Status.OK, None)
         cdef bint fast = _fast_walks(self)
         self._load_clocks()
         with nogil:
-            while i < n:
-                result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast)
-                st[i] = <uint8_t>result
-                if result != WALK_OK:
-                    self.counts.faults[result] += 1
-                    break
-                i += 1
+            if fast and not self.levels[LEVEL_L1I].n and not self.levels[LEVEL_L1D].n \
+                    and not self.levels[LEVEL_L2].n:
+                result = _run_grouped(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
+            else:
+                while i < n:
+                    result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast,
+                                        &slow)
+                    st[i] = <uint8_t>result
+                    if result != WALK_OK:
+                        self.counts.faults[result] += 1
+                        break
+                    i += 1
         self._store_clocks()
         if result == WALK_OK:
             return BatchResult(int(n), Status.OK, None)
@@ -437,7 +512,7 @@ cdef class MMU:
         cdef walk_trace_t refs
         cdef walk_t w
         cdef uint64_t hpa = 0
-        cdef bint walked = 0
+        cdef bint walked = 0, slow = 0
         cdef int result
         if isinstance(va, bool) or not isinstance(va, (int, np.integer)) or not 0 <= va < 1 << 64:
             raise ValueError(f"va: expected a 64-bit unsigned address, got {va!r}")
@@ -448,7 +523,7 @@ cdef class MMU:
         cdef uint32_t kind = access
         walk_trace_clear(&refs)
         self._load_clocks()
-        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0)
+        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0, &slow)
         self._store_clocks()
         if result != WALK_OK:
             self.counts.faults[result] += 1
