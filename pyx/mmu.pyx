@@ -134,12 +134,15 @@ cdef inline void _count_walk(MMU self, uint32_t refs) noexcept nogil:
 
 
 cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa, walk_t *w,
-                           trace_kind *trace, bint *walked, bint fast, bint *slow) noexcept nogil:
+                           trace_kind *trace, bint *walked, bint fast, bint *slow, const walk_group_t *ahead,
+                           uint32_t lane) noexcept nogil:
     """One access: the TLB levels, then a walk.  Returns a WALK_* status.
 
     ``w`` holds the walk's result when ``walked`` is set, else the page size
     and rights of the cached translation; ``hpa`` the address when not faulting.
     ``fast``: the walker's fast paths apply (``_fast_walks``); ignored with a trace.
+    ``slow`` is set when the full walker ran (it may have written memory).  ``ahead``: NULL, or
+    group walks made since memory last changed, whose lane ``lane`` is this access.
     """
     cdef uint64_t fast_hpa = 0
     cdef uint32_t fast_attrs = 0, fast_refs = 0
@@ -181,7 +184,13 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
         walked[0] = 1
         if trace_kind is no_trace_t:
             if fast:
-                if self.nested:
+                if ahead != NULL and ahead.ok[lane]:
+                    fast_hpa = ahead.hpa[lane]
+                    fast_attrs = ahead.attrs[lane]
+                    fast_shift = PAGE_SHIFT
+                    fast_refs = ahead.refs
+                    done = 1
+                elif self.nested:
                     done = walk_nested_fast(&self.mem.c, &self.paging, &self.ept, va, access,
                                             &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
                 else:
@@ -262,7 +271,8 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
                     result = WALK_TRAP
                     break
             else:
-                result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow)
+                result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow,
+                                    NULL, 0)
                 if result != WALK_OK:
                     break
                 st[i] = WALK_OK
@@ -283,6 +293,48 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
     self.counts.walks += done
     self.counts.references += done * refs
     self.counts.histogram[refs if refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += done
+    pi[0] = i
+    return result
+
+
+cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
+                    Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
+    """The batch loop with TLBs and the fast paths on: the walks of the next GROUP_MAX accesses are
+    made ahead, together, before the accesses run one by one through the TLBs; a miss takes its
+    walk from there.  Only the fast paths' results are used, which depend on memory alone: after a
+    full walk (which may write memory) the rest of the group is walked again.
+    """
+    cdef walk_group_t g
+    cdef Py_ssize_t i = pi[0]
+    cdef uint32_t k, cnt, size = GROUP_MAX
+    cdef int result = WALK_OK
+    cdef bint walked = 0, slow = 0, nested = self.nested
+    cdef const mem_t *m = &self.mem.c
+    while i < n:
+        cnt = <uint32_t>(n - i) if n - i < size else size
+        for k in range(cnt):
+            g.va[k] = va[i + k]
+            g.access[k] = kind[i + k]
+        if nested:
+            walk_nested_group(m, &self.paging, &self.ept, &g, cnt)
+        else:
+            walk_native_group(m, &self.paging, &g, cnt)
+        slow = 0
+        for k in range(cnt):
+            result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow, &g, k)
+            st[i] = <uint8_t>result
+            if result != WALK_OK:
+                break
+            i += 1
+            if slow:
+                break
+        if result != WALK_OK:
+            self.counts.faults[result] += 1
+            break
+        if slow:
+            size = size // 2 if size > 1 else 1
+        elif size < GROUP_MAX:
+            size *= 2
     pi[0] = i
     return result
 
@@ -486,13 +538,15 @@ cdef class MMU:
         cdef bint fast = _fast_walks(self)
         self._load_clocks()
         with nogil:
-            if fast and not self.levels[LEVEL_L1I].n and not self.levels[LEVEL_L1D].n \
+            if fast and self.mem.c.flat and not self.levels[LEVEL_L1I].n and not self.levels[LEVEL_L1D].n \
                     and not self.levels[LEVEL_L2].n:
                 result = _run_grouped(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
+            elif fast and self.mem.c.flat:
+                result = _run_ahead(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
             else:
                 while i < n:
                     result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast,
-                                        &slow)
+                                        &slow, NULL, 0)
                     st[i] = <uint8_t>result
                     if result != WALK_OK:
                         self.counts.faults[result] += 1
@@ -523,7 +577,7 @@ cdef class MMU:
         cdef uint32_t kind = access
         walk_trace_clear(&refs)
         self._load_clocks()
-        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0, &slow)
+        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0, &slow, NULL, 0)
         self._store_clocks()
         if result != WALK_OK:
             self.counts.faults[result] += 1

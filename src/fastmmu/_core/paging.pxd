@@ -47,8 +47,10 @@ from fastmmu._core.types cimport (
     EPT_D,
     EPT_MEMTYPE_SHIFT,
     EPT_PS,
+    EPT_R,
     EPT_RWX,
     EPT_W,
+    EPT_X,
     PAGE_SHIFT,
     PTE_A,
     PTE_D,
@@ -1230,20 +1232,23 @@ cdef inline int walk_ept(mem_t *m, const ept_t *ept, gpa_t gpa, uint32_t access,
 # -- group kernels: several fast walks, level by level together ------------------------------
 #
 # The fast paths' common case for up to GROUP_MAX walks at once, every page 4 KiB in both
-# dimensions.  The walks are independent, so walking them level by level together issues
-# GROUP_MAX independent loads per step: memory-level parallelism the out-of-order window
-# does not give one long walk.  Like the fast paths they never write, and a lane they do not
-# finish (``ok[k] == 0``: any fault, flag to set, large page, table beyond memory,
-# non-canonical address) is left to the caller's per-access path, which reads the same
-# entries again and decides.  Each lane keeps one accumulator, the OR over its entries of
-# ``entry ^ flip`` masked: a set bit is a reason to leave the lane to the full walk, except
-# R/W and U/S (x86: the entry lacks it; the rights are their AND) and XD (x86: XD set
-# somewhere; their OR); the EPT kernel keeps R/W/X the same way in bits 2:0 and its
-# misconfigured R/W/X combinations in bit 63.  A failing lane keeps walking (beyond memory
-# it reads frame 0 instead): no branch but one, always taken the same way.
+# dimensions, in flat memory.  The walks are independent, so walking them level by level
+# together issues one independent load per walk and step: memory-level parallelism that the
+# out-of-order window does not give one long walk.  Like the fast paths they never write, and
+# a lane they do not finish (``ok[k] == 0``: any fault, flag to set, large page, table beyond
+# memory, non-canonical address, EPT entry without R) is left to the caller's per-access
+# path, which reads the same entries again and decides.
+#
+# Each lane keeps one accumulator per dimension, the OR over its entries of
+# ``(entry ^ flip) & mask``: any set bit sends the lane to the per-access path, except
+# (x86) R/W and U/S, set where an entry lacks them (the rights are their AND), and XD, their
+# OR; (EPT) W and X, set where an entry lacks them.  An entry without R is the only kind
+# that can be not present or misconfigured (R/W/X = 0, 2, 4, 6): requiring R leaves them all
+# to the per-access path.  A failing lane keeps walking (beyond memory it reads frame 0
+# instead), so the only branch in a step is that one, and the lanes go four at a time.
 
 cdef enum:
-    GROUP_MAX = 16
+    GROUP_MAX = 16                # a multiple of 4
     GROUP_X86_FLIP = PTE_P | PTE_A | PTE_RW | PTE_US
 
 
@@ -1256,26 +1261,36 @@ ctypedef struct walk_group_t:
     uint32_t refs                 # out: references of every ok lane's walk
 
 
-cdef inline uint64_t _group_row(const mem_t *m, bint flat, uint64_t t) noexcept nogil:
-    """Index in m.entries of the word at host-physical ``t`` (within memory)."""
-    if flat:
-        return t >> 3
-    return ((<uint64_t>m.slot_of[t >> PAGE_SHIFT]) << 9) | ((t >> 3) & 511)
+cdef inline uint32_t _group_pad(walk_group_t *g, uint32_t n) noexcept nogil:
+    """Lanes n.. up to a multiple of 4 copy lane 0 (walked, never used): the lane count to walk."""
+    cdef uint32_t k, n4 = (n + 3) & ~(<uint32_t>3)
+    for k in range(n, n4):
+        g.va[k] = g.va[0]
+        g.access[k] = g.access[0]
+    return n4
 
 
-cdef inline void _group_x86_step(const mem_t *m, bint flat, uint64_t limit, uint64_t mask, int shift,
-                                 uint32_t n, const uint64_t *va, uint64_t *table, uint64_t *bad) noexcept nogil:
+cdef inline void _gx86_lane(const pte_t *ent, uint64_t limit, uint64_t mask, int shift, const uint64_t *va,
+                            uint64_t *table, uint64_t *bad, uint32_t k) noexcept nogil:
+    cdef uint64_t t = table[k] & ADDR_MASK, e
+    if t >= limit:
+        t = 0
+        bad[k] |= PTE_P
+    e = ent[(t >> 3) | ((va[k] >> shift) & 511)]
+    bad[k] |= (e ^ GROUP_X86_FLIP) & mask
+    table[k] = e
+
+
+cdef inline void _group_x86_step(const pte_t *ent, uint64_t limit, uint64_t mask, int shift, uint32_t n4,
+                                 const uint64_t *va, uint64_t *table, uint64_t *bad) noexcept nogil:
     """One native level for every lane: ``table`` holds the entry that points to the table."""
-    cdef uint32_t k
-    cdef uint64_t t, e
-    for k in range(n):
-        t = table[k] & ADDR_MASK
-        if t >= limit:
-            t = 0
-            bad[k] |= PTE_P
-        e = m.entries[_group_row(m, flat, t) | ((va[k] >> shift) & 511)]
-        bad[k] |= (e ^ GROUP_X86_FLIP) & mask
-        table[k] = e
+    cdef uint32_t k = 0
+    while k < n4:
+        _gx86_lane(ent, limit, mask, shift, va, table, bad, k)
+        _gx86_lane(ent, limit, mask, shift, va, table, bad, k + 1)
+        _gx86_lane(ent, limit, mask, shift, va, table, bad, k + 2)
+        _gx86_lane(ent, limit, mask, shift, va, table, bad, k + 3)
+        k += 4
 
 
 cdef inline uint64_t _group_x86_mask(const paging_t *p, int level) noexcept nogil:
@@ -1294,22 +1309,23 @@ cdef inline uint32_t _group_x86_attrs(const paging_t *p, uint64_t bad, pte_t lea
     return attrs | _x86_leaf_flags(p, leaf, access)
 
 
-cdef inline void _walk_native_group(const mem_t *m, const paging_t *p, walk_group_t *g, uint32_t n,
-                                    bint flat) noexcept nogil:
+cdef inline void walk_native_group(const mem_t *m, const paging_t *p, walk_group_t *g, uint32_t n) noexcept nogil:
+    """walk_native_fast for lanes 0..n-1 of ``g``, level by level together (flat memory; 4 KiB pages only)."""
     cdef uint64_t table[GROUP_MAX]
     cdef uint64_t bad[GROUP_MAX]
     cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK
-    cdef uint32_t k
+    cdef const pte_t *ent = m.entries
+    cdef uint32_t k, n4 = _group_pad(g, n)
     cdef int top = p.levels, cs = p.canonical_shift
-    for k in range(n):
+    for k in range(n4):
         table[k] = root
         bad[k] = PTE_P if <uint64_t>((<int64_t>g.va[k] >> cs) + 1) > 1 else 0
     if top == 5:
-        _group_x86_step(m, flat, limit, _group_x86_mask(p, 5), PAGE_SHIFT + 36, n, g.va, table, bad)
-    _group_x86_step(m, flat, limit, _group_x86_mask(p, 4), PAGE_SHIFT + 27, n, g.va, table, bad)
-    _group_x86_step(m, flat, limit, _group_x86_mask(p, 3), PAGE_SHIFT + 18, n, g.va, table, bad)
-    _group_x86_step(m, flat, limit, _group_x86_mask(p, 2), PAGE_SHIFT + 9, n, g.va, table, bad)
-    _group_x86_step(m, flat, limit, _group_x86_mask(p, 1), PAGE_SHIFT, n, g.va, table, bad)
+        _group_x86_step(ent, limit, _group_x86_mask(p, 5), PAGE_SHIFT + 36, n4, g.va, table, bad)
+    _group_x86_step(ent, limit, _group_x86_mask(p, 4), PAGE_SHIFT + 27, n4, g.va, table, bad)
+    _group_x86_step(ent, limit, _group_x86_mask(p, 3), PAGE_SHIFT + 18, n4, g.va, table, bad)
+    _group_x86_step(ent, limit, _group_x86_mask(p, 2), PAGE_SHIFT + 9, n4, g.va, table, bad)
+    _group_x86_step(ent, limit, _group_x86_mask(p, 1), PAGE_SHIFT, n4, g.va, table, bad)
     for k in range(n):
         g.ok[k] = 1
         g.attrs[k] = (_group_x86_attrs(p, bad[k], table[k], g.access[k], &g.ok[k])
@@ -1318,114 +1334,95 @@ cdef inline void _walk_native_group(const mem_t *m, const paging_t *p, walk_grou
     g.refs = <uint32_t>top
 
 
-cdef inline void walk_native_group(const mem_t *m, const paging_t *p, walk_group_t *g, uint32_t n) noexcept nogil:
-    """walk_native_fast for lanes 0..n-1 of ``g``, level by level together (4 KiB pages only)."""
-    if m.flat:
-        _walk_native_group(m, p, g, n, 1)
-    else:
-        _walk_native_group(m, p, g, n, 0)
+cdef inline void _gept_lane(const pte_t *ent, uint64_t limit, uint64_t mask, uint64_t flip, int shift,
+                            const uint64_t *gpa, uint64_t *table, uint64_t *bad, uint32_t k) noexcept nogil:
+    cdef uint64_t t = table[k] & ADDR_MASK, e
+    if t >= limit:
+        t = 0
+        bad[k] |= EPT_R
+    e = ent[(t >> 3) | ((gpa[k] >> shift) & 511)]
+    bad[k] |= (e ^ flip) & mask
+    table[k] = e
 
 
-cdef inline void _group_ept_step(const mem_t *m, bint flat, uint64_t limit, uint64_t mask, uint64_t flip,
-                                 uint8_t odd_xwr, int shift, uint32_t n, const uint64_t *gpa, uint64_t *table,
-                                 uint64_t *bad) noexcept nogil:
+cdef inline void _group_ept_step(const pte_t *ent, uint64_t limit, uint64_t mask, uint64_t flip, int shift,
+                                 uint32_t n4, const uint64_t *gpa, uint64_t *table, uint64_t *bad) noexcept nogil:
     """One EPT level for every lane: ``table`` holds the entry that points to the table."""
+    cdef uint32_t k = 0
+    while k < n4:
+        _gept_lane(ent, limit, mask, flip, shift, gpa, table, bad, k)
+        _gept_lane(ent, limit, mask, flip, shift, gpa, table, bad, k + 1)
+        _gept_lane(ent, limit, mask, flip, shift, gpa, table, bad, k + 2)
+        _gept_lane(ent, limit, mask, flip, shift, gpa, table, bad, k + 3)
+        k += 4
+
+
+cdef inline void _group_ept(const pte_t *ent, const ept_t *ept, uint64_t limit, uint32_t n4, const uint64_t *gpa,
+                            uint64_t *leaf, uint64_t *bad) noexcept nogil:
+    """The EPT walks of ``gpa``: ``leaf`` the leaf entries, ``bad`` the accumulators (R: leave the lane)."""
+    cdef uint64_t flip = ept.a_bit | EPT_RWX
     cdef uint32_t k
-    cdef uint64_t t, e
-    for k in range(n):
-        t = table[k] & ADDR_MASK
-        if t >= limit:
-            t = 0
-            bad[k] |= <uint64_t>1 << 63
-        e = m.entries[_group_row(m, flat, t) | ((gpa[k] >> shift) & 511)]
-        bad[k] |= ((e ^ flip) & mask) | ((<uint64_t>(odd_xwr >> (e & EPT_RWX))) << 63)
-        table[k] = e
-
-
-cdef inline void _group_ept(const mem_t *m, const ept_t *ept, bint flat, uint64_t limit, uint32_t n,
-                            const uint64_t *gpa, const uint32_t *need, uint64_t *hpa, uint64_t *leaf,
-                            uint64_t *gbad) noexcept nogil:
-    """_ept_fast for every lane: ``hpa``; ``leaf`` the EPT leaf with its R/W/X replaced by their AND over
-    the walk; a lane it cannot translate gets PTE_P in ``gbad``."""
-    cdef uint64_t bad[GROUP_MAX]
-    cdef uint64_t flip = ept.a_bit | EPT_RWX, e, x
-    cdef uint32_t k, rights
     cdef int width = ept.width
-    for k in range(n):
+    for k in range(n4):
         leaf[k] = ept.root
-        bad[k] = (<uint64_t>1 << 63) if gpa[k] >> width else 0
+        bad[k] = EPT_R if gpa[k] >> width else 0
     if ept.levels == 5:
-        _group_ept_step(m, flat, limit, ept.check[5][0] | EPT_RWX, flip, ept.odd_xwr, PAGE_SHIFT + 36, n,
-                        gpa, leaf, bad)
-    _group_ept_step(m, flat, limit, ept.check[4][0] | EPT_RWX, flip, ept.odd_xwr, PAGE_SHIFT + 27, n,
-                    gpa, leaf, bad)
-    _group_ept_step(m, flat, limit, ept.check[3][0] | EPT_PS | EPT_RWX, flip, ept.odd_xwr, PAGE_SHIFT + 18, n,
-                    gpa, leaf, bad)
-    _group_ept_step(m, flat, limit, ept.check[2][0] | EPT_PS | EPT_RWX, flip, ept.odd_xwr, PAGE_SHIFT + 9, n,
-                    gpa, leaf, bad)
-    _group_ept_step(m, flat, limit, ept.check[1][0] | EPT_RWX, flip, ept.odd_xwr, PAGE_SHIFT, n,
-                    gpa, leaf, bad)
-    for k in range(n):
-        e = leaf[k]
-        x = bad[k]
-        rights = <uint32_t>(~x & EPT_RWX)
-        if ((x & ~EPT_RWX) or ((EPT_BAD_MEMTYPES >> ((e >> EPT_MEMTYPE_SHIFT) & 7)) & 1)
-                or (rights & need[k]) == 0 or (ept.ad and (need[k] & EPT_W) and not (e & EPT_D))):
-            gbad[k] |= PTE_P
-        hpa[k] = (e & ADDR_MASK) | (gpa[k] & 0xFFF)
-        leaf[k] = (e & ~EPT_RWX) | rights
+        _group_ept_step(ent, limit, ept.check[5][0] | EPT_RWX, flip, PAGE_SHIFT + 36, n4, gpa, leaf, bad)
+    _group_ept_step(ent, limit, ept.check[4][0] | EPT_RWX, flip, PAGE_SHIFT + 27, n4, gpa, leaf, bad)
+    _group_ept_step(ent, limit, ept.check[3][0] | EPT_PS | EPT_RWX, flip, PAGE_SHIFT + 18, n4, gpa, leaf, bad)
+    _group_ept_step(ent, limit, ept.check[2][0] | EPT_PS | EPT_RWX, flip, PAGE_SHIFT + 9, n4, gpa, leaf, bad)
+    _group_ept_step(ent, limit, ept.check[1][0] | EPT_RWX, flip, PAGE_SHIFT, n4, gpa, leaf, bad)
 
 
-cdef inline void _walk_nested_group(const mem_t *m, const paging_t *p, const ept_t *ept, walk_group_t *g,
-                                    uint32_t n, bint flat) noexcept nogil:
-    cdef uint64_t gpa[GROUP_MAX]
-    cdef uint64_t hpa[GROUP_MAX]
-    cdef uint64_t leaf[GROUP_MAX]
-    cdef uint64_t bad[GROUP_MAX]
-    cdef uint32_t need[GROUP_MAX]
-    cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK, e, t, mask
-    cdef uint32_t k
-    cdef int top = p.levels, cs = p.canonical_shift, level, shift = PAGE_SHIFT + 9 * (p.levels - 1)
-    for k in range(n):
-        bad[k] = PTE_P if <uint64_t>((<int64_t>g.va[k] >> cs) + 1) > 1 else 0
-        gpa[k] = root | (((g.va[k] >> shift) & 511) << 3)
-        need[k] = ept.pt_need
-    for level in range(top, 0, -1):
-        _group_ept(m, ept, flat, limit, n, gpa, need, hpa, leaf, bad)
-        mask = _group_x86_mask(p, level)
-        shift -= 9
-        for k in range(n):
-            t = hpa[k]
-            if t >= limit:
-                t = 0
-                bad[k] |= PTE_P
-            e = m.entries[_group_row(m, flat, t)]
-            bad[k] |= (e ^ GROUP_X86_FLIP) & mask
-            gpa[k] = (e & ADDR_MASK) | (((g.va[k] >> shift) & 511) << 3)
-            leaf[k] = e
-    # The guest leaf (level 1: a 4 KiB page), then the final guest-physical address.
-    for k in range(n):
-        g.ok[k] = 1
-        g.attrs[k] = _group_x86_attrs(p, bad[k], leaf[k], g.access[k], &g.ok[k])
-        gpa[k] = (leaf[k] & ADDR_MASK) | (g.va[k] & 0xFFF)
-        need[k] = ept_access_need(g.access[k])
-        bad[k] = 0
-    _group_ept(m, ept, flat, limit, n, gpa, need, hpa, leaf, bad)
-    for k in range(n):
-        if bad[k]:
-            g.ok[k] = 0
-        e = leaf[k]
-        g.attrs[k] |= ((<uint32_t>(e & EPT_RWX) << ATTR_EPT_SHIFT)
-                       | (ATTR_EPT_D if (not ept.ad or (e & EPT_D)) else 0)
-                       | (<uint32_t>((e >> EPT_MEMTYPE_SHIFT) & 7) << ATTR_MEMTYPE_SHIFT))
-        g.hpa[k] = hpa[k]
-    g.refs = <uint32_t>(top * (ept.levels + 1) + ept.levels)
+cdef inline bint _group_ept_bad(const ept_t *ept, uint64_t x, pte_t e, uint32_t need) noexcept nogil:
+    """Whether an EPT walk (accumulator ``x``, leaf ``e``) is not _ept_fast's for an access needing ``need``
+    (one right: R, W or X; its bit in ``x`` is set when some entry lacks it)."""
+    return ((x & (~(EPT_W | EPT_X) | need)) != 0
+            or ((EPT_BAD_MEMTYPES >> ((e >> EPT_MEMTYPE_SHIFT) & 7)) & 1) != 0
+            or (ept.ad and (need & EPT_W) and not (e & EPT_D)))
 
 
 cdef inline void walk_nested_group(const mem_t *m, const paging_t *p, const ept_t *ept, walk_group_t *g,
                                    uint32_t n) noexcept nogil:
-    """walk_nested_fast for lanes 0..n-1 of ``g``, level by level together (4 KiB pages only)."""
-    if m.flat:
-        _walk_nested_group(m, p, ept, g, n, 1)
-    else:
-        _walk_nested_group(m, p, ept, g, n, 0)
+    """walk_nested_fast for lanes 0..n-1 of ``g``, level by level together (flat memory; 4 KiB pages only)."""
+    cdef uint64_t gpa[GROUP_MAX]
+    cdef uint64_t leaf[GROUP_MAX]
+    cdef uint64_t ebad[GROUP_MAX]
+    cdef uint64_t bad[GROUP_MAX]
+    cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK, e, t, mask
+    cdef const pte_t *ent = m.entries
+    cdef uint32_t k, n4 = _group_pad(g, n), need = ept.pt_need
+    cdef int top = p.levels, cs = p.canonical_shift, level, shift = PAGE_SHIFT + 9 * (p.levels - 1)
+    for k in range(n4):
+        bad[k] = PTE_P if <uint64_t>((<int64_t>g.va[k] >> cs) + 1) > 1 else 0
+        gpa[k] = root | (((g.va[k] >> shift) & 511) << 3)
+    for level in range(top, 0, -1):
+        _group_ept(ent, ept, limit, n4, gpa, leaf, ebad)
+        mask = _group_x86_mask(p, level)
+        shift -= 9
+        for k in range(n4):
+            if _group_ept_bad(ept, ebad[k], leaf[k], need):
+                bad[k] |= PTE_P
+            t = (leaf[k] & ADDR_MASK) | (gpa[k] & 0xFFF)
+            if t >= limit:
+                t = 0
+                bad[k] |= PTE_P
+            e = ent[t >> 3]
+            bad[k] |= (e ^ GROUP_X86_FLIP) & mask
+            gpa[k] = (e & ADDR_MASK) | (((g.va[k] >> shift) & 511) << 3) if level > 1 else e
+    # The guest leaf (level 1: a 4 KiB page), then the final guest-physical address.
+    for k in range(n):
+        g.ok[k] = 1
+        e = gpa[k]
+        g.attrs[k] = _group_x86_attrs(p, bad[k], e, g.access[k], &g.ok[k])
+        gpa[k] = (e & ADDR_MASK) | (g.va[k] & 0xFFF)
+    _group_ept(ent, ept, limit, n4, gpa, leaf, ebad)
+    for k in range(n):
+        e = leaf[k]
+        if _group_ept_bad(ept, ebad[k], e, ept_access_need(g.access[k])):
+            g.ok[k] = 0
+        g.attrs[k] |= ((<uint32_t>(~ebad[k] & EPT_RWX) << ATTR_EPT_SHIFT)
+                       | (ATTR_EPT_D if (not ept.ad or (e & EPT_D)) else 0)
+                       | (<uint32_t>((e >> EPT_MEMTYPE_SHIFT) & 7) << ATTR_MEMTYPE_SHIFT))
+        g.hpa[k] = (e & ADDR_MASK) | (gpa[k] & 0xFFF)
+    g.refs = <uint32_t>(top * (ept.levels + 1) + ept.levels)
