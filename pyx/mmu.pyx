@@ -11,7 +11,7 @@ its index: the caller (the guest OS or the hypervisor, in Python) handles it
 and resumes from there.  ``fastmmu.reference.mmu`` is the same, readable.
 """
 
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from fastmmu._core.paging cimport (
     walk_nested_fast,
     walk_native_group,
     walk_nested_group,
-    walk_group_t,
+    group_refs,
     GROUP_MAX,
     walk_result,
     walk_t,
@@ -134,15 +134,15 @@ cdef inline void _count_walk(MMU self, uint32_t refs) noexcept nogil:
 
 
 cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa, walk_t *w,
-                           trace_kind *trace, bint *walked, bint fast, bint *slow, const walk_group_t *ahead,
-                           uint32_t lane) noexcept nogil:
+                           trace_kind *trace, bint *walked, bint fast, bint *slow, bint ahead,
+                           uint64_t ahead_hpa, uint32_t ahead_attrs, uint32_t ahead_refs) noexcept nogil:
     """One access: the TLB levels, then a walk.  Returns a WALK_* status.
 
     ``w`` holds the walk's result when ``walked`` is set, else the page size
     and rights of the cached translation; ``hpa`` the address when not faulting.
     ``fast``: the walker's fast paths apply (``_fast_walks``); ignored with a trace.
-    ``slow`` is set when the full walker ran (it may have written memory).  ``ahead``: NULL, or
-    group walks made since memory last changed, whose lane ``lane`` is this access.
+    ``slow`` is set when the full walker ran (it may have written memory).  ``ahead``: this
+    access's walk (a 4 KiB page), made by a group kernel since memory last changed.
     """
     cdef uint64_t fast_hpa = 0
     cdef uint32_t fast_attrs = 0, fast_refs = 0
@@ -184,11 +184,11 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
         walked[0] = 1
         if trace_kind is no_trace_t:
             if fast:
-                if ahead != NULL and ahead.ok[lane]:
-                    fast_hpa = ahead.hpa[lane]
-                    fast_attrs = ahead.attrs[lane]
+                if ahead:
+                    fast_hpa = ahead_hpa
+                    fast_attrs = ahead_attrs
                     fast_shift = PAGE_SHIFT
-                    fast_refs = ahead.refs
+                    fast_refs = ahead_refs
                     done = 1
                 elif self.nested:
                     done = walk_nested_fast(&self.mem.c, &self.paging, &self.ept, va, access,
@@ -231,62 +231,103 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
     return WALK_OK
 
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define fastmmu_ctz32(x) ((unsigned)__builtin_ctz(x))
+    #else
+    static unsigned fastmmu_ctz32(unsigned x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; n++; } return n; }
+    #endif
+    """
+    uint32_t ctz32 "fastmmu_ctz32"(uint32_t x) noexcept nogil   # x != 0
+
+
+cdef inline uint32_t _group_walk(MMU self, const uint64_t *va, const uint8_t *kind, Py_ssize_t i, Py_ssize_t n,
+                                 uint32_t cnt, uint64_t *ghpa, uint32_t *gattrs) noexcept nogil:
+    """The group kernel on accesses i .. i+cnt-1 (cnt <= GROUP_MAX): the mask of the lanes it did."""
+    cdef uint64_t pad_va[GROUP_MAX]
+    cdef uint8_t pad_kind[GROUP_MAX]
+    cdef uint32_t k, n4 = (cnt + 3) & ~(<uint32_t>3), done
+    cdef const uint64_t *gva = &va[i]
+    cdef const uint8_t *gkind = &kind[i]
+    if i + n4 > n:                  # the end of the batch: lanes beyond it copy the first
+        for k in range(n4):
+            pad_va[k] = va[i + k] if k < cnt else va[i]
+            pad_kind[k] = kind[i + k] if k < cnt else kind[i]
+        gva = pad_va
+        gkind = pad_kind
+    if self.nested:
+        done = walk_nested_group(&self.mem.c, &self.paging, &self.ept, gva, gkind, n4, ghpa, gattrs)
+    else:
+        done = walk_native_group(&self.mem.c, &self.paging, gva, gkind, n4, ghpa, gattrs)
+    return done & ((<uint32_t>1 << cnt) - 1) if cnt < 32 else done
+
+
 cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
                       Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
     """The batch loop with no TLB and the fast paths on: every access walks, GROUP_MAX at a time.
 
     The group kernels never write, so their results stand until a walk writes memory: a
-    lane they leave (``ok == 0``) takes the per-access path (``_translate``), and when that
-    ran the full walker, which may have set A/D flags, the rest of the group is walked again.
+    lane they leave takes the per-access path (``_translate``), and when that ran the full
+    walker, which may have set A/D flags, the rest of the group is walked again.
     Returns the status of the access at ``pi[0]`` (WALK_OK: the batch is done).
     """
-    cdef walk_group_t g
+    cdef uint64_t ghpa[GROUP_MAX]
+    cdef uint32_t gattrs[GROUP_MAX]
     cdef Py_ssize_t i = pi[0]
-    cdef uint32_t k, cnt, size = GROUP_MAX
-    cdef uint64_t done = 0, refs = 0, trap_pfn
+    cdef uint32_t k, j, run, cnt, ok, size = GROUP_MAX
+    cdef uint64_t done = 0, refs = group_refs(&self.paging, &self.ept, self.nested)
     cdef int result = WALK_OK
-    cdef bint walked = 0, slow = 0, nested = self.nested
+    cdef bint walked = 0, slow = 0
     cdef const mem_t *m = &self.mem.c
     while i < n:
         cnt = <uint32_t>(n - i) if n - i < size else size
-        for k in range(cnt):
-            g.va[k] = va[i + k]
-            g.access[k] = kind[i + k]
-        if nested:
-            walk_nested_group(m, &self.paging, &self.ept, &g, cnt)
-        else:
-            walk_native_group(m, &self.paging, &g, cnt)
-        refs = g.refs
+        ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
         slow = 0
-        for k in range(cnt):
-            if g.ok[k]:
-                done += 1
-                hpa[i] = g.hpa[k]
-                st[i] = WALK_OK
-                if m.ntraps and m.trap[_clamp_frame(m, g.hpa[k] >> PAGE_SHIFT)]:
-                    w.status = WALK_TRAP
-                    w.page_shift = PAGE_SHIFT
-                    w.attrs = g.attrs[k]
-                    w.host_address = g.hpa[k]
-                    result = WALK_TRAP
-                    break
-            else:
-                result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow,
-                                    NULL, 0)
+        k = 0
+        while k < cnt:
+            run = ctz32(~(ok >> k)) if k < 32 else 0
+            if run > cnt - k:
+                run = cnt - k
+            if m.ntraps:
+                for j in range(run):
+                    if m.trap[_clamp_frame(m, ghpa[k + j] >> PAGE_SHIFT)]:
+                        memcpy(&hpa[i], &ghpa[k], (j + 1) * sizeof(uint64_t))
+                        memset(&st[i], WALK_OK, j)
+                        done += j + 1
+                        i += j
+                        w.status = WALK_TRAP
+                        w.page_shift = PAGE_SHIFT
+                        w.attrs = gattrs[k + j]
+                        w.host_address = ghpa[k + j]
+                        result = WALK_TRAP
+                        break
                 if result != WALK_OK:
                     break
-                st[i] = WALK_OK
-                if slow:
-                    i += 1
-                    break
+            memcpy(&hpa[i], &ghpa[k], run * sizeof(uint64_t))
+            memset(&st[i], WALK_OK, run)
+            done += run
+            i += run
+            k += run
+            if k == cnt:
+                break
+            # Lane k: the per-access path.
+            result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow,
+                                0, 0, 0, 0)
+            if result != WALK_OK:
+                break
+            st[i] = WALK_OK
             i += 1
+            k += 1
+            if slow:
+                break
         if result != WALK_OK:
             st[i] = <uint8_t>result
             self.counts.faults[result] += 1
             break
         # A group cut short by a full walk: smaller groups until they run through again.
         if slow:
-            size = size // 2 if size > 1 else 1
+            size = size // 2 if size > 4 else 4
         elif size < GROUP_MAX:
             size *= 2
     self.counts.accesses += done
@@ -304,24 +345,19 @@ cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
     walk from there.  Only the fast paths' results are used, which depend on memory alone: after a
     full walk (which may write memory) the rest of the group is walked again.
     """
-    cdef walk_group_t g
+    cdef uint64_t ghpa[GROUP_MAX]
+    cdef uint32_t gattrs[GROUP_MAX]
     cdef Py_ssize_t i = pi[0]
-    cdef uint32_t k, cnt, size = GROUP_MAX
+    cdef uint32_t k, cnt, ok, size = GROUP_MAX, refs = group_refs(&self.paging, &self.ept, self.nested)
     cdef int result = WALK_OK
-    cdef bint walked = 0, slow = 0, nested = self.nested
-    cdef const mem_t *m = &self.mem.c
+    cdef bint walked = 0, slow = 0
     while i < n:
         cnt = <uint32_t>(n - i) if n - i < size else size
-        for k in range(cnt):
-            g.va[k] = va[i + k]
-            g.access[k] = kind[i + k]
-        if nested:
-            walk_nested_group(m, &self.paging, &self.ept, &g, cnt)
-        else:
-            walk_native_group(m, &self.paging, &g, cnt)
+        ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
         slow = 0
         for k in range(cnt):
-            result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow, &g, k)
+            result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow,
+                                (ok >> k) & 1, ghpa[k], gattrs[k], refs)
             st[i] = <uint8_t>result
             if result != WALK_OK:
                 break
@@ -332,7 +368,7 @@ cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
             self.counts.faults[result] += 1
             break
         if slow:
-            size = size // 2 if size > 1 else 1
+            size = size // 2 if size > 4 else 4
         elif size < GROUP_MAX:
             size *= 2
     pi[0] = i
@@ -546,7 +582,7 @@ cdef class MMU:
             else:
                 while i < n:
                     result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast,
-                                        &slow, NULL, 0)
+                                        &slow, 0, 0, 0, 0)
                     st[i] = <uint8_t>result
                     if result != WALK_OK:
                         self.counts.faults[result] += 1
@@ -577,7 +613,7 @@ cdef class MMU:
         cdef uint32_t kind = access
         walk_trace_clear(&refs)
         self._load_clocks()
-        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0, &slow, NULL, 0)
+        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0, &slow, 0, 0, 0, 0)
         self._store_clocks()
         if result != WALK_OK:
             self.counts.faults[result] += 1

@@ -1252,86 +1252,105 @@ cdef enum:
     GROUP_X86_FLIP = PTE_P | PTE_A | PTE_RW | PTE_US
 
 
-ctypedef struct walk_group_t:
-    uint64_t va[GROUP_MAX]        # in: linear addresses
-    uint32_t access[GROUP_MAX]    # in: access kinds (ACC_*)
-    uint64_t hpa[GROUP_MAX]       # out (ok lanes): the host-physical address
-    uint32_t attrs[GROUP_MAX]     # out (ok lanes): attrs as the TLB caches them
-    uint8_t ok[GROUP_MAX]         # out: 1 = translated (a 4 KiB page, ``refs`` references)
-    uint32_t refs                 # out: references of every ok lane's walk
-
-
-cdef inline uint32_t _group_pad(walk_group_t *g, uint32_t n) noexcept nogil:
-    """Lanes n.. up to a multiple of 4 copy lane 0 (walked, never used): the lane count to walk."""
-    cdef uint32_t k, n4 = (n + 3) & ~(<uint32_t>3)
-    for k in range(n, n4):
-        g.va[k] = g.va[0]
-        g.access[k] = g.access[0]
-    return n4
-
-
-cdef inline void _gx86_lane(const pte_t *ent, uint64_t limit, uint64_t mask, int shift, const uint64_t *va,
-                            uint64_t *table, uint64_t *bad, uint32_t k) noexcept nogil:
-    cdef uint64_t t = table[k] & ADDR_MASK, e
-    if t >= limit:
-        t = 0
-        bad[k] |= PTE_P
-    e = ent[(t >> 3) | ((va[k] >> shift) & 511)]
-    bad[k] |= (e ^ GROUP_X86_FLIP) & mask
-    table[k] = e
-
-
-cdef inline void _group_x86_step(const pte_t *ent, uint64_t limit, uint64_t mask, int shift, uint32_t n4,
-                                 const uint64_t *va, uint64_t *table, uint64_t *bad) noexcept nogil:
-    """One native level for every lane: ``table`` holds the entry that points to the table."""
-    cdef uint32_t k = 0
-    while k < n4:
-        _gx86_lane(ent, limit, mask, shift, va, table, bad, k)
-        _gx86_lane(ent, limit, mask, shift, va, table, bad, k + 1)
-        _gx86_lane(ent, limit, mask, shift, va, table, bad, k + 2)
-        _gx86_lane(ent, limit, mask, shift, va, table, bad, k + 3)
-        k += 4
-
-
 cdef inline uint64_t _group_x86_mask(const paging_t *p, int level) noexcept nogil:
     """What a level-``level`` entry's bits ``^ GROUP_X86_FLIP`` accumulate: large pages go to the scalar walk."""
     return p.check[level] | PTE_RW | PTE_US | PTE_NX | (PTE_PS if level == 2 or level == 3 else 0)
 
 
-cdef inline uint32_t _group_x86_attrs(const paging_t *p, uint64_t bad, pte_t leaf, uint32_t access,
-                                      uint8_t *ok) noexcept nogil:
-    """A native or guest leaf's attrs from the lane's accumulator; clears ``ok`` unless the access is allowed."""
-    cdef uint32_t attrs = ((<uint32_t>(~bad >> 1) & (ATTR_W | ATTR_U)) | (ATTR_XD if bad & PTE_NX else 0)
-                           | (<uint32_t>((leaf >> PTE_PKEY_SHIFT) & 15) << ATTR_PKEY_SHIFT))
-    if ((bad & ~(PTE_RW | PTE_US | PTE_NX)) | (bad & PTE_NX & p.rsvd[1][0])) or check_access(attrs, access, p) \
-            or ((access & ACC_WRITE) and not (leaf & PTE_D)):
-        ok[0] = 0
-    return attrs | _x86_leaf_flags(p, leaf, access)
+cdef inline uint64_t _group_x86_failmask(const paging_t *p) noexcept nogil:
+    """The bits of an x86 accumulator that leave the lane to the per-access path (XD too without NXE)."""
+    return ~(PTE_RW | PTE_US | PTE_NX) | (p.rsvd[1][0] & PTE_NX)
 
 
-cdef inline void walk_native_group(const mem_t *m, const paging_t *p, walk_group_t *g, uint32_t n) noexcept nogil:
-    """walk_native_fast for lanes 0..n-1 of ``g``, level by level together (flat memory; 4 KiB pages only)."""
-    cdef uint64_t table[GROUP_MAX]
-    cdef uint64_t bad[GROUP_MAX]
-    cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK
-    cdef const pte_t *ent = m.entries
-    cdef uint32_t k, n4 = _group_pad(g, n)
-    cdef int top = p.levels, cs = p.canonical_shift
-    for k in range(n4):
-        table[k] = root
-        bad[k] = PTE_P if <uint64_t>((<int64_t>g.va[k] >> cs) + 1) > 1 else 0
+cdef inline uint32_t _group_x86_leaf(const paging_t *p, uint64_t failmask, uint64_t x, pte_t e,
+                                     uint32_t access, uint32_t *fail) noexcept nogil:
+    """A leaf's attrs from the lane's accumulator ``x``; ``fail`` nonzero unless walk_native_fast would
+    allow the access (check_access, and for a write the leaf's D set), with no branch."""
+    cdef uint32_t rights = (<uint32_t>(~x >> 1) & (ATTR_W | ATTR_U)) | (<uint32_t>(x >> 61) & ATTR_XD)
+    cdef uint32_t pkey = <uint32_t>(e >> PTE_PKEY_SHIFT) & 15
+    cdef uint32_t kind = access & ACC_VALID_MASK
+    fail[0] = (p.access_error[kind][rights] | ((p.pk_deny[kind] >> pkey) & (rights >> 1) & 1)
+               | (access & ~<uint32_t>(e >> 6) & ACC_WRITE) | ((x & failmask) != 0))
+    return (rights | (pkey << ATTR_PKEY_SHIFT) | ((((<uint32_t>(e >> 6)) | access) & 1) << 3)
+            | ((<uint32_t>(e >> 8) & p.pge & 1) << 4))
+
+
+cdef inline void _gx86_one(const pte_t *ent, uint64_t limit, uint64_t mask, int shift, uint64_t va,
+                           uint64_t *table, uint64_t *bad) noexcept nogil:
+    """One level of one native walk whose state lives in the caller's locals."""
+    cdef uint64_t t = table[0] & ADDR_MASK, e
+    if t >= limit:
+        t = 0
+        bad[0] |= PTE_P
+    e = ent[(t >> 3) | ((va >> shift) & 511)]
+    bad[0] |= (e ^ GROUP_X86_FLIP) & mask
+    table[0] = e
+
+
+cdef inline void _gx86_quad(const pte_t *ent, uint64_t limit, const uint64_t *mask, int top, uint64_t root,
+                            int cs, const uint64_t *va, uint64_t *leaf, uint64_t *bad) noexcept nogil:
+    """Four native walks, level by level together, in registers: their leaves and accumulators."""
+    cdef uint64_t v0 = va[0], v1 = va[1], v2 = va[2], v3 = va[3]
+    cdef uint64_t t0 = root, t1 = root, t2 = root, t3 = root
+    cdef uint64_t b0 = PTE_P if <uint64_t>((<int64_t>v0 >> cs) + 1) > 1 else 0
+    cdef uint64_t b1 = PTE_P if <uint64_t>((<int64_t>v1 >> cs) + 1) > 1 else 0
+    cdef uint64_t b2 = PTE_P if <uint64_t>((<int64_t>v2 >> cs) + 1) > 1 else 0
+    cdef uint64_t b3 = PTE_P if <uint64_t>((<int64_t>v3 >> cs) + 1) > 1 else 0
+    cdef int level
     if top == 5:
-        _group_x86_step(ent, limit, _group_x86_mask(p, 5), PAGE_SHIFT + 36, n4, g.va, table, bad)
-    _group_x86_step(ent, limit, _group_x86_mask(p, 4), PAGE_SHIFT + 27, n4, g.va, table, bad)
-    _group_x86_step(ent, limit, _group_x86_mask(p, 3), PAGE_SHIFT + 18, n4, g.va, table, bad)
-    _group_x86_step(ent, limit, _group_x86_mask(p, 2), PAGE_SHIFT + 9, n4, g.va, table, bad)
-    _group_x86_step(ent, limit, _group_x86_mask(p, 1), PAGE_SHIFT, n4, g.va, table, bad)
-    for k in range(n):
-        g.ok[k] = 1
-        g.attrs[k] = (_group_x86_attrs(p, bad[k], table[k], g.access[k], &g.ok[k])
-                      | ATTR_EPT_R | ATTR_EPT_W | ATTR_EPT_X | ATTR_EPT_D)
-        g.hpa[k] = (table[k] & ADDR_MASK) | (g.va[k] & 0xFFF)
-    g.refs = <uint32_t>top
+        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v0, &t0, &b0)
+        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v1, &t1, &b1)
+        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v2, &t2, &b2)
+        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v3, &t3, &b3)
+    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v0, &t0, &b0)
+    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v1, &t1, &b1)
+    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v2, &t2, &b2)
+    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v3, &t3, &b3)
+    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v0, &t0, &b0)
+    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v1, &t1, &b1)
+    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v2, &t2, &b2)
+    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v3, &t3, &b3)
+    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v0, &t0, &b0)
+    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v1, &t1, &b1)
+    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v2, &t2, &b2)
+    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v3, &t3, &b3)
+    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v0, &t0, &b0)
+    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v1, &t1, &b1)
+    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v2, &t2, &b2)
+    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v3, &t3, &b3)
+    leaf[0] = t0
+    leaf[1] = t1
+    leaf[2] = t2
+    leaf[3] = t3
+    bad[0] = b0
+    bad[1] = b1
+    bad[2] = b2
+    bad[3] = b3
+
+
+cdef inline uint32_t walk_native_group(const mem_t *m, const paging_t *p, const uint64_t *va, const uint8_t *kind,
+                                       uint32_t n4, uint64_t *hpa, uint32_t *attrs) noexcept nogil:
+    """walk_native_fast for ``n4`` accesses (a multiple of 4, at most GROUP_MAX), four at a time together
+    (flat memory; 4 KiB pages only).  Returns the lanes done (bit k: lane k; ``hpa``, ``attrs`` set)."""
+    cdef uint64_t leaf[GROUP_MAX]
+    cdef uint64_t bad[GROUP_MAX]
+    cdef uint64_t mask[6]
+    cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK, failmask = _group_x86_failmask(p)
+    cdef const pte_t *ent = m.entries
+    cdef uint32_t k, fail, done = 0
+    cdef int top = p.levels, cs = p.canonical_shift, level
+    for level in range(1, 6):
+        mask[level] = _group_x86_mask(p, level)
+    k = 0
+    while k < n4:
+        _gx86_quad(ent, limit, mask, top, root, cs, &va[k], &leaf[k], &bad[k])
+        k += 4
+    for k in range(n4):
+        attrs[k] = (_group_x86_leaf(p, failmask, bad[k], leaf[k], kind[k], &fail)
+                    | ATTR_EPT_R | ATTR_EPT_W | ATTR_EPT_X | ATTR_EPT_D)
+        hpa[k] = (leaf[k] & ADDR_MASK) | (va[k] & 0xFFF)
+        done |= <uint32_t>(fail == 0) << k
+    return done
 
 
 cdef inline void _gept_lane(const pte_t *ent, uint64_t limit, uint64_t mask, uint64_t flip, int shift,
@@ -1382,20 +1401,22 @@ cdef inline bint _group_ept_bad(const ept_t *ept, uint64_t x, pte_t e, uint32_t 
             or (ept.ad and (need & EPT_W) and not (e & EPT_D)))
 
 
-cdef inline void walk_nested_group(const mem_t *m, const paging_t *p, const ept_t *ept, walk_group_t *g,
-                                   uint32_t n) noexcept nogil:
-    """walk_nested_fast for lanes 0..n-1 of ``g``, level by level together (flat memory; 4 KiB pages only)."""
+cdef inline uint32_t walk_nested_group(const mem_t *m, const paging_t *p, const ept_t *ept, const uint64_t *va,
+                                       const uint8_t *kind, uint32_t n4, uint64_t *hpa, uint32_t *attrs) noexcept nogil:
+    """walk_nested_fast for ``n4`` accesses (a multiple of 4, at most GROUP_MAX), level by level together
+    (flat memory; 4 KiB pages only).  Returns the lanes done (bit k: lane k; ``hpa``, ``attrs`` set)."""
     cdef uint64_t gpa[GROUP_MAX]
     cdef uint64_t leaf[GROUP_MAX]
     cdef uint64_t ebad[GROUP_MAX]
     cdef uint64_t bad[GROUP_MAX]
     cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK, e, t, mask
+    cdef uint64_t failmask = _group_x86_failmask(p)
     cdef const pte_t *ent = m.entries
-    cdef uint32_t k, n4 = _group_pad(g, n), need = ept.pt_need
+    cdef uint32_t k, need = ept.pt_need, fail, done = 0
     cdef int top = p.levels, cs = p.canonical_shift, level, shift = PAGE_SHIFT + 9 * (p.levels - 1)
     for k in range(n4):
-        bad[k] = PTE_P if <uint64_t>((<int64_t>g.va[k] >> cs) + 1) > 1 else 0
-        gpa[k] = root | (((g.va[k] >> shift) & 511) << 3)
+        bad[k] = PTE_P if <uint64_t>((<int64_t>va[k] >> cs) + 1) > 1 else 0
+        gpa[k] = root | (((va[k] >> shift) & 511) << 3)
     for level in range(top, 0, -1):
         _group_ept(ent, ept, limit, n4, gpa, leaf, ebad)
         mask = _group_x86_mask(p, level)
@@ -1409,20 +1430,27 @@ cdef inline void walk_nested_group(const mem_t *m, const paging_t *p, const ept_
                 bad[k] |= PTE_P
             e = ent[t >> 3]
             bad[k] |= (e ^ GROUP_X86_FLIP) & mask
-            gpa[k] = (e & ADDR_MASK) | (((g.va[k] >> shift) & 511) << 3) if level > 1 else e
+            gpa[k] = (e & ADDR_MASK) | (((va[k] >> shift) & 511) << 3) if level > 1 else e
     # The guest leaf (level 1: a 4 KiB page), then the final guest-physical address.
-    for k in range(n):
-        g.ok[k] = 1
+    for k in range(n4):
         e = gpa[k]
-        g.attrs[k] = _group_x86_attrs(p, bad[k], e, g.access[k], &g.ok[k])
-        gpa[k] = (e & ADDR_MASK) | (g.va[k] & 0xFFF)
+        attrs[k] = _group_x86_leaf(p, failmask, bad[k], e, kind[k], &fail)
+        bad[k] = fail
+        gpa[k] = (e & ADDR_MASK) | (va[k] & 0xFFF)
     _group_ept(ent, ept, limit, n4, gpa, leaf, ebad)
-    for k in range(n):
+    for k in range(n4):
         e = leaf[k]
-        if _group_ept_bad(ept, ebad[k], e, ept_access_need(g.access[k])):
-            g.ok[k] = 0
-        g.attrs[k] |= ((<uint32_t>(~ebad[k] & EPT_RWX) << ATTR_EPT_SHIFT)
-                       | (ATTR_EPT_D if (not ept.ad or (e & EPT_D)) else 0)
-                       | (<uint32_t>((e >> EPT_MEMTYPE_SHIFT) & 7) << ATTR_MEMTYPE_SHIFT))
-        g.hpa[k] = (e & ADDR_MASK) | (gpa[k] & 0xFFF)
-    g.refs = <uint32_t>(top * (ept.levels + 1) + ept.levels)
+        fail = <uint32_t>bad[k] | _group_ept_bad(ept, ebad[k], e, ept_access_need(kind[k]))
+        attrs[k] |= ((<uint32_t>(~ebad[k] & EPT_RWX) << ATTR_EPT_SHIFT)
+                     | (ATTR_EPT_D if (not ept.ad or (e & EPT_D)) else 0)
+                     | (<uint32_t>((e >> EPT_MEMTYPE_SHIFT) & 7) << ATTR_MEMTYPE_SHIFT))
+        hpa[k] = (e & ADDR_MASK) | (gpa[k] & 0xFFF)
+        done |= <uint32_t>(fail == 0) << k
+    return done
+
+
+cdef inline uint32_t group_refs(const paging_t *p, const ept_t *ept, bint nested) noexcept nogil:
+    """References of a group kernel's walk (all 4 KiB pages)."""
+    if nested:
+        return p.levels * (ept.levels + 1) + ept.levels
+    return p.levels
