@@ -234,20 +234,27 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
 cdef extern from *:
     """
     #if defined(__GNUC__) || defined(__clang__)
-    #define fastmmu_ctz32(x) ((unsigned)__builtin_ctz(x))
+    #define fastmmu_ctz64(x) ((unsigned)__builtin_ctzll(x))
     #else
-    static unsigned fastmmu_ctz32(unsigned x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; n++; } return n; }
+    static unsigned fastmmu_ctz64(unsigned long long x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; n++; } return n; }
     #endif
     """
-    uint32_t ctz32 "fastmmu_ctz32"(uint32_t x) noexcept nogil   # x != 0
+    uint32_t ctz64 "fastmmu_ctz64"(uint64_t x) noexcept nogil   # x != 0
 
 
-cdef inline uint32_t _group_walk(MMU self, const uint64_t *va, const uint8_t *kind, Py_ssize_t i, Py_ssize_t n,
+cdef inline uint32_t _group_size(MMU self) noexcept nogil:
+    """Accesses walked together: native walks are short and cheap, 16 keep the loads flowing; a 2D
+    walk's dependent loads are further apart with 32 (measured on the bench rows b and c)."""
+    return GROUP_MAX if self.nested else GROUP_MAX // 2
+
+
+cdef inline uint64_t _group_walk(MMU self, const uint64_t *va, const uint8_t *kind, Py_ssize_t i, Py_ssize_t n,
                                  uint32_t cnt, uint64_t *ghpa, uint32_t *gattrs) noexcept nogil:
     """The group kernel on accesses i .. i+cnt-1 (cnt <= GROUP_MAX): the mask of the lanes it did."""
     cdef uint64_t pad_va[GROUP_MAX]
     cdef uint8_t pad_kind[GROUP_MAX]
-    cdef uint32_t k, n4 = (cnt + 3) & ~(<uint32_t>3), done
+    cdef uint32_t k, n4 = (cnt + 3) & ~(<uint32_t>3)
+    cdef uint64_t done
     cdef const uint64_t *gva = &va[i]
     cdef const uint8_t *gkind = &kind[i]
     if i + n4 > n:                  # the end of the batch: lanes beyond it copy the first
@@ -260,7 +267,7 @@ cdef inline uint32_t _group_walk(MMU self, const uint64_t *va, const uint8_t *ki
         done = walk_nested_group(&self.mem.c, &self.paging, &self.ept, gva, gkind, n4, ghpa, gattrs)
     else:
         done = walk_native_group(&self.mem.c, &self.paging, gva, gkind, n4, ghpa, gattrs)
-    return done & ((<uint32_t>1 << cnt) - 1) if cnt < 32 else done
+    return done & ((<uint64_t>1 << cnt) - 1) if cnt < 64 else done
 
 
 cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
@@ -275,7 +282,8 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
     cdef uint64_t ghpa[GROUP_MAX]
     cdef uint32_t gattrs[GROUP_MAX]
     cdef Py_ssize_t i = pi[0]
-    cdef uint32_t k, j, run, cnt, ok, size = GROUP_MAX
+    cdef uint32_t k, j, run, cnt, full = _group_size(self), size = full
+    cdef uint64_t ok
     cdef uint64_t done = 0, refs = group_refs(&self.paging, &self.ept, self.nested)
     cdef int result = WALK_OK
     cdef bint walked = 0, slow = 0
@@ -286,7 +294,7 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
         slow = 0
         k = 0
         while k < cnt:
-            run = ctz32(~(ok >> k)) if k < 32 else 0
+            run = ctz64(~(ok >> k))      # k < cnt <= GROUP_MAX < 64: a zero bit above the lanes
             if run > cnt - k:
                 run = cnt - k
             if m.ntraps:
@@ -328,7 +336,7 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
         # A group cut short by a full walk: smaller groups until they run through again.
         if slow:
             size = size // 2 if size > 4 else 4
-        elif size < GROUP_MAX:
+        elif size < full:
             size *= 2
     self.counts.accesses += done
     self.counts.walks += done
@@ -348,7 +356,8 @@ cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
     cdef uint64_t ghpa[GROUP_MAX]
     cdef uint32_t gattrs[GROUP_MAX]
     cdef Py_ssize_t i = pi[0]
-    cdef uint32_t k, cnt, ok, size = GROUP_MAX, refs = group_refs(&self.paging, &self.ept, self.nested)
+    cdef uint64_t ok
+    cdef uint32_t k, cnt, full = _group_size(self), size = full, refs = group_refs(&self.paging, &self.ept, self.nested)
     cdef int result = WALK_OK
     cdef bint walked = 0, slow = 0
     while i < n:
@@ -369,7 +378,7 @@ cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
             break
         if slow:
             size = size // 2 if size > 4 else 4
-        elif size < GROUP_MAX:
+        elif size < full:
             size *= 2
     pi[0] = i
     return result

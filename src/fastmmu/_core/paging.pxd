@@ -1248,7 +1248,7 @@ cdef inline int walk_ept(mem_t *m, const ept_t *ept, gpa_t gpa, uint32_t access,
 # instead), so the only branch in a step is that one, and the lanes go four at a time.
 
 cdef enum:
-    GROUP_MAX = 16                # a multiple of 4
+    GROUP_MAX = 32                # a multiple of 4, at most 64
     GROUP_X86_FLIP = PTE_P | PTE_A | PTE_RW | PTE_US
 
 
@@ -1328,7 +1328,7 @@ cdef inline void _gx86_quad(const pte_t *ent, uint64_t limit, const uint64_t *ma
     bad[3] = b3
 
 
-cdef inline uint32_t walk_native_group(const mem_t *m, const paging_t *p, const uint64_t *va, const uint8_t *kind,
+cdef inline uint64_t walk_native_group(const mem_t *m, const paging_t *p, const uint64_t *va, const uint8_t *kind,
                                        uint32_t n4, uint64_t *hpa, uint32_t *attrs) noexcept nogil:
     """walk_native_fast for ``n4`` accesses (a multiple of 4, at most GROUP_MAX), four at a time together
     (flat memory; 4 KiB pages only).  Returns the lanes done (bit k: lane k; ``hpa``, ``attrs`` set)."""
@@ -1337,7 +1337,8 @@ cdef inline uint32_t walk_native_group(const mem_t *m, const paging_t *p, const 
     cdef uint64_t mask[6]
     cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK, failmask = _group_x86_failmask(p)
     cdef const pte_t *ent = m.entries
-    cdef uint32_t k, fail, done = 0
+    cdef uint32_t k, fail
+    cdef uint64_t done = 0
     cdef int top = p.levels, cs = p.canonical_shift, level
     for level in range(1, 6):
         mask[level] = _group_x86_mask(p, level)
@@ -1349,31 +1350,23 @@ cdef inline uint32_t walk_native_group(const mem_t *m, const paging_t *p, const 
         attrs[k] = (_group_x86_leaf(p, failmask, bad[k], leaf[k], kind[k], &fail)
                     | ATTR_EPT_R | ATTR_EPT_W | ATTR_EPT_X | ATTR_EPT_D)
         hpa[k] = (leaf[k] & ADDR_MASK) | (va[k] & 0xFFF)
-        done |= <uint32_t>(fail == 0) << k
+        done |= <uint64_t>(fail == 0) << k
     return done
-
-
-cdef inline void _gept_lane(const pte_t *ent, uint64_t limit, uint64_t mask, uint64_t flip, int shift,
-                            const uint64_t *gpa, uint64_t *table, uint64_t *bad, uint32_t k) noexcept nogil:
-    cdef uint64_t t = table[k] & ADDR_MASK, e
-    if t >= limit:
-        t = 0
-        bad[k] |= EPT_R
-    e = ent[(t >> 3) | ((gpa[k] >> shift) & 511)]
-    bad[k] |= (e ^ flip) & mask
-    table[k] = e
 
 
 cdef inline void _group_ept_step(const pte_t *ent, uint64_t limit, uint64_t mask, uint64_t flip, int shift,
                                  uint32_t n4, const uint64_t *gpa, uint64_t *table, uint64_t *bad) noexcept nogil:
     """One EPT level for every lane: ``table`` holds the entry that points to the table."""
-    cdef uint32_t k = 0
-    while k < n4:
-        _gept_lane(ent, limit, mask, flip, shift, gpa, table, bad, k)
-        _gept_lane(ent, limit, mask, flip, shift, gpa, table, bad, k + 1)
-        _gept_lane(ent, limit, mask, flip, shift, gpa, table, bad, k + 2)
-        _gept_lane(ent, limit, mask, flip, shift, gpa, table, bad, k + 3)
-        k += 4
+    cdef size_t k
+    cdef uint64_t t, e
+    for k in range(n4):
+        t = table[k] & ADDR_MASK
+        if t >= limit:
+            t = 0
+            bad[k] |= EPT_R
+        e = ent[(t >> 3) | ((gpa[k] >> shift) & 511)]
+        bad[k] |= (e ^ flip) & mask
+        table[k] = e
 
 
 cdef inline void _group_ept(const pte_t *ent, const ept_t *ept, uint64_t limit, uint32_t n4, const uint64_t *gpa,
@@ -1401,7 +1394,7 @@ cdef inline bint _group_ept_bad(const ept_t *ept, uint64_t x, pte_t e, uint32_t 
             or (ept.ad and (need & EPT_W) and not (e & EPT_D)))
 
 
-cdef inline uint32_t walk_nested_group(const mem_t *m, const paging_t *p, const ept_t *ept, const uint64_t *va,
+cdef inline uint64_t walk_nested_group(const mem_t *m, const paging_t *p, const ept_t *ept, const uint64_t *va,
                                        const uint8_t *kind, uint32_t n4, uint64_t *hpa, uint32_t *attrs) noexcept nogil:
     """walk_nested_fast for ``n4`` accesses (a multiple of 4, at most GROUP_MAX), level by level together
     (flat memory; 4 KiB pages only).  Returns the lanes done (bit k: lane k; ``hpa``, ``attrs`` set)."""
@@ -1412,7 +1405,8 @@ cdef inline uint32_t walk_nested_group(const mem_t *m, const paging_t *p, const 
     cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK, e, t, mask
     cdef uint64_t failmask = _group_x86_failmask(p)
     cdef const pte_t *ent = m.entries
-    cdef uint32_t k, need = ept.pt_need, fail, done = 0
+    cdef uint32_t k, need = ept.pt_need, fail
+    cdef uint64_t done = 0
     cdef int top = p.levels, cs = p.canonical_shift, level, shift = PAGE_SHIFT + 9 * (p.levels - 1)
     for k in range(n4):
         bad[k] = PTE_P if <uint64_t>((<int64_t>va[k] >> cs) + 1) > 1 else 0
@@ -1445,7 +1439,7 @@ cdef inline uint32_t walk_nested_group(const mem_t *m, const paging_t *p, const 
                      | (ATTR_EPT_D if (not ept.ad or (e & EPT_D)) else 0)
                      | (<uint32_t>((e >> EPT_MEMTYPE_SHIFT) & 7) << ATTR_MEMTYPE_SHIFT))
         hpa[k] = (e & ADDR_MASK) | (gpa[k] & 0xFFF)
-        done |= <uint32_t>(fail == 0) << k
+        done |= <uint64_t>(fail == 0) << k
     return done
 
 
