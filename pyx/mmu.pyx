@@ -9,6 +9,15 @@ are set); otherwise it is dropped and the next level is tried.  The loop
 stops at the first access that is not translated, records why, and returns
 its index: the caller (the guest OS or the hypervisor, in Python) handles it
 and resumes from there.  ``fastmmu.reference.mmu`` is the same, readable.
+
+When the walkers' fast paths apply (no paging-structure cache, no nested TLB)
+and memory is flat, the walks are made a group at a time by the group
+kernels of paging.pxd, ahead of the accesses: ``_run_grouped`` with no TLB
+(every access walks), ``_run_ahead`` with TLBs (an access that misses takes
+its walk from the group).  The group kernels never write, so what they
+computed is exact until a full walk commits A/D flags; after one, the rest
+of the group is walked again.  Counters, LRU stamps and fills are those of
+the one-by-one loop.
 """
 
 from libc.string cimport memcpy, memset

@@ -28,6 +28,10 @@ How a walk is organised:
   not inlined).
 * Architectural events are data: the kernels return a status (WALK_*) and
   fill a ``walk_t``; they never raise.
+* The group kernels (end of this file) make the fast paths' common case for
+  up to GROUP_MAX walks at once, level by level together, for the batch run
+  loop: one long walk leaves the memory system idle, many interleaved ones
+  keep it busy.  They never write either.
 
 Derived fields of ``paging_t`` and ``ept_t`` (reserved-bit masks, permission
 tables) are computed by ``paging_prepare`` / ``ept_prepare``: call them again
