@@ -244,11 +244,37 @@ cdef extern from *:
     """
     #if defined(__GNUC__) || defined(__clang__)
     #define fastmmu_ctz64(x) ((unsigned)__builtin_ctzll(x))
+    #define fastmmu_popcount64(x) ((unsigned)__builtin_popcountll(x))
     #else
     static unsigned fastmmu_ctz64(unsigned long long x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; n++; } return n; }
+    static unsigned fastmmu_popcount64(unsigned long long x) { unsigned n = 0; while (x) { x &= x - 1; n++; } return n; }
     #endif
     """
     uint32_t ctz64 "fastmmu_ctz64"(uint64_t x) noexcept nogil   # x != 0
+    uint32_t popcount64 "fastmmu_popcount64"(uint64_t x) noexcept nogil
+
+
+cdef enum:
+    # After a group in which the kernel did fewer than half the lanes (large pages, execute-only
+    # EPT pages, flags to set...), this many accesses go one by one before the next group.
+    GROUP_BACKOFF = 1024
+
+
+cdef int _run_plain(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
+                    Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
+    """Accesses pi[0] .. n-1 one by one (the fast paths on); the status of the one it stopped at."""
+    cdef Py_ssize_t i = pi[0]
+    cdef int result = WALK_OK
+    cdef bint walked = 0, slow = 0
+    while i < n:
+        result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow, 0, 0, 0, 0)
+        st[i] = <uint8_t>result
+        if result != WALK_OK:
+            self.counts.faults[result] += 1
+            break
+        i += 1
+    pi[0] = i
+    return result
 
 
 cdef inline uint32_t _group_size(MMU self) noexcept nogil:
@@ -297,9 +323,18 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
     cdef int result = WALK_OK
     cdef bint walked = 0, slow = 0
     cdef const mem_t *m = &self.mem.c
+    cdef Py_ssize_t plain = 0
     while i < n:
+        if plain:
+            result = _run_plain(self, va, kind, hpa, st, &i, i + plain if n - i > plain else n, w)
+            plain = 0
+            if result != WALK_OK:
+                break
+            continue
         cnt = <uint32_t>(n - i) if n - i < size else size
         ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
+        if popcount64(ok) * 2 < cnt:
+            plain = GROUP_BACKOFF
         slow = 0
         k = 0
         while k < cnt:
@@ -369,9 +404,18 @@ cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
     cdef uint32_t k, cnt, full = _group_size(self), size = full, refs = group_refs(&self.paging, &self.ept, self.nested)
     cdef int result = WALK_OK
     cdef bint walked = 0, slow = 0
+    cdef Py_ssize_t plain = 0
     while i < n:
+        if plain:
+            result = _run_plain(self, va, kind, hpa, st, &i, i + plain if n - i > plain else n, w)
+            plain = 0
+            if result != WALK_OK:
+                break
+            continue
         cnt = <uint32_t>(n - i) if n - i < size else size
         ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
+        if popcount64(ok) * 2 < cnt:
+            plain = GROUP_BACKOFF
         slow = 0
         for k in range(cnt):
             result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow,
