@@ -9,6 +9,15 @@ are set); otherwise it is dropped and the next level is tried.  The loop
 stops at the first access that is not translated, records why, and returns
 its index: the caller (the guest OS or the hypervisor, in Python) handles it
 and resumes from there.  ``fastmmu.reference.mmu`` is the same, readable.
+
+When the walkers' fast paths apply (no paging-structure cache, no nested TLB)
+and memory is flat, the walks are made a group at a time by the group
+kernels of paging.pxd, ahead of the accesses: ``_run_grouped`` with no TLB
+(every access walks), ``_run_ahead`` with TLBs (an access that misses takes
+its walk from the group).  The group kernels never write, so what they
+computed is exact until a full walk commits A/D flags; after one, the rest
+of the group is walked again.  Counters, LRU stamps and fills are those of
+the one-by-one loop.
 """
 
 from libc.stdlib cimport free, realloc
@@ -40,6 +49,10 @@ from fastmmu._core.paging cimport (
     walk_native_fast,
     walk_nested,
     walk_nested_fast,
+    walk_native_group,
+    walk_nested_group,
+    group_refs,
+    GROUP_MAX,
     walk_result,
     walk_t,
     walk_trace_clear,
@@ -136,12 +149,15 @@ cdef inline void _count_walk(MMU self, uint32_t refs) noexcept nogil:
 
 
 cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa, walk_t *w,
-                           trace_kind *trace, bint *walked, bint fast) noexcept nogil:
+                           trace_kind *trace, bint *walked, bint fast, bint *slow, bint ahead,
+                           uint64_t ahead_hpa, uint32_t ahead_attrs, uint32_t ahead_refs) noexcept nogil:
     """One access: the TLB levels, then a walk.  Returns a WALK_* status.
 
     ``w`` holds the walk's result when ``walked`` is set, else the page size
     and rights of the cached translation; ``hpa`` the address when not faulting.
     ``fast``: the walker's fast paths apply (``_fast_walks``); ignored with a trace.
+    ``slow`` is set when the full walker ran (it may have written memory).  ``ahead``: this
+    access's walk (a 4 KiB page), made by a group kernel since memory last changed.
     """
     cdef uint64_t fast_hpa = 0
     cdef uint32_t fast_attrs = 0, fast_refs = 0
@@ -183,7 +199,13 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
         walked[0] = 1
         if trace_kind is no_trace_t:
             if fast:
-                if self.nested:
+                if ahead:
+                    fast_hpa = ahead_hpa
+                    fast_attrs = ahead_attrs
+                    fast_shift = PAGE_SHIFT
+                    fast_refs = ahead_refs
+                    done = 1
+                elif self.nested:
                     done = walk_nested_fast(&self.mem.c, &self.paging, &self.ept, va, access,
                                             &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
                 else:
@@ -204,6 +226,7 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
                         w.host_address = fast_hpa
                         return WALK_TRAP
                     return WALK_OK
+        slow[0] = 1
         if self.nested:
             status = walk_nested(&self.mem.c, &self.paging, &self.ept, va, access, &self.caches, trace, w)
         else:
@@ -221,6 +244,203 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
         w.host_address = hpa[0]
         return WALK_TRAP
     return WALK_OK
+
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define fastmmu_ctz64(x) ((unsigned)__builtin_ctzll(x))
+    #define fastmmu_popcount64(x) ((unsigned)__builtin_popcountll(x))
+    #else
+    static unsigned fastmmu_ctz64(unsigned long long x) { unsigned n = 0; while (!(x & 1)) { x >>= 1; n++; } return n; }
+    static unsigned fastmmu_popcount64(unsigned long long x) { unsigned n = 0; while (x) { x &= x - 1; n++; } return n; }
+    #endif
+    """
+    uint32_t ctz64 "fastmmu_ctz64"(uint64_t x) noexcept nogil   # x != 0
+    uint32_t popcount64 "fastmmu_popcount64"(uint64_t x) noexcept nogil
+
+
+cdef enum:
+    # After a group in which the kernel did fewer than half the lanes (large pages, execute-only
+    # EPT pages, flags to set...), this many accesses go one by one before the next group.
+    GROUP_BACKOFF = 1024
+
+
+cdef int _run_plain(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
+                    Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
+    """Accesses pi[0] .. n-1 one by one (the fast paths on); the status of the one it stopped at."""
+    cdef Py_ssize_t i = pi[0]
+    cdef int result = WALK_OK
+    cdef bint walked = 0, slow = 0
+    while i < n:
+        result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow, 0, 0, 0, 0)
+        st[i] = <uint8_t>result
+        if result != WALK_OK:
+            self.counts.faults[result] += 1
+            break
+        i += 1
+    pi[0] = i
+    return result
+
+
+cdef inline uint32_t _group_size(MMU self) noexcept nogil:
+    """Accesses walked together: native walks are short and cheap, 16 keep the loads flowing; a 2D
+    walk's dependent loads are further apart with 32 (measured on the bench rows b and c)."""
+    return GROUP_MAX if self.nested else GROUP_MAX // 2
+
+
+cdef inline uint64_t _group_walk(MMU self, const uint64_t *va, const uint8_t *kind, Py_ssize_t i, Py_ssize_t n,
+                                 uint32_t cnt, uint64_t *ghpa, uint32_t *gattrs) noexcept nogil:
+    """The group kernel on accesses i .. i+cnt-1 (cnt <= GROUP_MAX): the mask of the lanes it did."""
+    cdef uint64_t pad_va[GROUP_MAX]
+    cdef uint8_t pad_kind[GROUP_MAX]
+    cdef uint32_t k, n4 = (cnt + 3) & ~(<uint32_t>3)
+    cdef uint64_t done
+    cdef const uint64_t *gva = &va[i]
+    cdef const uint8_t *gkind = &kind[i]
+    if i + n4 > n:                  # the end of the batch: lanes beyond it copy the first
+        for k in range(n4):
+            pad_va[k] = va[i + k] if k < cnt else va[i]
+            pad_kind[k] = kind[i + k] if k < cnt else kind[i]
+        gva = pad_va
+        gkind = pad_kind
+    if self.nested:
+        done = walk_nested_group(&self.mem.c, &self.paging, &self.ept, gva, gkind, n4, ghpa, gattrs)
+    else:
+        done = walk_native_group(&self.mem.c, &self.paging, gva, gkind, n4, ghpa, gattrs)
+    return done & ((<uint64_t>1 << cnt) - 1) if cnt < 64 else done
+
+
+cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
+                      Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
+    """The batch loop with no TLB and the fast paths on: every access walks, GROUP_MAX at a time.
+
+    The group kernels never write, so their results stand until a walk writes memory: a
+    lane they leave takes the per-access path (``_translate``), and when that ran the full
+    walker, which may have set A/D flags, the rest of the group is walked again.
+    Returns the status of the access at ``pi[0]`` (WALK_OK: the batch is done).
+    """
+    cdef uint64_t ghpa[GROUP_MAX]
+    cdef uint32_t gattrs[GROUP_MAX]
+    cdef Py_ssize_t i = pi[0]
+    cdef uint32_t k, j, run, cnt, full = _group_size(self), size = full
+    cdef uint64_t ok
+    cdef uint64_t done = 0, refs = group_refs(&self.paging, &self.ept, self.nested)
+    cdef int result = WALK_OK
+    cdef bint walked = 0, slow = 0
+    cdef const mem_t *m = &self.mem.c
+    cdef Py_ssize_t plain = 0
+    while i < n:
+        if plain:
+            result = _run_plain(self, va, kind, hpa, st, &i, i + plain if n - i > plain else n, w)
+            plain = 0
+            if result != WALK_OK:
+                break
+            continue
+        cnt = <uint32_t>(n - i) if n - i < size else size
+        ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
+        if popcount64(ok) * 2 < cnt:
+            plain = GROUP_BACKOFF
+        slow = 0
+        k = 0
+        while k < cnt:
+            run = ctz64(~(ok >> k))      # k < cnt <= GROUP_MAX < 64: a zero bit above the lanes
+            if run > cnt - k:
+                run = cnt - k
+            if m.ntraps:
+                for j in range(run):
+                    if m.trap[_clamp_frame(m, ghpa[k + j] >> PAGE_SHIFT)]:
+                        memcpy(&hpa[i], &ghpa[k], (j + 1) * sizeof(uint64_t))
+                        memset(&st[i], WALK_OK, j)
+                        done += j + 1
+                        i += j
+                        w.status = WALK_TRAP
+                        w.page_shift = PAGE_SHIFT
+                        w.attrs = gattrs[k + j]
+                        w.host_address = ghpa[k + j]
+                        result = WALK_TRAP
+                        break
+                if result != WALK_OK:
+                    break
+            memcpy(&hpa[i], &ghpa[k], run * sizeof(uint64_t))
+            memset(&st[i], WALK_OK, run)
+            done += run
+            i += run
+            k += run
+            if k == cnt:
+                break
+            # Lane k: the per-access path.
+            result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow,
+                                0, 0, 0, 0)
+            if result != WALK_OK:
+                break
+            st[i] = WALK_OK
+            i += 1
+            k += 1
+            if slow:
+                break
+        if result != WALK_OK:
+            st[i] = <uint8_t>result
+            self.counts.faults[result] += 1
+            break
+        # A group cut short by a full walk: smaller groups until they run through again.
+        if slow:
+            size = size // 2 if size > 4 else 4
+        elif size < full:
+            size *= 2
+    self.counts.accesses += done
+    self.counts.walks += done
+    self.counts.references += done * refs
+    self.counts.histogram[refs if refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += done
+    pi[0] = i
+    return result
+
+
+cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
+                    Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
+    """The batch loop with TLBs and the fast paths on: the walks of the next GROUP_MAX accesses are
+    made ahead, together, before the accesses run one by one through the TLBs; a miss takes its
+    walk from there.  Only the fast paths' results are used, which depend on memory alone: after a
+    full walk (which may write memory) the rest of the group is walked again.
+    """
+    cdef uint64_t ghpa[GROUP_MAX]
+    cdef uint32_t gattrs[GROUP_MAX]
+    cdef Py_ssize_t i = pi[0]
+    cdef uint64_t ok
+    cdef uint32_t k, cnt, full = _group_size(self), size = full, refs = group_refs(&self.paging, &self.ept, self.nested)
+    cdef int result = WALK_OK
+    cdef bint walked = 0, slow = 0
+    cdef Py_ssize_t plain = 0
+    while i < n:
+        if plain:
+            result = _run_plain(self, va, kind, hpa, st, &i, i + plain if n - i > plain else n, w)
+            plain = 0
+            if result != WALK_OK:
+                break
+            continue
+        cnt = <uint32_t>(n - i) if n - i < size else size
+        ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
+        if popcount64(ok) * 2 < cnt:
+            plain = GROUP_BACKOFF
+        slow = 0
+        for k in range(cnt):
+            result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow,
+                                (ok >> k) & 1, ghpa[k], gattrs[k], refs)
+            st[i] = <uint8_t>result
+            if result != WALK_OK:
+                break
+            i += 1
+            if slow:
+                break
+        if result != WALK_OK:
+            self.counts.faults[result] += 1
+            break
+        if slow:
+            size = size // 2 if size > 4 else 4
+        elif size < full:
+            size *= 2
+    pi[0] = i
+    return result
 
 
 cdef inline uint8_t _hit_shift(const tlb_hit_t *hit) noexcept nogil:
@@ -421,7 +641,7 @@ cdef class MMU:
         cdef uint8_t[::1] st = status
         cdef Py_ssize_t i = start, n = va.shape[0]
         cdef walk_t w
-        cdef bint walked = 0
+        cdef bint walked = 0, slow = 0
         cdef int result = WALK_OK
         if n == 0 or start == n:
             return BatchResult(int(start), Status.OK, None)
@@ -433,13 +653,20 @@ cdef class MMU:
         cdef bint fast = _fast_walks(self)
         self._load_clocks()
         with nogil:
-            while i < n:
-                result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast)
-                st[i] = <uint8_t>result
-                if result != WALK_OK:
-                    self.counts.faults[result] += 1
-                    break
-                i += 1
+            if fast and self.mem.c.flat and not self.levels[LEVEL_L1I].n and not self.levels[LEVEL_L1D].n \
+                    and not self.levels[LEVEL_L2].n:
+                result = _run_grouped(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
+            elif fast and self.mem.c.flat:
+                result = _run_ahead(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
+            else:
+                while i < n:
+                    result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast,
+                                        &slow, 0, 0, 0, 0)
+                    st[i] = <uint8_t>result
+                    if result != WALK_OK:
+                        self.counts.faults[result] += 1
+                        break
+                    i += 1
         self._store_clocks()
         if result == WALK_OK:
             return BatchResult(int(n), Status.OK, None)
@@ -454,7 +681,7 @@ cdef class MMU:
         cdef walk_trace_t refs
         cdef walk_t w
         cdef uint64_t hpa = 0
-        cdef bint walked = 0
+        cdef bint walked = 0, slow = 0
         cdef int result
         if isinstance(va, bool) or not isinstance(va, (int, np.integer)) or not 0 <= va < 1 << 64:
             raise ValueError(f"va: expected a 64-bit unsigned address, got {va!r}")
@@ -465,7 +692,7 @@ cdef class MMU:
         cdef uint32_t kind = access
         walk_trace_clear(&refs)
         self._load_clocks()
-        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0)
+        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0, &slow, 0, 0, 0, 0)
         self._store_clocks()
         if result != WALK_OK:
             self.counts.faults[result] += 1

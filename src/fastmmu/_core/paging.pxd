@@ -28,6 +28,10 @@ How a walk is organised:
   not inlined).
 * Architectural events are data: the kernels return a status (WALK_*) and
   fill a ``walk_t``; they never raise.
+* The group kernels (end of this file) make the fast paths' common case for
+  up to GROUP_MAX walks at once, level by level together, for the batch run
+  loop: one long walk leaves the memory system idle, many interleaved ones
+  keep it busy.  They never write either.
 
 Derived fields of ``paging_t`` and ``ept_t`` (reserved-bit masks, permission
 tables) are computed by ``paging_prepare`` / ``ept_prepare``: call them again
@@ -47,8 +51,10 @@ from fastmmu._core.types cimport (
     EPT_D,
     EPT_MEMTYPE_SHIFT,
     EPT_PS,
+    EPT_R,
     EPT_RWX,
     EPT_W,
+    EPT_X,
     PAGE_SHIFT,
     PTE_A,
     PTE_D,
@@ -1225,3 +1231,224 @@ cdef inline int walk_ept(mem_t *m, const ept_t *ept, gpa_t gpa, uint32_t access,
     out.fault_address = 0
     out.exit_qualification = 0
     return WALK_OK
+
+
+# -- group kernels: several fast walks, level by level together ------------------------------
+#
+# The fast paths' common case for up to GROUP_MAX walks at once, every page 4 KiB in both
+# dimensions, in flat memory.  The walks are independent, so walking them level by level
+# together issues one independent load per walk and step: memory-level parallelism that the
+# out-of-order window does not give one long walk.  Like the fast paths they never write, and
+# a lane they do not finish (``ok[k] == 0``: any fault, flag to set, large page, table beyond
+# memory, non-canonical address, EPT entry without R) is left to the caller's per-access
+# path, which reads the same entries again and decides.
+#
+# Each lane keeps one accumulator per dimension, the OR over its entries of
+# ``(entry ^ flip) & mask``: any set bit sends the lane to the per-access path, except
+# (x86) R/W and U/S, set where an entry lacks them (the rights are their AND), and XD, their
+# OR; (EPT) W and X, set where an entry lacks them.  An entry without R is the only kind
+# that can be not present or misconfigured (R/W/X = 0, 2, 4, 6): requiring R leaves them all
+# to the per-access path.  A failing lane keeps walking (beyond memory it reads frame 0
+# instead), so the only branch in a step is that one, and the lanes go four at a time.
+
+cdef enum:
+    GROUP_MAX = 32                # a multiple of 4, at most 64
+    GROUP_X86_FLIP = PTE_P | PTE_A | PTE_RW | PTE_US
+
+
+cdef inline uint64_t _group_x86_mask(const paging_t *p, int level) noexcept nogil:
+    """What a level-``level`` entry's bits ``^ GROUP_X86_FLIP`` accumulate: large pages go to the scalar walk."""
+    return p.check[level] | PTE_RW | PTE_US | PTE_NX | (PTE_PS if level == 2 or level == 3 else 0)
+
+
+cdef inline uint64_t _group_x86_failmask(const paging_t *p) noexcept nogil:
+    """The bits of an x86 accumulator that leave the lane to the per-access path (XD too without NXE)."""
+    return ~(PTE_RW | PTE_US | PTE_NX) | (p.rsvd[1][0] & PTE_NX)
+
+
+cdef inline uint32_t _group_x86_leaf(const paging_t *p, uint64_t failmask, uint64_t x, pte_t e,
+                                     uint32_t access, uint32_t *fail) noexcept nogil:
+    """A leaf's attrs from the lane's accumulator ``x``; ``fail`` nonzero unless walk_native_fast would
+    allow the access (check_access, and for a write the leaf's D set), with no branch."""
+    cdef uint32_t rights = (<uint32_t>(~x >> 1) & (ATTR_W | ATTR_U)) | (<uint32_t>(x >> 61) & ATTR_XD)
+    cdef uint32_t pkey = <uint32_t>(e >> PTE_PKEY_SHIFT) & 15
+    cdef uint32_t kind = access & ACC_VALID_MASK
+    fail[0] = (p.access_error[kind][rights] | ((p.pk_deny[kind] >> pkey) & (rights >> 1) & 1)
+               | (access & ~<uint32_t>(e >> 6) & ACC_WRITE) | ((x & failmask) != 0))
+    return (rights | (pkey << ATTR_PKEY_SHIFT) | ((((<uint32_t>(e >> 6)) | access) & 1) << 3)
+            | ((<uint32_t>(e >> 8) & p.pge & 1) << 4))
+
+
+cdef inline void _gx86_one(const pte_t *ent, uint64_t limit, uint64_t mask, int shift, uint64_t va,
+                           uint64_t *table, uint64_t *bad) noexcept nogil:
+    """One level of one native walk whose state lives in the caller's locals."""
+    cdef uint64_t t = table[0] & ADDR_MASK, e
+    if t >= limit:
+        t = 0
+        bad[0] |= PTE_P
+    e = ent[(t >> 3) | ((va >> shift) & 511)]
+    bad[0] |= (e ^ GROUP_X86_FLIP) & mask
+    table[0] = e
+
+
+cdef inline void _gx86_quad(const pte_t *ent, uint64_t limit, const uint64_t *mask, int top, uint64_t root,
+                            int cs, const uint64_t *va, uint64_t *leaf, uint64_t *bad) noexcept nogil:
+    """Four native walks, level by level together, in registers: their leaves and accumulators."""
+    cdef uint64_t v0 = va[0], v1 = va[1], v2 = va[2], v3 = va[3]
+    cdef uint64_t t0 = root, t1 = root, t2 = root, t3 = root
+    cdef uint64_t b0 = PTE_P if <uint64_t>((<int64_t>v0 >> cs) + 1) > 1 else 0
+    cdef uint64_t b1 = PTE_P if <uint64_t>((<int64_t>v1 >> cs) + 1) > 1 else 0
+    cdef uint64_t b2 = PTE_P if <uint64_t>((<int64_t>v2 >> cs) + 1) > 1 else 0
+    cdef uint64_t b3 = PTE_P if <uint64_t>((<int64_t>v3 >> cs) + 1) > 1 else 0
+    cdef int level
+    if top == 5:
+        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v0, &t0, &b0)
+        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v1, &t1, &b1)
+        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v2, &t2, &b2)
+        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v3, &t3, &b3)
+    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v0, &t0, &b0)
+    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v1, &t1, &b1)
+    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v2, &t2, &b2)
+    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v3, &t3, &b3)
+    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v0, &t0, &b0)
+    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v1, &t1, &b1)
+    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v2, &t2, &b2)
+    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v3, &t3, &b3)
+    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v0, &t0, &b0)
+    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v1, &t1, &b1)
+    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v2, &t2, &b2)
+    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v3, &t3, &b3)
+    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v0, &t0, &b0)
+    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v1, &t1, &b1)
+    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v2, &t2, &b2)
+    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v3, &t3, &b3)
+    leaf[0] = t0
+    leaf[1] = t1
+    leaf[2] = t2
+    leaf[3] = t3
+    bad[0] = b0
+    bad[1] = b1
+    bad[2] = b2
+    bad[3] = b3
+
+
+cdef inline uint64_t walk_native_group(const mem_t *m, const paging_t *p, const uint64_t *va, const uint8_t *kind,
+                                       uint32_t n4, uint64_t *hpa, uint32_t *attrs) noexcept nogil:
+    """walk_native_fast for ``n4`` accesses (a multiple of 4, at most GROUP_MAX), four at a time together
+    (flat memory; 4 KiB pages only).  Returns the lanes done (bit k: lane k; ``hpa``, ``attrs`` set)."""
+    cdef uint64_t leaf[GROUP_MAX]
+    cdef uint64_t bad[GROUP_MAX]
+    cdef uint64_t mask[6]
+    cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK, failmask = _group_x86_failmask(p)
+    cdef const pte_t *ent = m.entries
+    cdef uint32_t k, fail
+    cdef uint64_t done = 0
+    cdef int top = p.levels, cs = p.canonical_shift, level
+    for level in range(1, 6):
+        mask[level] = _group_x86_mask(p, level)
+    k = 0
+    while k < n4:
+        _gx86_quad(ent, limit, mask, top, root, cs, &va[k], &leaf[k], &bad[k])
+        k += 4
+    for k in range(n4):
+        attrs[k] = (_group_x86_leaf(p, failmask, bad[k], leaf[k], kind[k], &fail)
+                    | ATTR_EPT_R | ATTR_EPT_W | ATTR_EPT_X | ATTR_EPT_D)
+        hpa[k] = (leaf[k] & ADDR_MASK) | (va[k] & 0xFFF)
+        done |= <uint64_t>(fail == 0) << k
+    return done
+
+
+cdef inline void _group_ept_step(const pte_t *ent, uint64_t limit, uint64_t mask, uint64_t flip, int shift,
+                                 uint32_t n4, const uint64_t *gpa, uint64_t *table, uint64_t *bad) noexcept nogil:
+    """One EPT level for every lane: ``table`` holds the entry that points to the table."""
+    cdef size_t k
+    cdef uint64_t t, e
+    for k in range(n4):
+        t = table[k] & ADDR_MASK
+        if t >= limit:
+            t = 0
+            bad[k] |= EPT_R
+        e = ent[(t >> 3) | ((gpa[k] >> shift) & 511)]
+        bad[k] |= (e ^ flip) & mask
+        table[k] = e
+
+
+cdef inline void _group_ept(const pte_t *ent, const ept_t *ept, uint64_t limit, uint32_t n4, const uint64_t *gpa,
+                            uint64_t *leaf, uint64_t *bad) noexcept nogil:
+    """The EPT walks of ``gpa``: ``leaf`` the leaf entries, ``bad`` the accumulators (R: leave the lane)."""
+    cdef uint64_t flip = ept.a_bit | EPT_RWX
+    cdef uint32_t k
+    cdef int width = ept.width
+    for k in range(n4):
+        leaf[k] = ept.root
+        bad[k] = EPT_R if gpa[k] >> width else 0
+    if ept.levels == 5:
+        _group_ept_step(ent, limit, ept.check[5][0] | EPT_RWX, flip, PAGE_SHIFT + 36, n4, gpa, leaf, bad)
+    _group_ept_step(ent, limit, ept.check[4][0] | EPT_RWX, flip, PAGE_SHIFT + 27, n4, gpa, leaf, bad)
+    _group_ept_step(ent, limit, ept.check[3][0] | EPT_PS | EPT_RWX, flip, PAGE_SHIFT + 18, n4, gpa, leaf, bad)
+    _group_ept_step(ent, limit, ept.check[2][0] | EPT_PS | EPT_RWX, flip, PAGE_SHIFT + 9, n4, gpa, leaf, bad)
+    _group_ept_step(ent, limit, ept.check[1][0] | EPT_RWX, flip, PAGE_SHIFT, n4, gpa, leaf, bad)
+
+
+cdef inline bint _group_ept_bad(const ept_t *ept, uint64_t x, pte_t e, uint32_t need) noexcept nogil:
+    """Whether an EPT walk (accumulator ``x``, leaf ``e``) is not _ept_fast's for an access needing ``need``
+    (one right: R, W or X; its bit in ``x`` is set when some entry lacks it)."""
+    return ((x & (~(EPT_W | EPT_X) | need)) != 0
+            or ((EPT_BAD_MEMTYPES >> ((e >> EPT_MEMTYPE_SHIFT) & 7)) & 1) != 0
+            or (ept.ad and (need & EPT_W) and not (e & EPT_D)))
+
+
+cdef inline uint64_t walk_nested_group(const mem_t *m, const paging_t *p, const ept_t *ept, const uint64_t *va,
+                                       const uint8_t *kind, uint32_t n4, uint64_t *hpa, uint32_t *attrs) noexcept nogil:
+    """walk_nested_fast for ``n4`` accesses (a multiple of 4, at most GROUP_MAX), level by level together
+    (flat memory; 4 KiB pages only).  Returns the lanes done (bit k: lane k; ``hpa``, ``attrs`` set)."""
+    cdef uint64_t gpa[GROUP_MAX]
+    cdef uint64_t leaf[GROUP_MAX]
+    cdef uint64_t ebad[GROUP_MAX]
+    cdef uint64_t bad[GROUP_MAX]
+    cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK, e, t, mask
+    cdef uint64_t failmask = _group_x86_failmask(p)
+    cdef const pte_t *ent = m.entries
+    cdef uint32_t k, need = ept.pt_need, fail
+    cdef uint64_t done = 0
+    cdef int top = p.levels, cs = p.canonical_shift, level, shift = PAGE_SHIFT + 9 * (p.levels - 1)
+    for k in range(n4):
+        bad[k] = PTE_P if <uint64_t>((<int64_t>va[k] >> cs) + 1) > 1 else 0
+        gpa[k] = root | (((va[k] >> shift) & 511) << 3)
+    for level in range(top, 0, -1):
+        _group_ept(ent, ept, limit, n4, gpa, leaf, ebad)
+        mask = _group_x86_mask(p, level)
+        shift -= 9
+        for k in range(n4):
+            if _group_ept_bad(ept, ebad[k], leaf[k], need):
+                bad[k] |= PTE_P
+            t = (leaf[k] & ADDR_MASK) | (gpa[k] & 0xFFF)
+            if t >= limit:
+                t = 0
+                bad[k] |= PTE_P
+            e = ent[t >> 3]
+            bad[k] |= (e ^ GROUP_X86_FLIP) & mask
+            gpa[k] = (e & ADDR_MASK) | (((va[k] >> shift) & 511) << 3) if level > 1 else e
+    # The guest leaf (level 1: a 4 KiB page), then the final guest-physical address.
+    for k in range(n4):
+        e = gpa[k]
+        attrs[k] = _group_x86_leaf(p, failmask, bad[k], e, kind[k], &fail)
+        bad[k] = fail
+        gpa[k] = (e & ADDR_MASK) | (va[k] & 0xFFF)
+    _group_ept(ent, ept, limit, n4, gpa, leaf, ebad)
+    for k in range(n4):
+        e = leaf[k]
+        fail = <uint32_t>bad[k] | _group_ept_bad(ept, ebad[k], e, ept_access_need(kind[k]))
+        attrs[k] |= ((<uint32_t>(~ebad[k] & EPT_RWX) << ATTR_EPT_SHIFT)
+                     | (ATTR_EPT_D if (not ept.ad or (e & EPT_D)) else 0)
+                     | (<uint32_t>((e >> EPT_MEMTYPE_SHIFT) & 7) << ATTR_MEMTYPE_SHIFT))
+        hpa[k] = (e & ADDR_MASK) | (gpa[k] & 0xFFF)
+        done |= <uint64_t>(fail == 0) << k
+    return done
+
+
+cdef inline uint32_t group_refs(const paging_t *p, const ept_t *ept, bint nested) noexcept nogil:
+    """References of a group kernel's walk (all 4 KiB pages)."""
+    if nested:
+        return p.levels * (ept.levels + 1) + ept.levels
+    return p.levels
