@@ -759,7 +759,7 @@ cdef class MMU:
         """``translate``'s loop with every walk traced into the log; the WALK_* status it stopped at,
         ``index`` left at that access (or at the end) and ``w`` holding its fault."""
         cdef walk_trace_t refs
-        cdef bint walked = 0
+        cdef bint walked = 0, slow = 0
         cdef int result = WALK_OK
         cdef Py_ssize_t i = index[0], n = va.shape[0], stop
         cdef uint32_t k
@@ -773,7 +773,7 @@ cdef class MMU:
             with nogil:
                 while i < stop:
                     walk_trace_clear(&refs)
-                    result = _translate(self, va[i], kind[i], &hpa[i], w, &refs, &walked, 0)
+                    result = _translate(self, va[i], kind[i], &hpa[i], w, &refs, &walked, 0, &slow, 0, 0, 0, 0)
                     for k in range(refs.count):
                         record = &self._log[self._log_count]
                         record.address = refs.refs[k].address
