@@ -74,7 +74,7 @@ def test_plots_are_written_as_png(capsys, tmp_path):
 
 
 def test_plot_and_host_trace_need_a_directory(capsys):
-    for option in (("--plot",), ("--host-trace", "native")):
+    for option in (("--plot",), ("--host-trace", "native"), ("--pte-trace", "ramulator")):
         status, _, err = run(capsys, "compare", *SMALL, *option)
         assert status == 2 and "-o DIR" in err
 
@@ -93,6 +93,12 @@ def test_host_traces_one_per_mode_hold_every_access(capsys, tmp_path):
             chunks = list(read(f, ReadOptions(str(path))))
         totals.append(np.concatenate([c.addresses for c in chunks]))
     assert len(totals[0]) == len(totals[1]) == 25_000
+    status, out, err = run(capsys, "compare", *SMALL, "--modes", "nested", "-o", str(tmp_path / "pte"),
+                           "--pte-trace", "dramsim3", "--json")
+    assert status == 0, err
+    walk_references = json.loads(out)["results"]["nested"]["stats"]["tlb"]["walk_references"]
+    lines = (tmp_path / "pte" / "pte-nested.dramsim3.txt").read_text().splitlines()
+    assert len(lines) == walk_references and lines[0].split()[1:] == ["READ", "0"]
     status, _, err = run(capsys, "compare", *SMALL, "--modes", "native", "-o", str(tmp_path),
                          "--host-trace", "ramulator")
     lines = (tmp_path / "host-native.ramulator.txt").read_text().splitlines()

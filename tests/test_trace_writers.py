@@ -147,3 +147,34 @@ def test_bad_arguments() -> None:
         HostTraceWriter(io.BytesIO(), "csv")
     with pytest.raises(ValueError, match=r"^buffer_records: expected a positive count, got 0"):
         HostTraceWriter(io.BytesIO(), buffer_records=0)
+
+
+@pytest.mark.parametrize("mode", ["native", "brute_force", "shadow", "nested"])
+def test_pte_access_trace_holds_every_walk_reference_and_only_table_frames(mode: str) -> None:
+    from fastmmu.arch import FrameKind
+    from fastmmu.traces.writers import PteTraceWriter
+
+    from fastmmu.config import Config
+
+    machine = build(scenario(), mode, Config.from_dict({"machine": {"host_memory": "1GiB"}}))
+    kinds: set[int] = set()
+
+    class Checked(PteTraceWriter):
+        def write(self, vm: Any, process: Any, hosts: np.ndarray, access: np.ndarray) -> None:
+            # Walks read page tables, nothing else: frames that hold entries right now (data frames
+            # have none; tables are freed as processes exit, so this is checked as the run goes).
+            tables = set(machine.mem.content_frames().tolist())
+            for frame in np.unique(hosts >> np.uint64(12)).tolist():
+                assert frame in tables, f"{mode}: a walk read frame {frame:#x}, which holds no table"
+                kinds.add(machine.mem.kind_of(frame))
+            super().write(vm, process, hosts, access)
+
+    out = io.BytesIO()
+    with Checked(out, "native") as writer:
+        writer.attach(machine)
+        result = machine.run(on_batch=writer.on_batch)
+    addresses = np.concatenate([c.addresses for c in read(io.BytesIO(out.getvalue()), ReadOptions("pte"))])
+    assert len(addresses) == writer.records == result.stats["tlb"]["walk_references"] > 0
+    if mode == "nested":   # both dimensions: the EPT (the hypervisor's frames) and the guest's own tables
+        assert int(FrameKind.EPT) in kinds and int(FrameKind.DATA) in kinds
+    assert read_header(io.BytesIO(out.getvalue())).metadata["content"] == "page-walk references (host-physical)"

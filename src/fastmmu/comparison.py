@@ -38,9 +38,13 @@ def build(scenario: Scenario, mode: str, config: Config | None = None, *, record
 
 
 def run_mode(scenario: Scenario, mode: str, config: Config | None = None, *, max_accesses: int | None = None,
-             on_batch: BatchHook | None = None, timeline_every: int | None = None) -> RunResult:
-    """One mode on a fresh machine; with ``timeline_every``, the counters sampled that often."""
+             on_batch: BatchHook | None = None, timeline_every: int | None = None,
+             on_machine: Callable[[Machine], None] | None = None) -> RunResult:
+    """One mode on a fresh machine; with ``timeline_every``, the counters sampled that often.
+    ``on_machine`` sees the machine before it runs (e.g. to turn the MMU's reference log on)."""
     machine = build(scenario, check_mode(mode), config)
+    if on_machine is not None:
+        on_machine(machine)
     timeline = Timeline(timeline_every) if timeline_every else None
     result = machine.run(max_accesses=max_accesses,
                          on_batch=chain(on_batch, timeline.on_batch if timeline else None))
@@ -151,11 +155,13 @@ def _count(n: float) -> str:
 
 def compare(scenario: Scenario | None = None, modes: str | Iterable[str] = "all", config: Config | None = None,
             *, max_accesses: int | None = None, on_batch: BatchHook | None = None,
-            on_mode: Callable[[str, int], None] | None = None, timeline_every: int | None = None) -> Comparison:
+            on_mode: Callable[[str, int], None] | None = None, timeline_every: int | None = None,
+            on_machine: Callable[[Machine], None] | None = None) -> Comparison:
     """Run ``scenario`` (default: the built-in one) under each mode; native is the baseline.
 
     ``on_batch`` watches every mode's run (``observers``); ``on_mode(mode, index)`` is called as
-    each mode starts; ``timeline_every`` samples the counters every so many accesses.
+    each mode starts, ``on_machine(machine)`` once its machine is built; ``timeline_every``
+    samples the counters every so many accesses.
     """
     scenario = scenario or default_scenario()
     config = config or Config()
@@ -164,7 +170,7 @@ def compare(scenario: Scenario | None = None, modes: str | Iterable[str] = "all"
         if on_mode is not None:
             on_mode(mode, index)
         results[mode] = run_mode(scenario, mode, config, max_accesses=max_accesses, on_batch=on_batch,
-                                 timeline_every=timeline_every)
+                                 timeline_every=timeline_every, on_machine=on_machine)
         if results[mode].interrupted or results[mode].error:  # keep what is done, run nothing more
             break
     native = results["native"]

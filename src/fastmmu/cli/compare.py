@@ -19,7 +19,7 @@ from fastmmu.cli.common import (
     load_settings,
 )
 from fastmmu.cli.output import (
-    HostTraces,
+    ModeTraces,
     add_output_options,
     check_output_options,
     resolved_config,
@@ -100,19 +100,24 @@ class _Watch:
         self.bar = ProgressBar(modes, total)
         if args.no_progress or args.json and not self.bar.enabled:
             self.bar.enabled = False
-        self.traces = HostTraces(args.output, args.host_trace) if args.host_trace else None
-        self.on_batch = chain(self.bar.on_batch, self.traces.on_batch if self.traces else None)
+        self.traces = [ModeTraces(args.output, format, content)
+                       for format, content in ((args.host_trace, "host"), (args.pte_trace, "pte")) if format]
+        self.on_batch = chain(self.bar.on_batch, *(t.on_batch for t in self.traces))
         self.timeline_every = max(10_000, (total or 10_000_000) // TIMELINE_POINTS)
 
     def start_mode(self, mode: str, index: int) -> None:
         self.bar.start_mode(mode, index)
-        if self.traces is not None:
-            self.traces.start_mode(mode, index)
+        for traces in self.traces:
+            traces.start_mode(mode, index)
+
+    def on_machine(self, machine: Any) -> None:
+        for traces in self.traces:
+            traces.on_machine(machine)
 
     def close(self) -> None:
         self.bar.close()
-        if self.traces is not None:
-            self.traces.close()
+        for traces in self.traces:
+            traces.close()
 
 
 def _simulate(args: argparse.Namespace, modes: list[str] | str,
@@ -141,7 +146,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 
     def run(scenario: Any, modes: list[str], config: Any, watch: _Watch) -> Any:
         return compare(scenario, modes, config, max_accesses=args.max_accesses, on_batch=watch.on_batch,
-                       on_mode=watch.start_mode, timeline_every=watch.timeline_every)
+                       on_mode=watch.start_mode, timeline_every=watch.timeline_every, on_machine=watch.on_machine)
 
     config, scenario, comparison, started = _simulate(args, args.modes, run)
     if args.output:
@@ -164,7 +169,7 @@ def _run_one(args: argparse.Namespace) -> int:
     def run(scenario: Any, modes: list[str], config: Any, watch: _Watch) -> Any:
         watch.start_mode(mode, 0)
         return run_mode(scenario, mode, config, max_accesses=args.max_accesses, on_batch=watch.on_batch,
-                        timeline_every=watch.timeline_every)
+                        timeline_every=watch.timeline_every, on_machine=watch.on_machine)
 
     config, scenario, result, started = _simulate(args, mode, run)
     data = {"partial": result.partial, "interrupted": result.interrupted, "error": result.error,

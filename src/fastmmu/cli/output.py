@@ -28,6 +28,9 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--host-trace", choices=("native", "ramulator", "dramsim3"), default=None,
                    help="with -o: also write each mode's host-physical address trace (host-<mode>.fmt, "
                         ".ramulator.txt or .dramsim3.txt) for DRAM and cache simulators")
+    g.add_argument("--pte-trace", choices=("native", "ramulator", "dramsim3"), default=None,
+                   help="with -o: also write each mode's PTE-access trace (pte-<mode>...): the host-physical "
+                        "address of every page-table entry its walks read")
     g.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
 
 
@@ -35,8 +38,9 @@ def check_output_options(args: argparse.Namespace) -> None:
     """Before running: the directory can be written, and --plot can plot."""
     if args.plot and not args.output:
         raise UserError("--plot: give a directory for the charts with -o DIR")
-    if args.host_trace and not args.output:
-        raise UserError("--host-trace: give a directory for the traces with -o DIR")
+    for option, value in (("--host-trace", args.host_trace), ("--pte-trace", args.pte_trace)):
+        if value and not args.output:
+            raise UserError(f"{option}: give a directory for the traces with -o DIR")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -80,25 +84,30 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-HOST_TRACE_SUFFIX = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
+TRACE_SUFFIX = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
 
 
-class HostTraces:
-    """One host-physical address trace per mode (``--host-trace``): an ``on_batch`` hook that
-    starts a new file as each mode starts (``start_mode``)."""
+class ModeTraces:
+    """One trace file per mode (``--host-trace``: ``host-<mode>``, ``--pte-trace``: ``pte-<mode>``):
+    an ``on_batch`` hook that starts a new file as each mode starts (``start_mode``)."""
 
-    def __init__(self, directory: str, format: str) -> None:
-        self.directory, self.format = Path(directory), format
+    def __init__(self, directory: str, format: str, content: str) -> None:
+        self.directory, self.format, self.content = Path(directory), format, content
         self.writer: Any = None
         self.paths: list[Path] = []
 
     def start_mode(self, mode: str, index: int) -> None:
-        from fastmmu.traces.writers import HostTraceWriter
+        from fastmmu.traces.writers import HostTraceWriter, PteTraceWriter
 
         self.close()
-        path = self.directory / f"host-{mode}{HOST_TRACE_SUFFIX[self.format]}"
-        self.writer = HostTraceWriter(path, self.format, metadata={"mode": mode})
+        path = self.directory / f"{self.content}-{mode}{TRACE_SUFFIX[self.format]}"
+        writer = PteTraceWriter if self.content == "pte" else HostTraceWriter
+        self.writer = writer(path, self.format, metadata={"mode": mode})
         self.paths.append(path)
+
+    def on_machine(self, machine: Any) -> None:
+        if hasattr(self.writer, "attach"):
+            self.writer.attach(machine)
 
     def on_batch(self, *args: Any) -> None:
         if self.writer is not None:

@@ -22,8 +22,9 @@ Fetches count as reads in the text formats (a DRAM sees a read).  Each run
 blocks (no Python per access), and the writer buffers at most
 ``buffer_records`` accesses, so its memory is bounded however long the run.
 
-A trace of the page-table references of the walks (the PTE-access trace) is
-not here: it needs a reference log in the MMU core first.
+``PteTraceWriter`` writes the PTE-access trace the same ways: the host-physical
+address of every entry the hardware's walks read, from the MMU's reference log
+(``MMU.log_references``).
 """
 
 from __future__ import annotations
@@ -169,22 +170,24 @@ class HostTraceWriter:
     def on_batch(self, vm: Any, process: Any, addresses: np.ndarray, kinds: np.ndarray,
                  host_addresses: np.ndarray, start: int, stop: int) -> None:
         """The ``Machine.run`` hook: accesses [start, stop) are done, at ``host_addresses``."""
-        if stop <= start:
-            return
+        if stop > start:
+            self.write(vm, process, host_addresses[start:stop], kinds[start:stop] & _KIND_MASK)
+
+    def write(self, vm: Any, process: Any, hosts: np.ndarray, access: np.ndarray) -> None:
+        """Append accesses of ``process`` in ``vm``: host addresses and kinds (READ, WRITE, FETCH)."""
+        count = len(hosts)
         if self._native is not None and (vm.id != self._vm or process.pid != self._pid):
             self._flush_buffer()
             if vm.id != self._vm:
                 self._native.write_event(SwitchVM(vm.id))
             self._native.write_event(SwitchProcess(process.pid))
             self._vm, self._pid = vm.id, process.pid
-        hosts = host_addresses[start:stop]
-        access = kinds[start:stop] & _KIND_MASK
         room = len(self._addresses) - self._count
-        if stop - start > room:  # a big batch: flush what is buffered and write it in place
+        if count > room:  # a big batch: flush what is buffered and write it in place
             self._flush_buffer()
             self._write(hosts, access)
             return
-        end = self._count + stop - start
+        end = self._count + count
         self._addresses[self._count:end] = hosts
         self._kinds[self._count:end] = access
         self._count = end
@@ -231,3 +234,38 @@ class HostTraceWriter:
                 else:
                     self._text.flush()
             self._native = self._text = None
+
+
+class PteTraceWriter(HostTraceWriter):
+    """The PTE-access trace of a run: the host-physical address of every page-table entry the
+    hardware walks read (native, guest, shadow or EPT tables), in the formats of ``HostTraceWriter``
+    (each reference a READ).  ``attach(machine)`` before the run turns the MMU's reference log on;
+    ``on_batch`` then drains it.  TLB hits make no reference; faulting walks do (they read memory)."""
+
+    def __init__(self, target: PathLike | BinaryIO, format: str = "native", *,
+                 metadata: dict[str, Any] | None = None, buffer_records: int = BUFFER_RECORDS) -> None:
+        super().__init__(target, format, buffer_records=buffer_records,
+                         metadata={"content": "page-walk references (host-physical)", **(metadata or {})})
+
+    _mmu: Any = None
+    _last: tuple[Any, Any] | None = None
+
+    def attach(self, machine: Any) -> None:
+        self._mmu = machine.mmu
+        self._mmu.log_references(True)
+
+    def on_batch(self, vm: Any, process: Any, addresses: np.ndarray, kinds: np.ndarray,
+                 host_addresses: np.ndarray, start: int, stop: int) -> None:
+        self._last = (vm, process)
+        self._drain(vm.machine.mmu, vm, process)
+
+    def close(self) -> None:
+        """Also the references of walks no completed access followed (a last fault, say)."""
+        if self._mmu is not None and self._last is not None and (self._native or self._text):
+            self._drain(self._mmu, *self._last)
+        super().close()
+
+    def _drain(self, mmu: Any, vm: Any, process: Any) -> None:
+        references = mmu.take_references()
+        if len(references):
+            self.write(vm, process, references["address"], np.zeros(len(references), dtype=np.uint8))
