@@ -146,17 +146,19 @@ class WorkingSets:
 
     def steps(self) -> Iterator[Step]:
         _check(self.pages, self.n)
-        if self.phases <= 0 or not 0 < self.set_pages <= self.pages or not 0.0 <= self.keep <= 1.0:
-            raise ValueError(f"working sets: expected phases > 0, 0 < set_pages <= pages and 0 <= keep <= 1, "
-                             f"got phases={self.phases}, set_pages={self.set_pages}, keep={self.keep}")
+        kept = int(round(self.keep * self.set_pages))
+        if self.phases <= 0 or self.set_pages <= 0 or not 0.0 <= self.keep <= 1.0 \
+                or self.pages < self.set_pages + (self.set_pages - kept if self.phases > 1 else 0):
+            raise ValueError(f"working sets: expected phases > 0, 0 <= keep <= 1 and room for each phase's new "
+                             f"pages (pages >= set_pages + the pages not kept), got pages={self.pages}, "
+                             f"phases={self.phases}, set_pages={self.set_pages}, keep={self.keep}")
         yield Mmap(self.base, self.pages << 12)
         rng = np.random.default_rng(self.seed)
         current = rng.choice(self.pages, self.set_pages, replace=False).astype(np.uint64)
         for phase in range(self.phases):
-            if phase:
-                kept = current[:int(round(self.keep * self.set_pages))]
-                fresh = np.setdiff1d(np.arange(self.pages, dtype=np.uint64), kept, assume_unique=True)
-                current = np.concatenate([kept, rng.choice(fresh, self.set_pages - len(kept), replace=False)])
+            if phase:   # keep a share of the set; the rest moves to pages the last phase did not use
+                fresh = np.setdiff1d(np.arange(self.pages, dtype=np.uint64), current, assume_unique=True)
+                current = np.concatenate([current[:kept], rng.choice(fresh, self.set_pages - kept, replace=False)])
                 rng.shuffle(current)
             share = self.n // self.phases + (1 if phase < self.n % self.phases else 0)
             for count in _chunks(share, self.chunk):

@@ -49,6 +49,19 @@ class Scenario:
                         for v in self.vms]}
 
 
+def mix(programs: Mapping[str, Program], *, vm: str = "vm0", memory: int | str = "1GiB",
+        description: str = "") -> Scenario:
+    """A multi-process mix: one VM running each of ``programs`` (name -> program) as its own process,
+    scheduled by the guest kernel's quantum.
+
+    >>> from fastmmu.workloads import mix, strided, zipf
+    >>> scenario = mix({"db": zipf(pages=4096, n=100_000), "scan": strided(pages=1024, n=50_000)})
+    """
+    processes = [ProcessSpec(name, program) for name, program in programs.items()]
+    return Scenario([VMSpec(vm, memory=memory, processes=processes)],
+                    description=description or "a mix of " + ", ".join(programs))
+
+
 def scenario_from_dict(data: Mapping[str, Any], key: str = "workload") -> Scenario:
     """A scenario from a mapping (a config file's ``[workload]`` table, or ``Scenario.to_dict()``).
 
