@@ -176,8 +176,17 @@ class _AddressSpace:
         self.regions: set[int] = set()            # regions known to be fully mapped
 
     def touch(self, addresses: np.ndarray) -> Iterator[Mmap]:
-        regions = np.unique(addresses >> np.uint64(self.shift))
-        for region in regions.tolist():
+        regions = addresses >> np.uint64(self.shift)
+        if self.regions:   # most chunks touch only regions already mapped: find the others cheaply
+            known = np.fromiter(self.regions, dtype=np.uint64, count=len(self.regions))
+            if len(known) <= 16:
+                seen = np.zeros(len(regions), dtype=bool)
+                for region in known:
+                    seen |= regions == region
+            else:
+                seen = np.isin(regions, known)
+            regions = regions[~seen]
+        for region in np.unique(regions).tolist():
             if region in self.regions:
                 continue
             lo, hi = region << self.shift, (region + 1) << self.shift
