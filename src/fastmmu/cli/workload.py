@@ -11,6 +11,8 @@ VM id of the trace.
 from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import replace
 from typing import Any
 
 from fastmmu.cli.common import UserError, size_arg
@@ -74,25 +76,32 @@ def _from_options(args: argparse.Namespace) -> Any:
 
     described = []
     for item in args.trace:
-        path, _, vm_name = item.rpartition("@") if "@" in item else (item, "", "")
+        path, vm_name = _target(item)
         program = program_from_spec({"trace": path, "format": args.format, "stream": args.stream,
                                      "skip_bad": args.skip_bad, "limit": args.limit}, "--trace")
         assert isinstance(program, TraceProgram)
-        name = path.rsplit("/", 1)[-1]
+        name = os.path.basename(path)
         streams = None
         if args.stream is None and (program.format or program.open().format) == "native":
             streams = sorted(trace_streams(program.open()))
         if streams and len(streams) > 1:
             for stream in streams:
                 target = vm_name or stream.split("/")[0]
-                vm(target).processes.append(ProcessSpec(f"{name}:{stream}", TraceProgram(
-                    path, program.format, stream, program.skip_bad, program.limit)))
+                vm(target).processes.append(ProcessSpec(f"{name}:{stream}", replace(program, stream=stream)))
         else:
             vm(vm_name or "vm0").processes.append(ProcessSpec(name, program))
         described.append(name)
     for item in args.workload:
-        text, _, vm_name = item.rpartition("@") if "@" in item else (item, "", "")
+        text, vm_name = _target(item)
         program = program_from_spec(parse_workload(text), "--workload")
         vm(vm_name or "vm0").processes.append(ProcessSpec(text.split(":")[0], program))
         described.append(text)
     return Scenario(list(vms.values()), description=", ".join(described))
+
+
+def _target(item: str) -> tuple[str, str]:
+    """``WHAT@VM`` as (what, vm); an existing file whose name holds an ``@`` is a file, not a VM."""
+    if "@" not in item or os.path.exists(item):
+        return item, ""
+    what, _, vm_name = item.rpartition("@")
+    return what, vm_name
