@@ -152,9 +152,8 @@ def test_bad_arguments() -> None:
 @pytest.mark.parametrize("mode", ["native", "brute_force", "shadow", "nested"])
 def test_pte_access_trace_holds_every_walk_reference_and_only_table_frames(mode: str) -> None:
     from fastmmu.arch import FrameKind
-    from fastmmu.traces.writers import PteTraceWriter
-
     from fastmmu.config import Config
+    from fastmmu.traces.writers import PteTraceWriter
 
     machine = build(scenario(), mode, Config.from_dict({"machine": {"host_memory": "1GiB"}}))
     kinds: set[int] = set()
