@@ -51,6 +51,7 @@ from fastmmu._core.paging cimport (
     walk_nested_fast,
     walk_native_group,
     walk_nested_group,
+    group_attrs_t,
     group_refs,
     GROUP_MAX,
     walk_result,
@@ -290,10 +291,12 @@ cdef inline uint32_t _group_size(MMU self) noexcept nogil:
 
 
 cdef inline uint64_t _group_walk(MMU self, const uint64_t *va, const uint8_t *kind, Py_ssize_t i, Py_ssize_t n,
-                                 uint32_t cnt, uint64_t *ghpa, uint32_t *gattrs) noexcept nogil:
-    """The group kernel on accesses i .. i+cnt-1 (cnt <= GROUP_MAX): the mask of the lanes it did."""
+                                 uint32_t cnt, uint64_t *ghpa, group_attrs_t *gattrs) noexcept nogil:
+    """The group kernel on accesses i .. i+cnt-1 (cnt <= GROUP_MAX): the mask of the lanes it did.
+    ``gattrs``: their attrs, or <no_trace_t *>NULL when they are not wanted."""
     cdef uint64_t pad_va[GROUP_MAX]
     cdef uint8_t pad_kind[GROUP_MAX]
+    cdef uint32_t scratch[GROUP_MAX]
     cdef uint32_t k, n4 = (cnt + 3) & ~(<uint32_t>3)
     cdef uint64_t done
     cdef const uint64_t *gva = &va[i]
@@ -305,7 +308,10 @@ cdef inline uint64_t _group_walk(MMU self, const uint64_t *va, const uint8_t *ki
         gva = pad_va
         gkind = pad_kind
     if self.nested:
-        done = walk_nested_group(&self.mem.c, &self.paging, &self.ept, gva, gkind, n4, ghpa, gattrs)
+        if group_attrs_t is uint32_t:
+            done = walk_nested_group(&self.mem.c, &self.paging, &self.ept, gva, gkind, n4, ghpa, gattrs)
+        else:
+            done = walk_nested_group(&self.mem.c, &self.paging, &self.ept, gva, gkind, n4, ghpa, scratch)
     else:
         done = walk_native_group(&self.mem.c, &self.paging, gva, gkind, n4, ghpa, gattrs)
     return done & ((<uint64_t>1 << cnt) - 1) if cnt < 64 else done
@@ -338,8 +344,11 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
                 break
             continue
         cnt = <uint32_t>(n - i) if n - i < size else size
-        ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
-        if popcount64(ok) * 2 < cnt:
+        if m.ntraps:        # a trap reports the lane's attrs
+            ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
+        else:
+            ok = _group_walk(self, va, kind, i, n, cnt, ghpa, <no_trace_t *>NULL)
+        if ok != (<uint64_t>1 << cnt) - 1 and popcount64(ok) * 2 < cnt:
             plain = GROUP_BACKOFF
         slow = 0
         k = 0

@@ -335,10 +335,10 @@ cdef class TLB:
 
 # -- the batch simulator ---------------------------------------------------------------
 #
-# Each loop copies the tlb_t structs into locals, as limit.c passes them by
-# value: the geometry and counters then stay in registers, since no store
-# into a TLB array can alias a local.  ``now`` is the access number.  The
-# counters go back into the objects afterwards (the arrays are shared).
+# ``now`` is the access number.  The general loop copies the tlb_t structs
+# into locals, as limit.c passes them by value, so that no store into a TLB
+# array can alias them; the counters go back into the objects afterwards (the
+# arrays are shared).
 
 ctypedef void (*run_loop_t)(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_t n, uint64_t ctx,
                             uint64_t start, uint64_t *hits) noexcept nogil
@@ -362,52 +362,94 @@ cdef inline void _refill(tlb_t *upper, const tlb_t *lower, const tlb_hit_t *hit,
 # The fast loops serve hierarchies of LRU levels that hold only 4 KiB pages
 # (the usual TLB-geometry study, and what the benchmark measures): the page
 # number, tag and set are computed once per access, a hit is an LRU touch
-# (stamp = now), and a miss fills through tlb_oldest_way + tlb_write, which
-# the compiler inlines (it does not inline the general tlb_fill).
+# (stamp = now), and a miss fills the oldest way (tlb_oldest_way).  They keep
+# each level's arrays and geometry in plain locals (not a tlb_t copy: its
+# fields crowd the registers and the hit path then reloads them from the
+# stack), and count only on the miss path: hits = accesses - misses.
 
-cdef void _run_one_4k(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_t n, uint64_t ctx,
-                      uint64_t start, uint64_t *hits) noexcept nogil:
-    cdef tlb_t *level0 = levels[0]
-    cdef tlb_t t0 = level0[0]
-    cdef uint64_t i, va, vpn, tag, base0, pos, now, h0 = 0
+
+ctypedef struct pow2_sets_t:      # the set index is vpn & set_mask (sets a power of two)
+    uint8_t unused
+
+ctypedef struct any_sets_t:       # the set index is vpn % sets
+    uint8_t unused
+
+ctypedef fused set_kind:          # selects, at compile time, how a fast loop finds the set
+    pow2_sets_t
+    any_sets_t
+
+
+cdef inline uint64_t _set_base(set_kind *how, uint64_t vpn, uint64_t set_mask, uint64_t sets,
+                               uint64_t ways) noexcept nogil:
+    """tlb_set_base on locals, with the power-of-two test made at compile time."""
+    if set_kind is pow2_sets_t:
+        return (vpn & set_mask) * ways
+    else:
+        return (vpn % sets) * ways
+
+
+cdef inline bint _lru_fill(tlb_t *t, uint64_t base, uint64_t want, uint64_t ctx, uint64_t frame,
+                           uint32_t attrs, uint64_t now) noexcept nogil:
+    """tlb_write over the LRU victim, but only the arrays are touched (the counters stay with the
+    caller); 1 if a valid entry was displaced."""
+    cdef uint64_t pos = tlb_oldest_way(t.stamp, base, t.ways)
+    cdef bint evicted = t.tag[pos] != 0
+    t.tag[pos] = want
+    t.ctx[pos] = ctx
+    t.frame[pos] = frame
+    t.attrs[pos] = attrs
+    t.stamp[pos] = now
+    return evicted
+
+
+cdef inline void _one_4k(set_kind *how, tlb_t **levels, const uint64_t *addr, uint64_t n, uint64_t ctx,
+                         uint64_t start, uint64_t *hits) noexcept nogil:
+    cdef tlb_t *t0 = levels[0]
+    cdef const uint64_t *tag = t0.tag
+    cdef const uint64_t *ctxs = t0.ctx
+    cdef uint64_t *stamp = t0.stamp
+    cdef uint64_t set_mask = t0.set_mask, sets = t0.sets, ways = t0.ways
+    cdef uint64_t i, va, vpn, want, base, pos, misses = 0, evictions = 0
     for i in range(n):
         va = addr[i]
-        now = start + i
         vpn = (va >> PAGE_SHIFT) & VPN_MASK
-        tag = tlb_want_tag(SIZE_4K, vpn)
-        base0 = tlb_set_base(&t0, vpn)
-        if tlb_find(&t0, base0, tag, ctx, &pos):
-            t0.stamp[pos] = now
-            h0 += 1
+        want = tlb_want_tag(SIZE_4K, vpn)
+        base = _set_base(how, vpn, set_mask, sets, ways)
+        if tlb_find_in(tag, ctxs, base, base + ways, want, ctx, &pos):
+            stamp[pos] = start + i
         else:
-            tlb_write(&t0, base0, tlb_oldest_way(t0.stamp, base0, t0.ways), tag, ctx, va >> PAGE_SHIFT,
-                      0, now)
-    t0.hits += h0
-    t0.misses += n - h0
-    hits[0] = h0
-    _keep_counters(level0, &t0)
+            misses += 1
+            evictions += _lru_fill(t0, base, want, ctx, va >> PAGE_SHIFT, 0, start + i)
+    t0.hits += n - misses
+    t0.misses += misses
+    t0.fills += misses
+    t0.evictions += evictions
+    hits[0] = n - misses
 
 
-cdef void _run_two_4k(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_t n, uint64_t ctx,
-                      uint64_t start, uint64_t *hits) noexcept nogil:
-    cdef tlb_t *level0 = levels[0]
-    cdef tlb_t *level1 = levels[1]
-    cdef tlb_t t0 = level0[0]
-    cdef tlb_t t1 = level1[0]
-    cdef uint64_t i, va, vpn, tag, base0, base1, pos, now, entry_ctx, frame, h0 = 0, h1 = 0
+cdef inline void _two_4k(set_kind *how, tlb_t **levels, const uint64_t *addr, uint64_t n, uint64_t ctx,
+                         uint64_t start, uint64_t *hits) noexcept nogil:
+    cdef tlb_t *t0 = levels[0]
+    cdef tlb_t *t1 = levels[1]
+    cdef const uint64_t *tag = t0.tag
+    cdef const uint64_t *ctxs = t0.ctx
+    cdef uint64_t *stamp = t0.stamp
+    cdef uint64_t set_mask = t0.set_mask, sets = t0.sets, ways = t0.ways
+    cdef uint64_t i, va, vpn, want, base0, base1, pos, now, entry_ctx, frame
+    cdef uint64_t misses0 = 0, h1 = 0, evictions0 = 0, evictions1 = 0
     cdef uint32_t attrs
     for i in range(n):
         va = addr[i]
-        now = start + i
         vpn = (va >> PAGE_SHIFT) & VPN_MASK
-        tag = tlb_want_tag(SIZE_4K, vpn)
-        base0 = tlb_set_base(&t0, vpn)
-        if tlb_find(&t0, base0, tag, ctx, &pos):
-            t0.stamp[pos] = now
-            h0 += 1
+        want = tlb_want_tag(SIZE_4K, vpn)
+        base0 = _set_base(how, vpn, set_mask, sets, ways)
+        if tlb_find_in(tag, ctxs, base0, base0 + ways, want, ctx, &pos):
+            stamp[pos] = start + i
             continue
-        base1 = tlb_set_base(&t1, vpn)
-        if tlb_find(&t1, base1, tag, ctx, &pos):
+        now = start + i
+        misses0 += 1
+        base1 = tlb_set_base(t1, vpn)
+        if tlb_find(t1, base1, want, ctx, &pos):
             t1.stamp[pos] = now
             h1 += 1
             entry_ctx = t1.ctx[pos]
@@ -417,16 +459,40 @@ cdef void _run_two_4k(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_
             entry_ctx = ctx
             frame = va >> PAGE_SHIFT
             attrs = 0
-            tlb_write(&t1, base1, tlb_oldest_way(t1.stamp, base1, t1.ways), tag, ctx, frame, attrs, now)
-        tlb_write(&t0, base0, tlb_oldest_way(t0.stamp, base0, t0.ways), tag, entry_ctx, frame, attrs, now)
-    t0.hits += h0
-    t0.misses += n - h0
+            evictions1 += _lru_fill(t1, base1, want, ctx, frame, attrs, now)
+        evictions0 += _lru_fill(t0, base0, want, entry_ctx, frame, attrs, now)
+    t0.hits += n - misses0
+    t0.misses += misses0
+    t0.fills += misses0
+    t0.evictions += evictions0
     t1.hits += h1
-    t1.misses += n - h0 - h1
-    hits[0] = h0
+    t1.misses += misses0 - h1
+    t1.fills += misses0 - h1
+    t1.evictions += evictions1
+    hits[0] = n - misses0
     hits[1] = h1
-    _keep_counters(level0, &t0)
-    _keep_counters(level1, &t1)
+
+
+# One function per loop and set indexing, each calling its variant once (so it is inlined).
+
+cdef void _run_one_4k_pow2(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_t n, uint64_t ctx,
+                           uint64_t start, uint64_t *hits) noexcept nogil:
+    _one_4k(<pow2_sets_t *>NULL, levels, addr, n, ctx, start, hits)
+
+
+cdef void _run_one_4k_any(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_t n, uint64_t ctx,
+                          uint64_t start, uint64_t *hits) noexcept nogil:
+    _one_4k(<any_sets_t *>NULL, levels, addr, n, ctx, start, hits)
+
+
+cdef void _run_two_4k_pow2(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_t n, uint64_t ctx,
+                           uint64_t start, uint64_t *hits) noexcept nogil:
+    _two_4k(<pow2_sets_t *>NULL, levels, addr, n, ctx, start, hits)
+
+
+cdef void _run_two_4k_any(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_t n, uint64_t ctx,
+                          uint64_t start, uint64_t *hits) noexcept nogil:
+    _two_4k(<any_sets_t *>NULL, levels, addr, n, ctx, start, hits)
 
 
 cdef void _run_many(tlb_t **levels, int nlevels, const uint64_t *addr, uint64_t n, uint64_t ctx,
@@ -493,9 +559,9 @@ def simulate(addresses, levels, *, pcid=0, vpid=0, eptag=0, start_clock=None):
     # of its own (inlined into this big wrapper, its values spill to the stack).
     cdef run_loop_t run = _run_many
     if only_4k and nlevels == 1:
-        run = _run_one_4k
+        run = _run_one_4k_pow2 if structs[0].pow2 else _run_one_4k_any
     elif only_4k and nlevels == 2:
-        run = _run_two_4k
+        run = _run_two_4k_pow2 if structs[0].pow2 else _run_two_4k_any
     if n:
         with nogil:
             run(structs, nlevels, addr, n, ctx, start, hits)

@@ -207,10 +207,11 @@ class TwoLevelSimulation(RuleBasedStateMachine):
     "levels",
     [
         ({"entries": 8, "ways": 2}, {"entries": 24, "ways": 4}),  # fast loop, 6-set L2
+        ({"entries": 12, "ways": 4}, {"entries": 16, "ways": 4}),  # fast loop, 3-set L1 (no mask)
         ({"entries": 4, "ways": 4, "policy": "fifo"}, {"entries": 16, "ways": 4}),  # generic loop
         ({"entries": 6, "ways": 3, "sizes": ("4K", "2M")}, {"entries": 12, "ways": 2, "policy": "plru"}),
     ],
-    ids=["lru-fast", "fifo-generic", "mixed-plru"],
+    ids=["lru-fast", "lru-fast-3sets", "fifo-generic", "mixed-plru"],
 )
 def test_two_level_simulate_matches_the_reference(levels):
     machine = type("TwoLevelSimulation_", (TwoLevelSimulation,), {"LEVELS": levels})

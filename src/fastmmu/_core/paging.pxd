@@ -165,6 +165,8 @@ ctypedef struct paging_t:
     uint8_t access_error[16][8]  # [access][W|U|XD]: error code of a denial, 0 = allowed (no PK)
     uint16_t pk_deny[16]         # [access]: bit k set = protection key k denies it (0: PKE off, fetch)
     uint8_t fault_bits[16]       # [access]: the W, U and I/D bits of its page-fault error codes
+    uint64_t group_deny[16][2]   # [access]: (need, flip): the group kernels deny it, keys aside, when
+                                 # (z ^ flip) & need != 0 (z: see _gx86_finish; all-ones: always)
 
 
 ctypedef struct ept_t:
@@ -327,6 +329,45 @@ cdef inline uint16_t _keys_denying(const paging_t *p, uint32_t access) noexcept 
     return keys
 
 
+cdef inline void _group_deny(paging_t *p, uint32_t access) noexcept nogil:
+    """group_deny[access]: the permission check of a 4 KiB translation (keys aside) as one masked test.
+
+    Every denial of 4.6 is an OR of single conditions on the rights (not W, not U, U, XD; and for a
+    write, not D), so it is ``(z ^ flip) & need != 0`` over a word ``z`` whose bit 1 is set when no W,
+    bit 2 when no U, bit 63 with XD and bit 6 when no D: ``need`` selects the conditions, ``flip``
+    those on U rather than no U.  The pair is found by trying them all against ``access_error``;
+    if none matched, need = all ones would send every such access to the per-access path.
+    """
+    cdef uint64_t need, flip, z, bits[4]
+    cdef uint32_t rights, d, sel, pol, i
+    cdef bint ok
+    bits[0] = PTE_RW                              # not W
+    bits[1] = PTE_US                              # not U
+    bits[2] = PTE_NX                              # XD
+    bits[3] = PTE_D                               # not D
+    for sel in range(16):
+        for pol in range(2):                      # flip: on U (bit 1 of the selection) or not
+            need = 0
+            for i in range(4):
+                if (sel >> i) & 1:
+                    need |= bits[i]
+            flip = PTE_US if pol else 0
+            ok = 1
+            for rights in range(8):
+                for d in range(2):
+                    z = ((0 if rights & ATTR_W else PTE_RW) | (0 if rights & ATTR_U else PTE_US)
+                         | (PTE_NX if rights & ATTR_XD else 0) | (0 if d else PTE_D))
+                    if (((z ^ flip) & need) != 0) != (p.access_error[access][rights] != 0
+                                                     or ((access & ACC_WRITE) != 0 and not d)):
+                        ok = 0
+            if ok:
+                p.group_deny[access][0] = need
+                p.group_deny[access][1] = flip
+                return
+    p.group_deny[access][0] = ~(<uint64_t>0)
+    p.group_deny[access][1] = 0
+
+
 cdef inline void paging_prepare(paging_t *p) noexcept nogil:
     """Derive the masks and permission tables from the control bits of ``p``."""
     cdef uint64_t base = _bits(51, p.maxphyaddr) if p.maxphyaddr < 52 else 0
@@ -358,6 +399,8 @@ cdef inline void paging_prepare(paging_t *p) noexcept nogil:
                 p.access_error[access][rights] = <uint8_t>(PFERR_P | p.fault_bits[access])
             else:
                 p.access_error[access][rights] = 0
+    for access in range(16):
+        _group_deny(p, access)
 
 
 cdef inline void ept_prepare(ept_t *e) noexcept nogil:
@@ -1279,83 +1322,125 @@ cdef inline uint32_t _group_x86_leaf(const paging_t *p, uint64_t failmask, uint6
             | ((<uint32_t>(e >> 8) & p.pge & 1) << 4))
 
 
-cdef inline void _gx86_one(const pte_t *ent, uint64_t limit, uint64_t mask, int shift, uint64_t va,
-                           uint64_t *table, uint64_t *bad) noexcept nogil:
-    """One level of one native walk whose state lives in the caller's locals."""
+# The native kernel.  Per lane and level: the table address (clamped to the zero sentinel frame
+# past the end of memory: a lane whose table is beyond memory reads a zero entry, not present),
+# one load, and for the levels above the leaf one OR into the lane's accumulator ``bad`` of the
+# entry ``^ GROUP_X86_FLIP``, unmasked: the masks are applied once, at the leaf.  There, with
+# ``low = leaf ^ GROUP_X86_FLIP ^ PTE_D`` and ``z = bad | low``, the lane is left when ``bad`` has a
+# bit of ``upper`` (P or A lacking, a reserved bit, PS: a large page), ``low`` one of ``lower``, when
+# ``p.group_deny`` denies the access (the permission check and a write's dirty test in one masked
+# test) and, with CR4.PKE, when its protection key does.  An upper entry's bit 6 (ignored) reads
+# as "no D": at worst a write goes to the per-access path, which decides.
+
+ctypedef fused group_attrs_t:     # selects, at compile time, a kernel that reports the lanes' attrs
+    uint32_t                      # it does: run loops that fill TLBs or may report a trap
+    no_trace_t                    # it does not: pass <no_trace_t *>NULL
+
+
+cdef inline void _gx86_step(const char *ent, uint64_t limit, int shift, uint64_t va, uint64_t *table,
+                            uint64_t *bad) noexcept nogil:
+    """One level above the leaf of one walk whose state lives in the caller's locals."""
     cdef uint64_t t = table[0] & ADDR_MASK, e
-    if t >= limit:
-        t = 0
-        bad[0] |= PTE_P
-    e = ent[(t >> 3) | ((va >> shift) & 511)]
-    bad[0] |= (e ^ GROUP_X86_FLIP) & mask
+    if t > limit:
+        t = limit
+    e = (<const pte_t *>(ent + t + ((va >> (shift - 3)) & 0xFF8)))[0]
+    bad[0] |= e ^ GROUP_X86_FLIP
     table[0] = e
 
 
-cdef inline void _gx86_quad(const pte_t *ent, uint64_t limit, const uint64_t *mask, int top, uint64_t root,
-                            int cs, const uint64_t *va, uint64_t *leaf, uint64_t *bad) noexcept nogil:
-    """Four native walks, level by level together, in registers: their leaves and accumulators."""
+cdef inline pte_t _gx86_leaf_entry(const char *ent, uint64_t limit, uint64_t va, uint64_t table) noexcept nogil:
+    cdef uint64_t t = table & ADDR_MASK
+    if t > limit:
+        t = limit
+    return (<const pte_t *>(ent + t + ((va >> (PAGE_SHIFT - 3)) & 0xFF8)))[0]
+
+
+cdef inline uint64_t _gx86_finish(const paging_t *p, uint64_t upper, uint64_t lower, bint pke, uint64_t va,
+                                  pte_t leaf, uint64_t bad, uint32_t access, uint64_t *hpa,
+                                  group_attrs_t *attrs) noexcept nogil:
+    """The end of one lane: its address (and attrs); nonzero when walk_native_fast would not do it."""
+    cdef uint64_t low = leaf ^ (GROUP_X86_FLIP | PTE_D), z = bad | low
+    cdef uint32_t kind = access & ACC_VALID_MASK
+    cdef uint64_t fail = (bad & upper) | (low & lower) | ((z ^ p.group_deny[kind][1]) & p.group_deny[kind][0])
+    if pke:
+        fail |= (p.pk_deny[kind] >> ((leaf >> PTE_PKEY_SHIFT) & 15)) & (~z >> 2) & 1
+    hpa[0] = (leaf & ADDR_MASK) | (va & 0xFFF)
+    if group_attrs_t is uint32_t:
+        attrs[0] = (<uint32_t>((~z >> 1) & (ATTR_W | ATTR_U)) | (<uint32_t>(z >> 61) & ATTR_XD)
+                    | (<uint32_t>((leaf >> PTE_PKEY_SHIFT) & 15) << ATTR_PKEY_SHIFT)
+                    | ((((<uint32_t>(leaf >> 6)) | access) & 1) << 3)
+                    | ((<uint32_t>(leaf >> 8) & p.pge & 1) << 4)
+                    | ATTR_EPT_R | ATTR_EPT_W | ATTR_EPT_X | ATTR_EPT_D)
+    return fail
+
+
+cdef inline uint64_t _gx86_quad(const paging_t *p, const char *ent, uint64_t limit, uint64_t upper, uint64_t lower,
+                                bint pke, const uint64_t *va, const uint8_t *kind, uint64_t *hpa,
+                                group_attrs_t *attrs) noexcept nogil:
+    """Four native walks, level by level together, in registers: bit k set = lane k is left."""
     cdef uint64_t v0 = va[0], v1 = va[1], v2 = va[2], v3 = va[3]
-    cdef uint64_t t0 = root, t1 = root, t2 = root, t3 = root
+    cdef uint64_t root = p.root, t0, t1, t2, t3, f0, f1, f2, f3
+    cdef int cs = p.canonical_shift
     cdef uint64_t b0 = PTE_P if <uint64_t>((<int64_t>v0 >> cs) + 1) > 1 else 0
     cdef uint64_t b1 = PTE_P if <uint64_t>((<int64_t>v1 >> cs) + 1) > 1 else 0
     cdef uint64_t b2 = PTE_P if <uint64_t>((<int64_t>v2 >> cs) + 1) > 1 else 0
     cdef uint64_t b3 = PTE_P if <uint64_t>((<int64_t>v3 >> cs) + 1) > 1 else 0
-    cdef int level
-    if top == 5:
-        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v0, &t0, &b0)
-        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v1, &t1, &b1)
-        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v2, &t2, &b2)
-        _gx86_one(ent, limit, mask[5], PAGE_SHIFT + 36, v3, &t3, &b3)
-    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v0, &t0, &b0)
-    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v1, &t1, &b1)
-    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v2, &t2, &b2)
-    _gx86_one(ent, limit, mask[4], PAGE_SHIFT + 27, v3, &t3, &b3)
-    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v0, &t0, &b0)
-    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v1, &t1, &b1)
-    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v2, &t2, &b2)
-    _gx86_one(ent, limit, mask[3], PAGE_SHIFT + 18, v3, &t3, &b3)
-    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v0, &t0, &b0)
-    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v1, &t1, &b1)
-    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v2, &t2, &b2)
-    _gx86_one(ent, limit, mask[2], PAGE_SHIFT + 9, v3, &t3, &b3)
-    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v0, &t0, &b0)
-    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v1, &t1, &b1)
-    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v2, &t2, &b2)
-    _gx86_one(ent, limit, mask[1], PAGE_SHIFT, v3, &t3, &b3)
-    leaf[0] = t0
-    leaf[1] = t1
-    leaf[2] = t2
-    leaf[3] = t3
-    bad[0] = b0
-    bad[1] = b1
-    bad[2] = b2
-    bad[3] = b3
+    t0 = t1 = t2 = t3 = root
+    if p.levels == 5:
+        _gx86_step(ent, limit, PAGE_SHIFT + 36, v0, &t0, &b0)
+        _gx86_step(ent, limit, PAGE_SHIFT + 36, v1, &t1, &b1)
+        _gx86_step(ent, limit, PAGE_SHIFT + 36, v2, &t2, &b2)
+        _gx86_step(ent, limit, PAGE_SHIFT + 36, v3, &t3, &b3)
+    _gx86_step(ent, limit, PAGE_SHIFT + 27, v0, &t0, &b0)
+    _gx86_step(ent, limit, PAGE_SHIFT + 27, v1, &t1, &b1)
+    _gx86_step(ent, limit, PAGE_SHIFT + 27, v2, &t2, &b2)
+    _gx86_step(ent, limit, PAGE_SHIFT + 27, v3, &t3, &b3)
+    _gx86_step(ent, limit, PAGE_SHIFT + 18, v0, &t0, &b0)
+    _gx86_step(ent, limit, PAGE_SHIFT + 18, v1, &t1, &b1)
+    _gx86_step(ent, limit, PAGE_SHIFT + 18, v2, &t2, &b2)
+    _gx86_step(ent, limit, PAGE_SHIFT + 18, v3, &t3, &b3)
+    _gx86_step(ent, limit, PAGE_SHIFT + 9, v0, &t0, &b0)
+    _gx86_step(ent, limit, PAGE_SHIFT + 9, v1, &t1, &b1)
+    _gx86_step(ent, limit, PAGE_SHIFT + 9, v2, &t2, &b2)
+    _gx86_step(ent, limit, PAGE_SHIFT + 9, v3, &t3, &b3)
+    t0 = _gx86_leaf_entry(ent, limit, v0, t0)
+    t1 = _gx86_leaf_entry(ent, limit, v1, t1)
+    t2 = _gx86_leaf_entry(ent, limit, v2, t2)
+    t3 = _gx86_leaf_entry(ent, limit, v3, t3)
+    if group_attrs_t is uint32_t:
+        f0 = _gx86_finish(p, upper, lower, pke, v0, t0, b0, kind[0], &hpa[0], &attrs[0])
+        f1 = _gx86_finish(p, upper, lower, pke, v1, t1, b1, kind[1], &hpa[1], &attrs[1])
+        f2 = _gx86_finish(p, upper, lower, pke, v2, t2, b2, kind[2], &hpa[2], &attrs[2])
+        f3 = _gx86_finish(p, upper, lower, pke, v3, t3, b3, kind[3], &hpa[3], &attrs[3])
+    else:
+        f0 = _gx86_finish(p, upper, lower, pke, v0, t0, b0, kind[0], &hpa[0], attrs)
+        f1 = _gx86_finish(p, upper, lower, pke, v1, t1, b1, kind[1], &hpa[1], attrs)
+        f2 = _gx86_finish(p, upper, lower, pke, v2, t2, b2, kind[2], &hpa[2], attrs)
+        f3 = _gx86_finish(p, upper, lower, pke, v3, t3, b3, kind[3], &hpa[3], attrs)
+    return (<uint64_t>(f0 != 0) | (<uint64_t>(f1 != 0) << 1) | (<uint64_t>(f2 != 0) << 2)
+            | (<uint64_t>(f3 != 0) << 3))
 
 
 cdef inline uint64_t walk_native_group(const mem_t *m, const paging_t *p, const uint64_t *va, const uint8_t *kind,
-                                       uint32_t n4, uint64_t *hpa, uint32_t *attrs) noexcept nogil:
+                                       uint32_t n4, uint64_t *hpa, group_attrs_t *attrs) noexcept nogil:
     """walk_native_fast for ``n4`` accesses (a multiple of 4, at most GROUP_MAX), four at a time together
-    (flat memory; 4 KiB pages only).  Returns the lanes done (bit k: lane k; ``hpa``, ``attrs`` set)."""
-    cdef uint64_t leaf[GROUP_MAX]
-    cdef uint64_t bad[GROUP_MAX]
-    cdef uint64_t mask[6]
-    cdef uint64_t limit = m.nframes << PAGE_SHIFT, root = p.root & ADDR_MASK, failmask = _group_x86_failmask(p)
-    cdef const pte_t *ent = m.entries
-    cdef uint32_t k, fail
-    cdef uint64_t done = 0
-    cdef int top = p.levels, cs = p.canonical_shift, level
-    for level in range(1, 6):
-        mask[level] = _group_x86_mask(p, level)
+    (flat memory; 4 KiB pages only).  Returns the lanes done (bit k: lane k; ``hpa`` set, and ``attrs``
+    unless it is a <no_trace_t *>NULL)."""
+    cdef uint64_t limit = m.nframes << PAGE_SHIFT          # the zero sentinel frame
+    cdef uint64_t upper = PTE_PS, left = 0
+    cdef const char *ent = <const char *>m.entries
+    cdef uint32_t k
+    cdef int level
+    for level in range(2, p.levels + 1):
+        upper |= p.check[level]
     k = 0
     while k < n4:
-        _gx86_quad(ent, limit, mask, top, root, cs, &va[k], &leaf[k], &bad[k])
+        if group_attrs_t is uint32_t:
+            left |= _gx86_quad(p, ent, limit, upper, p.check[1], p.pke, &va[k], &kind[k], &hpa[k], &attrs[k]) << k
+        else:
+            left |= _gx86_quad(p, ent, limit, upper, p.check[1], p.pke, &va[k], &kind[k], &hpa[k], attrs) << k
         k += 4
-    for k in range(n4):
-        attrs[k] = (_group_x86_leaf(p, failmask, bad[k], leaf[k], kind[k], &fail)
-                    | ATTR_EPT_R | ATTR_EPT_W | ATTR_EPT_X | ATTR_EPT_D)
-        hpa[k] = (leaf[k] & ADDR_MASK) | (va[k] & 0xFFF)
-        done |= <uint64_t>(fail == 0) << k
-    return done
+    return ~left & (((<uint64_t>1) << n4) - 1 if n4 < 64 else ~(<uint64_t>0))
 
 
 cdef inline void _group_ept_step(const pte_t *ent, uint64_t limit, uint64_t mask, uint64_t flip, int shift,

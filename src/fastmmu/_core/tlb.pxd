@@ -41,8 +41,10 @@ cdef extern from *:
      * unlikely case; laid out of line, the scan costs one taken branch a way. */
     #if defined(__GNUC__) || defined(__clang__)
     #define FASTMMU_UNLIKELY(x) __builtin_expect(!!(x), 0)
+    #define FASTMMU_LIKELY(x) __builtin_expect(!!(x), 1)
     #else
     #define FASTMMU_UNLIKELY(x) (x)
+    #define FASTMMU_LIKELY(x) (x)
     #endif
     """
     const uint64_t TAG_VALID "FASTMMU_TAG_VALID"
@@ -55,6 +57,7 @@ cdef extern from *:
     const int CTX_EPTAG_SHIFT "FASTMMU_CTX_EPTAG_SHIFT"
     const uint64_t CTX_EPTAG_MASK "FASTMMU_CTX_EPTAG_MASK"
     bint unlikely "FASTMMU_UNLIKELY"(bint condition) noexcept nogil
+    bint likely "FASTMMU_LIKELY"(bint condition) noexcept nogil
 
 # Replacement policies.
 cdef enum:
@@ -140,7 +143,7 @@ cdef inline uint64_t tlb_set_base(const tlb_t *t, uint64_t vpn) noexcept nogil:
 cdef inline bint tlb_ctx_matches(uint64_t entry_ctx, uint64_t want) noexcept nogil:
     """VPID and EPT tag must be equal; the PCID too, unless the entry is global."""
     cdef uint64_t mask = ~CTX_GLOBAL
-    if entry_ctx == want:            # the common case, one compare
+    if likely(entry_ctx == want):    # the common case, one compare (falls through to the hit)
         return 1
     if entry_ctx & CTX_GLOBAL:
         mask = ~(CTX_GLOBAL | CTX_PCID_MASK)
@@ -202,18 +205,31 @@ cdef inline uint64_t tlb_want_tag(uint8_t code, uint64_t vpn) noexcept nogil:
     return TAG_VALID | (<uint64_t>code << TAG_SIZE_SHIFT) | vpn
 
 
-cdef inline bint tlb_find(const tlb_t *t, uint64_t base, uint64_t want_tag, uint64_t want_ctx,
-                          uint64_t *found) noexcept nogil:
-    """Look in the set starting at ``base`` for the entry tagged ``want_tag`` that ``want_ctx`` may
-    use; 1 and its way index in ``found`` if there is one.  Changes nothing."""
-    cdef uint64_t pos = base, end = base + t.ways
-    while True:                      # a set has at least one way
-        if unlikely(t.tag[pos] == want_tag) and tlb_ctx_matches(t.ctx[pos], want_ctx):
+cdef inline bint tlb_find_in(const uint64_t *tag, const uint64_t *ctx, uint64_t pos, uint64_t end,
+                             uint64_t want_tag, uint64_t want_ctx, uint64_t *found) noexcept nogil:
+    """``tlb_find`` on the bare arrays: ways ``pos`` .. ``end - 1`` (at least one).  A run loop that
+    keeps the arrays and the geometry in locals calls this, so that nothing of the tlb_t is read in
+    the loop (nor spilled: a copied tlb_t's fields crowd the registers)."""
+    while True:
+        # The scan proper is a tight loop that leaves to one place either way: small enough
+        # (15 bytes) not to straddle two lines of the processor's op cache when it is aligned.
+        while tag[pos] != want_tag:
+            pos += 1
+            if pos == end:
+                return 0
+        if likely(tlb_ctx_matches(ctx[pos], want_ctx)):
             found[0] = pos
             return 1
         pos += 1
         if pos == end:
             return 0
+
+
+cdef inline bint tlb_find(const tlb_t *t, uint64_t base, uint64_t want_tag, uint64_t want_ctx,
+                          uint64_t *found) noexcept nogil:
+    """Look in the set starting at ``base`` for the entry tagged ``want_tag`` that ``want_ctx`` may
+    use; 1 and its way index in ``found`` if there is one.  Changes nothing."""
+    return tlb_find_in(t.tag, t.ctx, base, base + t.ways, want_tag, want_ctx, found)
 
 
 cdef inline bint tlb_probe(tlb_t *t, uint64_t base, uint64_t want_tag, uint64_t want_ctx, uint64_t now,
