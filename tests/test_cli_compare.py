@@ -148,9 +148,9 @@ def test_ctrl_c_keeps_the_results_so_far(capsys, monkeypatch):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigint_from_outside_exits_130_with_partial_output():
-    proc = subprocess.Popen([sys.executable, "-m", "fastmmu", "compare", "--scale", "5"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def test_sigint_from_outside_exits_130_with_partial_output(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "fastmmu", "compare", "--scale", "5", "-o", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out_line = proc.stdout.readline()  # the workload line: the run has started
         assert out_line.startswith("workload:")
@@ -164,3 +164,7 @@ def test_sigint_from_outside_exits_130_with_partial_output():
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "(interrupted)" in out
+    # -o DIR: the results so far are written too, marked partial
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["partial"] and results["interrupted"]
+    assert (tmp_path / "config.json").exists() and (tmp_path / "results.csv").exists()

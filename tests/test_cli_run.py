@@ -1,16 +1,12 @@
 """The run commands' workloads and outputs: --workload, run, -o DIR, --plot, --host-trace, progress,
-config, workloads, explain."""
+config, workloads, explain (Ctrl-C with -o: test_cli_compare.py)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,20 +171,3 @@ def test_explain_on_the_command_line(capsys):
     assert data["translations"][0]["status"] == "page_fault" and data["translations"][0]["error_code"] == 4
     status, _, err = run(capsys, "explain", "0xZZ", *SMALL)
     assert status == 2 and "ADDRESS" in err
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigint_writes_the_partial_results_and_exits_130(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "fastmmu", "compare", "--scale", "5", "-o", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().startswith("workload:")
-        time.sleep(1.0)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
-    results = json.loads(Path(tmp_path, "results.json").read_text())
-    assert results["partial"] and results["interrupted"]
-    assert Path(tmp_path, "config.json").exists() and Path(tmp_path, "results.csv").exists()
