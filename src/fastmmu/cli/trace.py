@@ -67,7 +67,7 @@ def add_trace(subparsers: Any) -> None:
 def trace_info(path: str, format: str | None = None, *, skip_bad: bool = False) -> dict[str, Any]:
     """What ``fastmmu trace info`` reports, as data."""
     from fastmmu.traces import open as open_trace
-    from fastmmu.workloads.replay import _Demux
+    from fastmmu.workloads.replay import Streams
 
     started = time.perf_counter()
     trace = open_trace(path, format, skip_bad=skip_bad)
@@ -75,7 +75,7 @@ def trace_info(path: str, format: str | None = None, *, skip_bad: bool = False) 
     pages = np.zeros(0, dtype=np.uint64)
     low, high = None, None
     streams: dict[str, int] = {}
-    demux = _Demux(None)
+    demux = Streams(None)
     for chunk in trace.chunks():
         if len(chunk):
             kinds += np.bincount(chunk.kinds, minlength=3)[:3]

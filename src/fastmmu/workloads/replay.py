@@ -85,7 +85,7 @@ class TraceProgram:
 def trace_streams(trace: Any) -> Counter[str]:
     """Records per stream of an opened trace (reads it through once)."""
     counts: Counter[str] = Counter()
-    demux = _Demux(None)
+    demux = Streams(None)
     for chunk in trace.chunks():
         for label, start, stop in demux.segments(chunk):
             counts[label] += stop - start
@@ -96,7 +96,7 @@ def trace_streams(trace: Any) -> Counter[str]:
 
 
 def _replay(trace: Any, program: TraceProgram) -> Iterator[Step]:
-    demux = _Demux(program.stream)
+    demux = Streams(program.stream)
     space = _AddressSpace(program.region_shift)
     left = -1 if program.limit is None else program.limit
     for chunk in trace.chunks():
@@ -117,7 +117,7 @@ def _replay(trace: Any, program: TraceProgram) -> Iterator[Step]:
                 yield from space.event(item)
 
 
-class _Demux:
+class Streams:
     """Follows the switch events of a trace: which records (and events) belong to ``stream``."""
 
     def __init__(self, stream: str | None) -> None:
