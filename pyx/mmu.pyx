@@ -23,6 +23,8 @@ the one-by-one loop.
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset
 
+import dataclasses
+
 import numpy as np
 
 from fastmmu._core.memory cimport HostMemory, mem_t
@@ -703,6 +705,10 @@ cdef class MMU:
         self._load_clocks()
         result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0, &slow, 0, 0, 0, 0)
         self._store_clocks()
+        if result == WALK_TRAP and walked:   # the walk completed: its record, the trap's status
+            self.counts.faults[result] += 1
+            return dataclasses.replace(walk_result(&w, &refs, trace), status=Status.TRAP, fault_address=va,
+                                       guest_linear_address=va)
         if result != WALK_OK:
             self.counts.faults[result] += 1
             return self._fault_record(&w, result, va, &refs, trace)

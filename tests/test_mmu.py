@@ -267,3 +267,17 @@ def test_two_batches_with_default_kinds_and_outputs_one_after_the_other(backend)
     first = mmu.translate(addresses)
     second = mmu.translate(addresses)
     assert first.complete and second.complete and second.stopped == 2
+
+
+def test_a_trapped_access_after_a_walk_reports_the_walk(backend):
+    """translate_one of an access to a trapped frame: the TRAP status, and the walk that found it
+    (its references, for fastmmu explain); a TLB hit to it made none."""
+    mem, pt, mmu = native(backend)
+    mem.set_trap(0x1001)
+    walked = mmu.translate_one(VA + 0x1008, trace=True)
+    assert walked.status == Status.TRAP and walked.fault_address == VA + 0x1008
+    assert walked.host_address == (0x1001 << 12) | 8 and walked.references == 4 and len(walked.trace) == 4
+    assert [ref.level for ref in walked.trace] == [4, 3, 2, 1]
+    hit = mmu.translate_one(VA + 0x1010, trace=True)
+    assert hit.status == Status.TRAP and hit.references == 0 and hit.host_address == (0x1001 << 12) | 0x10
+    assert mmu.counters()["faults"]["trap"] == 2

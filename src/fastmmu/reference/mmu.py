@@ -207,8 +207,10 @@ class MMU:
         frame = result.host_address >> PAGE_SHIFT
         if frame < self.mem.nframes and self.mem.is_trapped(frame):   # beyond memory: nothing to trap
             self.counts["faults"]["trap"] += 1
+            if hit is None:   # the walk completed: its record (references included), the trap's status
+                return dataclasses.replace(result, status=Status.TRAP, fault_address=va, guest_linear_address=va)
             return Walk(status=Status.TRAP, host_address=result.host_address, page_size=result.page_size,
-                        attrs=result.attrs, fault_address=va, guest_linear_address=va, trace=result.trace)
+                        attrs=result.attrs, fault_address=va, guest_linear_address=va)
         return result
 
     def _walk(self, va: int, access: int, trace: bool) -> Walk:
@@ -233,6 +235,11 @@ class MMU:
             if result.status in (Status.OK, Status.TRAP):
                 out[i] = result.host_address
             status[i] = result.status
+            if result.status == Status.TRAP:   # a batch's trap record: where the access went
+                return BatchResult(i, result.status, Walk(
+                    status=Status.TRAP, host_address=result.host_address, page_size=result.page_size,
+                    attrs=result.attrs, fault_address=result.fault_address,
+                    guest_linear_address=result.guest_linear_address))
             if result.status != Status.OK:
                 # A batch's fault record leaves per-walk reference detail to translate_one.
                 fault = dataclasses.replace(result, guest_refs=(0,) * 5, ept_refs=(0,) * 5, trace=())
