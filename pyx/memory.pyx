@@ -95,11 +95,21 @@ cdef class _FlatMapping:
 
 
 cdef _FlatMapping _reserve_flat(uint64_t nframes):
-    """The flat buffer for ``nframes`` frames plus the zero sentinel, or None."""
+    """The flat buffer for ``nframes`` frames plus the zero sentinel, or None.
+
+    It reserves the next power of two frames when it can (address space, never committed:
+    the frames past the sentinel are never written and read as zeros), so that a mask keeps
+    any table address inside it (``mem_t.table_mask``); else exactly what is needed."""
     if nframes >= (<uint64_t>1) << 51:
         return None
-    cdef unsigned long long size = (nframes + 1) * 4096
+    cdef uint64_t frames = 1
+    while frames < nframes + 1:
+        frames <<= 1
+    cdef unsigned long long size = frames * 4096
     cdef void *p = fastmmu_flat_reserve(size)
+    if p == NULL:
+        size = (nframes + 1) * 4096
+        p = fastmmu_flat_reserve(size)
     if p == NULL:
         return None
     cdef _FlatMapping mapping = _FlatMapping.__new__(_FlatMapping)
@@ -176,15 +186,18 @@ cdef class HostMemory:
         self.free_frames = self.c.nframes
         self._content_frames = 0
         self.c.flat = 0
+        self.c.table_mask = 0
         if layout != "slots":
             self._mapping = _reserve_flat(self.c.nframes)
             if self._mapping is None and layout == "flat":
                 raise MemoryError(f"layout 'flat': cannot reserve {format_size(nbytes)} of "
                                   f"address space for the flat layout")
         if self._mapping is not None:
-            self._entries = np.frombuffer(self._mapping, dtype=np.uint64)
+            self._entries = np.frombuffer(self._mapping, dtype=np.uint64, count=(self.c.nframes + 1) * 512)
             self._set_pointer()
             self.c.flat = 1
+            if (<_FlatMapping>self._mapping).size & ((<_FlatMapping>self._mapping).size - 1) == 0:
+                self.c.table_mask = ((<_FlatMapping>self._mapping).size - 1) & ~(<uint64_t>0xFFF)
         else:
             self._set_capacity(16)
 

@@ -11,7 +11,8 @@ end of memory, needs no branch and never leaves the buffer.
 
 Flat layout (the default where the OS can reserve address space lazily,
 ``HostMemory.layout == "flat"``): ``entries`` is one reserved, lazily committed
-buffer of ``nframes + 1`` frames and the row of frame ``pfn`` is ``pfn`` itself,
+buffer of ``nframes + 1`` frames (rounded up to a power of two where the
+OS lets it, for ``table_mask``) and the row of frame ``pfn`` is ``pfn`` itself,
 so a reference costs one load instead of two (no ``slot_of`` lookup).  The last
 frame (``nframes``) is all zeros: the sentinel for addresses beyond memory.
 ``slot_of`` then only records which frames have content (1).
@@ -30,6 +31,8 @@ ctypedef struct mem_t:
     uint64_t ntraps       # how many frames have trap set (0: the run loop skips the check)
     uint8_t maxphyaddr    # physical-address width, 36..52 (SDM: MAXPHYADDR)
     uint8_t flat          # 1: entries is flat, the row of frame pfn is pfn (slot_of: 1 = content)
+    uint64_t table_mask   # flat, when the buffer is a power of two frames: (address & table_mask)
+                          # is inside it (frames past nframes read zeros); else 0
 
 
 cdef inline uint64_t mem_entry_index(const mem_t *m, hpa_t addr) noexcept nogil:
