@@ -52,7 +52,11 @@ from fastmmu._core.paging cimport (
     walk_nested,
     walk_nested_fast,
     walk_native_group,
+    walk_native_quick,
     walk_nested_group,
+    quick_x86_init,
+    quick_x86_t,
+    QUICK_LANES,
     group_attrs_t,
     group_refs,
     GROUP_MAX,
@@ -267,6 +271,8 @@ cdef enum:
     # After a group in which the kernel did fewer than half the lanes (large pages, execute-only
     # EPT pages, flags to set...), this many accesses go one by one before the next group.
     GROUP_BACKOFF = 1024
+    # After a quick group that failed, this many groups go to _run_grouped before the next try.
+    QUICK_BACKOFF = 4
 
 
 cdef int _run_plain(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
@@ -403,6 +409,39 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
     self.counts.walks += done
     self.counts.references += done * refs
     self.counts.histogram[refs if refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += done
+    pi[0] = i
+    return result
+
+
+cdef int _run_quick(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
+                    Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
+    """_run_grouped's commonest case first (native walks, no trap, quick_x86_init applies): QUICK_LANES
+    accesses at a time by walk_native_quick, all or nothing.  A group it does not do, the next
+    QUICK_BACKOFF groups after it and the tail of the batch go to _run_grouped, which answers per
+    access.  Returns the status of the access at ``pi[0]`` (WALK_OK: the batch is done)."""
+    cdef quick_x86_t q
+    cdef Py_ssize_t i = pi[0], stop
+    cdef uint64_t done = 0
+    cdef uint32_t refs = <uint32_t>self.paging.levels
+    cdef int result = WALK_OK
+    if self.nested or self.mem.c.ntraps or not quick_x86_init(&q, &self.mem.c, &self.paging):
+        return _run_grouped(self, va, kind, hpa, st, pi, n, w)
+    while n - i >= QUICK_LANES:
+        if walk_native_quick(&q, &va[i], &kind[i], &hpa[i]):
+            memset(&st[i], WALK_OK, QUICK_LANES)
+            i += QUICK_LANES
+            done += QUICK_LANES
+            continue
+        stop = i + QUICK_LANES * QUICK_BACKOFF
+        result = _run_grouped(self, va, kind, hpa, st, &i, stop if stop < n else n, w)
+        if result != WALK_OK:
+            break
+    if result == WALK_OK and i < n:
+        result = _run_grouped(self, va, kind, hpa, st, &i, n, w)
+    self.counts.accesses += done
+    self.counts.walks += done
+    self.counts.references += done * refs
+    self.counts.histogram[refs] += done
     pi[0] = i
     return result
 
@@ -666,7 +705,7 @@ cdef class MMU:
         with nogil:
             if fast and self.mem.c.flat and not self.levels[LEVEL_L1I].n and not self.levels[LEVEL_L1D].n \
                     and not self.levels[LEVEL_L2].n:
-                result = _run_grouped(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
+                result = _run_quick(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
             elif fast and self.mem.c.flat:
                 result = _run_ahead(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
             else:

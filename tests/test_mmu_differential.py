@@ -43,7 +43,9 @@ NO_CACHE = TLBConfig.none()
 PAGES_4K = [0x0000_1000_0000 + i * 0x1000 for i in range(6)] + [0x0000_1000_0000 + (1 << 21) * 3 + 0x5000,
                                                                   0x0080_0000_0000, 0xFFFF_8000_0010_0000]
 PAGE_2M = 0x0000_2000_0000
-FLAG_BITS = [PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.G, PTE.NX, 1 << 59, 1 << 60, 1 << 45]
+# Bit 25 moves a table 32 MiB up: inside memory, or past its end (48 MiB) but inside the flat
+# buffer's power of two (64 MiB); bit 45 takes it far beyond both.
+FLAG_BITS = [PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.G, PTE.NX, 1 << 59, 1 << 60, 1 << 45, 1 << 25]
 
 
 class Twin:
@@ -92,8 +94,8 @@ class MMUMachine(RuleBasedStateMachine):
     levels = 4
     tlb = SMALL
 
-    @initialize(n_tables=st.integers(1, 3), pcide=st.booleans())
-    def setup(self, n_tables: int, pcide: bool) -> None:
+    @initialize(n_tables=st.integers(1, 3), pcide=st.booleans(), pke=st.booleans(), smap=st.booleans())
+    def setup(self, n_tables: int, pcide: bool, pke: bool, smap: bool) -> None:
         self.twin = Twin(self.nested, self.levels)
         self.twin.build(n_tables)
         self.pcide = pcide
@@ -101,7 +103,7 @@ class MMUMachine(RuleBasedStateMachine):
         self.mmus = []
         for side, mem in enumerate(self.twin.mems):
             cpu = CpuState(cr3=self.twin.tables[side][0].root, levels=self.levels, cr4_pcide=pcide,
-                           cr4_smap=True, cr4_smep=True, cr4_pke=True, pkru=0b0100)
+                           cr4_smap=smap, cr4_smep=smap, cr4_pke=pke, pkru=0b0100)
             ept = self.twin.epts[side].config if self.nested else None
             mmu_class = CompiledMMU if side == 0 else ReferenceMMU
             self.mmus.append(mmu_class(mem, tlb=self.tlb, cpu=cpu, ept=ept, vpid=self.vpid))
@@ -121,6 +123,18 @@ class MMUMachine(RuleBasedStateMachine):
     def translate(self, batch: list[tuple[int, int, int]]) -> None:
         addresses = np.array([(va + offset) & ((1 << 64) - 1) for va, offset, _ in batch], dtype=np.uint64)
         kinds = np.array([kind for _, _, kind in batch], dtype=np.uint8)
+        self.compare_batch(addresses, kinds)
+
+    @rule(pages=st.lists(st.sampled_from(PAGES_4K), min_size=1, max_size=8), length=st.integers(64, 300),
+          kind=st.sampled_from([Access.READ, Access.WRITE, Access.FETCH, Access.USER, Access.USER | Access.WRITE,
+                                Access.IMPLICIT]))
+    def translate_long(self, pages: list[int], length: int, kind: int) -> None:
+        """A batch long enough for the run loop's widest groups (the quick native kernel takes 64 at a
+        time, all of one kind): the drawn 4 KiB pages over and over."""
+        addresses = np.array([pages[i % len(pages)] + (i * 24) % 4096 for i in range(length)], dtype=np.uint64)
+        self.compare_batch(addresses, np.full(length, kind, dtype=np.uint8))
+
+    def compare_batch(self, addresses: np.ndarray, kinds: np.ndarray) -> None:
         start = 0
         while start < len(addresses):
             outs = []
@@ -148,11 +162,14 @@ class MMUMachine(RuleBasedStateMachine):
             tables = self.twin.tables[side]
             pt = tables[table % len(tables)]
             try:
-                if pt.entry_address(page, level) is None:
+                slot = pt.entry_address(page, level)
+                if slot is None:
                     return
                 value = pt.read_entry(page, level)
             except ValueError:      # an upper entry now points outside what the builder can follow
                 return
+            if not self.nested and self.twin.mems[side].kind_of(slot >> 12) == FrameKind.FREE:
+                return              # ... or to a frame that is not a table (bit 25 moved it)
             for bit in bits:
                 value ^= int(bit)
             pt.write_entry(page, level, value)

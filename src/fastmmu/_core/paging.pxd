@@ -1443,6 +1443,116 @@ cdef inline uint64_t walk_native_group(const mem_t *m, const paging_t *p, const 
     return ~left & (((<uint64_t>1) << n4) - 1 if n4 < 64 else ~(<uint64_t>0))
 
 
+# -- the quick native kernel: bench row b's case, a group at a time, all or nothing --------------
+#
+# The commonest native case (no TLB, no traps, no protection keys, flat memory in a power-of-two
+# buffer, one access kind per group) needs no per-lane answer while every lane succeeds: the
+# checks are ORed over the whole group, one accumulator for the entries above the leaves and one
+# for the leaves, and made once.  A table address is masked (``mem_t.table_mask``), not clamped:
+# an entry with an address bit outside the mask fails the group (``upper``), one between the
+# sentinel and the end of the buffer reads zeros (not present).  A group that fails is left whole
+# to the group kernels above, which answer per lane; it costs one wasted pass.
+
+cdef enum:
+    QUICK_LANES = 64              # accesses per quick group (a multiple of 4)
+
+
+cdef struct quick_x86_t:
+    const char *ent               # m.entries
+    const char *root              # the root table (ent + its offset)
+    uint64_t mask                 # m.table_mask
+    uint64_t upper                # bits of (entry ^ GROUP_X86_FLIP) above a leaf that fail the group
+    uint64_t lower                # bits of (leaf ^ GROUP_X86_FLIP ^ PTE_D) that fail it
+    uint64_t need[16]             # [access]: group_deny's need, ~0 where its flip is not 0
+    int levels
+    int canonical_shift
+
+
+cdef inline bint quick_x86_init(quick_x86_t *q, const mem_t *m, const paging_t *p) noexcept nogil:
+    """Set up the quick kernel for these tables; 0 where it does not apply (slots, a buffer that is not
+    a power of two, protection keys, a root beyond the buffer)."""
+    cdef int level
+    cdef uint32_t access
+    if not m.flat or not m.table_mask or p.pke or (p.root & ADDR_MASK & ~m.table_mask):
+        return 0
+    q.ent = <const char *>m.entries
+    q.root = q.ent + (p.root & m.table_mask)
+    q.mask = m.table_mask
+    q.upper = PTE_PS | (ADDR_MASK & ~m.table_mask)
+    for level in range(2, p.levels + 1):
+        q.upper |= p.check[level]
+    q.lower = p.check[1]
+    for access in range(16):
+        q.need[access] = p.group_deny[access][0] if p.group_deny[access][1] == 0 else ~(<uint64_t>0)
+    q.levels = p.levels
+    q.canonical_shift = p.canonical_shift
+    return 1
+
+
+cdef inline bint walk_native_quick(const quick_x86_t *q, const uint64_t *va, const uint8_t *kind,
+                                   uint64_t *hpa) noexcept nogil:
+    """QUICK_LANES native walks of 4 KiB pages, four at a time level by level: 1 when walk_native_fast
+    would do every one of them exactly so (``hpa`` then set); 0 when it might not (``hpa`` untouched)."""
+    cdef uint64_t leaf[QUICK_LANES]
+    cdef uint64_t mask = q.mask, bad = 0, low = 0, any_bits = 0, all_bits = ~(<uint64_t>0)
+    cdef uint64_t e0, e1, e2, e3, v0, v1, v2, v3
+    cdef const char *ent = q.ent
+    cdef const char *root = q.root
+    cdef uint32_t k, kinds = 0
+    cdef uint8_t k0 = kind[0]
+    for k in range(QUICK_LANES):    # one access kind, canonical addresses in one half
+        any_bits |= va[k]
+        all_bits &= va[k]
+        kinds |= kind[k] ^ k0
+    if kinds or ((any_bits >> q.canonical_shift) != 0
+                 and (all_bits >> q.canonical_shift) != (~(<uint64_t>0) >> q.canonical_shift)):
+        return 0
+    k = 0
+    while k < QUICK_LANES:
+        v0 = va[k]
+        v1 = va[k + 1]
+        v2 = va[k + 2]
+        v3 = va[k + 3]
+        if q.levels == 5:
+            e0 = (<const pte_t *>(root + ((v0 >> 45) & 0xFF8)))[0]
+            e1 = (<const pte_t *>(root + ((v1 >> 45) & 0xFF8)))[0]
+            e2 = (<const pte_t *>(root + ((v2 >> 45) & 0xFF8)))[0]
+            e3 = (<const pte_t *>(root + ((v3 >> 45) & 0xFF8)))[0]
+            bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP) | (e2 ^ GROUP_X86_FLIP) | (e3 ^ GROUP_X86_FLIP)
+            e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 36) & 0xFF8)))[0]
+            e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 36) & 0xFF8)))[0]
+            e2 = (<const pte_t *>(ent + (e2 & mask) + ((v2 >> 36) & 0xFF8)))[0]
+            e3 = (<const pte_t *>(ent + (e3 & mask) + ((v3 >> 36) & 0xFF8)))[0]
+        else:
+            e0 = (<const pte_t *>(root + ((v0 >> 36) & 0xFF8)))[0]
+            e1 = (<const pte_t *>(root + ((v1 >> 36) & 0xFF8)))[0]
+            e2 = (<const pte_t *>(root + ((v2 >> 36) & 0xFF8)))[0]
+            e3 = (<const pte_t *>(root + ((v3 >> 36) & 0xFF8)))[0]
+        bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP) | (e2 ^ GROUP_X86_FLIP) | (e3 ^ GROUP_X86_FLIP)
+        e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 27) & 0xFF8)))[0]
+        e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 27) & 0xFF8)))[0]
+        e2 = (<const pte_t *>(ent + (e2 & mask) + ((v2 >> 27) & 0xFF8)))[0]
+        e3 = (<const pte_t *>(ent + (e3 & mask) + ((v3 >> 27) & 0xFF8)))[0]
+        bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP) | (e2 ^ GROUP_X86_FLIP) | (e3 ^ GROUP_X86_FLIP)
+        e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 18) & 0xFF8)))[0]
+        e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 18) & 0xFF8)))[0]
+        e2 = (<const pte_t *>(ent + (e2 & mask) + ((v2 >> 18) & 0xFF8)))[0]
+        e3 = (<const pte_t *>(ent + (e3 & mask) + ((v3 >> 18) & 0xFF8)))[0]
+        bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP) | (e2 ^ GROUP_X86_FLIP) | (e3 ^ GROUP_X86_FLIP)
+        leaf[k] = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 9) & 0xFF8)))[0]
+        leaf[k + 1] = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 9) & 0xFF8)))[0]
+        leaf[k + 2] = (<const pte_t *>(ent + (e2 & mask) + ((v2 >> 9) & 0xFF8)))[0]
+        leaf[k + 3] = (<const pte_t *>(ent + (e3 & mask) + ((v3 >> 9) & 0xFF8)))[0]
+        k += 4
+    for k in range(QUICK_LANES):
+        low |= leaf[k] ^ (GROUP_X86_FLIP | PTE_D)
+    if (bad & q.upper) | (low & q.lower) | ((bad | low) & q.need[k0 & ACC_VALID_MASK]):
+        return 0
+    for k in range(QUICK_LANES):
+        hpa[k] = (leaf[k] & ADDR_MASK) | (va[k] & 0xFFF)
+    return 1
+
+
 cdef inline void _group_ept_step(const pte_t *ent, uint64_t limit, uint64_t mask, uint64_t flip, int shift,
                                  uint32_t n4, const uint64_t *gpa, uint64_t *table, uint64_t *bad) noexcept nogil:
     """One EPT level for every lane: ``table`` holds the entry that points to the table."""
