@@ -1454,7 +1454,7 @@ cdef inline uint64_t walk_native_group(const mem_t *m, const paging_t *p, const 
 # to the group kernels above, which answer per lane; it costs one wasted pass.
 
 cdef enum:
-    QUICK_LANES = 64              # accesses per quick group (a multiple of 4)
+    QUICK_LANES = 64              # accesses per quick group (even)
 
 
 cdef struct quick_x86_t:
@@ -1489,15 +1489,50 @@ cdef inline bint quick_x86_init(quick_x86_t *q, const mem_t *m, const paging_t *
     return 1
 
 
-cdef inline bint walk_native_quick(const quick_x86_t *q, const uint64_t *va, const uint8_t *kind,
-                                   uint64_t *hpa) noexcept nogil:
-    """QUICK_LANES native walks of 4 KiB pages, four at a time level by level: 1 when walk_native_fast
-    would do every one of them exactly so (``hpa`` then set); 0 when it might not (``hpa`` untouched)."""
-    cdef uint64_t leaf[QUICK_LANES]
-    cdef uint64_t mask = q.mask, bad = 0, low = 0, any_bits = 0, all_bits = ~(<uint64_t>0)
-    cdef uint64_t e0, e1, e2, e3, v0, v1, v2, v3
+cdef inline uint64_t _quick_pairs(const quick_x86_t *q, const uint64_t *va, uint64_t *out, uint64_t *low,
+                                  bint five) noexcept nogil:
+    """The walks of walk_native_quick, two at a time level by level (the out-of-order window overlaps the
+    pairs): ``out`` gets each lane's address, ``low`` the leaves' bits ^ (GROUP_X86_FLIP | PTE_D) ORed;
+    returns the entries' above them ^ GROUP_X86_FLIP ORed.  ``five``: 5-level paging."""
+    cdef uint64_t mask = q.mask, bad = 0, leaves = 0, e0, e1, v0, v1
     cdef const char *ent = q.ent
     cdef const char *root = q.root
+    cdef uint32_t k = 0
+    while k < QUICK_LANES:
+        v0 = va[k]
+        v1 = va[k + 1]
+        if five:
+            e0 = (<const pte_t *>(root + ((v0 >> 45) & 0xFF8)))[0]
+            e1 = (<const pte_t *>(root + ((v1 >> 45) & 0xFF8)))[0]
+            bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP)
+            e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 36) & 0xFF8)))[0]
+            e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 36) & 0xFF8)))[0]
+        else:
+            e0 = (<const pte_t *>(root + ((v0 >> 36) & 0xFF8)))[0]
+            e1 = (<const pte_t *>(root + ((v1 >> 36) & 0xFF8)))[0]
+        bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP)
+        e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 27) & 0xFF8)))[0]
+        e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 27) & 0xFF8)))[0]
+        bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP)
+        e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 18) & 0xFF8)))[0]
+        e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 18) & 0xFF8)))[0]
+        bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP)
+        e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 9) & 0xFF8)))[0]
+        e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 9) & 0xFF8)))[0]
+        out[k] = (e0 & ADDR_MASK) | (v0 & 0xFFF)
+        out[k + 1] = (e1 & ADDR_MASK) | (v1 & 0xFFF)
+        leaves |= (e0 ^ (GROUP_X86_FLIP | PTE_D)) | (e1 ^ (GROUP_X86_FLIP | PTE_D))
+        k += 2
+    low[0] = leaves
+    return bad
+
+
+cdef inline bint walk_native_quick(const quick_x86_t *q, const uint64_t *va, const uint8_t *kind,
+                                   uint64_t *hpa) noexcept nogil:
+    """QUICK_LANES native walks of 4 KiB pages: 1 when walk_native_fast would do every one of them exactly
+    so (``hpa`` then set); 0 when it might not (``hpa`` untouched)."""
+    cdef uint64_t out[QUICK_LANES]
+    cdef uint64_t bad, low = 0, any_bits = 0, all_bits = ~(<uint64_t>0)
     cdef uint32_t k, kinds = 0
     cdef uint8_t k0 = kind[0]
     for k in range(QUICK_LANES):    # one access kind, canonical addresses in one half
@@ -1507,49 +1542,14 @@ cdef inline bint walk_native_quick(const quick_x86_t *q, const uint64_t *va, con
     if kinds or ((any_bits >> q.canonical_shift) != 0
                  and (all_bits >> q.canonical_shift) != (~(<uint64_t>0) >> q.canonical_shift)):
         return 0
-    k = 0
-    while k < QUICK_LANES:
-        v0 = va[k]
-        v1 = va[k + 1]
-        v2 = va[k + 2]
-        v3 = va[k + 3]
-        if q.levels == 5:
-            e0 = (<const pte_t *>(root + ((v0 >> 45) & 0xFF8)))[0]
-            e1 = (<const pte_t *>(root + ((v1 >> 45) & 0xFF8)))[0]
-            e2 = (<const pte_t *>(root + ((v2 >> 45) & 0xFF8)))[0]
-            e3 = (<const pte_t *>(root + ((v3 >> 45) & 0xFF8)))[0]
-            bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP) | (e2 ^ GROUP_X86_FLIP) | (e3 ^ GROUP_X86_FLIP)
-            e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 36) & 0xFF8)))[0]
-            e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 36) & 0xFF8)))[0]
-            e2 = (<const pte_t *>(ent + (e2 & mask) + ((v2 >> 36) & 0xFF8)))[0]
-            e3 = (<const pte_t *>(ent + (e3 & mask) + ((v3 >> 36) & 0xFF8)))[0]
-        else:
-            e0 = (<const pte_t *>(root + ((v0 >> 36) & 0xFF8)))[0]
-            e1 = (<const pte_t *>(root + ((v1 >> 36) & 0xFF8)))[0]
-            e2 = (<const pte_t *>(root + ((v2 >> 36) & 0xFF8)))[0]
-            e3 = (<const pte_t *>(root + ((v3 >> 36) & 0xFF8)))[0]
-        bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP) | (e2 ^ GROUP_X86_FLIP) | (e3 ^ GROUP_X86_FLIP)
-        e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 27) & 0xFF8)))[0]
-        e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 27) & 0xFF8)))[0]
-        e2 = (<const pte_t *>(ent + (e2 & mask) + ((v2 >> 27) & 0xFF8)))[0]
-        e3 = (<const pte_t *>(ent + (e3 & mask) + ((v3 >> 27) & 0xFF8)))[0]
-        bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP) | (e2 ^ GROUP_X86_FLIP) | (e3 ^ GROUP_X86_FLIP)
-        e0 = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 18) & 0xFF8)))[0]
-        e1 = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 18) & 0xFF8)))[0]
-        e2 = (<const pte_t *>(ent + (e2 & mask) + ((v2 >> 18) & 0xFF8)))[0]
-        e3 = (<const pte_t *>(ent + (e3 & mask) + ((v3 >> 18) & 0xFF8)))[0]
-        bad |= (e0 ^ GROUP_X86_FLIP) | (e1 ^ GROUP_X86_FLIP) | (e2 ^ GROUP_X86_FLIP) | (e3 ^ GROUP_X86_FLIP)
-        leaf[k] = (<const pte_t *>(ent + (e0 & mask) + ((v0 >> 9) & 0xFF8)))[0]
-        leaf[k + 1] = (<const pte_t *>(ent + (e1 & mask) + ((v1 >> 9) & 0xFF8)))[0]
-        leaf[k + 2] = (<const pte_t *>(ent + (e2 & mask) + ((v2 >> 9) & 0xFF8)))[0]
-        leaf[k + 3] = (<const pte_t *>(ent + (e3 & mask) + ((v3 >> 9) & 0xFF8)))[0]
-        k += 4
-    for k in range(QUICK_LANES):
-        low |= leaf[k] ^ (GROUP_X86_FLIP | PTE_D)
+    if q.levels == 5:
+        bad = _quick_pairs(q, va, out, &low, 1)
+    else:
+        bad = _quick_pairs(q, va, out, &low, 0)
     if (bad & q.upper) | (low & q.lower) | ((bad | low) & q.need[k0 & ACC_VALID_MASK]):
         return 0
-    for k in range(QUICK_LANES):
-        hpa[k] = (leaf[k] & ADDR_MASK) | (va[k] & 0xFFF)
+    for k in range(QUICK_LANES):    # a copy (the mask changes nothing), in a loop the compiler vectorises
+        hpa[k] = out[k] & (ADDR_MASK | 0xFFF)
     return 1
 
 
