@@ -151,7 +151,7 @@ cdef class HostMemory:
     """
 
     def __cinit__(self, size, *, int maxphyaddr=46, str layout="auto"):
-        cdef uint64_t nbytes = parse_size(size, "host memory size")
+        cdef uint64_t nbytes = parse_size(size, "host memory size"), reserved
         if maxphyaddr < 36 or maxphyaddr > 52:
             raise ValueError(f"maxphyaddr: expected 36..52 bits, got {maxphyaddr}")
         if nbytes == 0 or nbytes % 4096:
@@ -196,8 +196,9 @@ cdef class HostMemory:
             self._entries = np.frombuffer(self._mapping, dtype=np.uint64, count=(self.c.nframes + 1) * 512)
             self._set_pointer()
             self.c.flat = 1
-            if (<_FlatMapping>self._mapping).size & ((<_FlatMapping>self._mapping).size - 1) == 0:
-                self.c.table_mask = ((<_FlatMapping>self._mapping).size - 1) & ~(<uint64_t>0xFFF)
+            reserved = (<_FlatMapping>self._mapping).size
+            if reserved & (reserved - 1) == 0:
+                self.c.table_mask = (reserved - 1) & ~(<uint64_t>0xFFF)
         else:
             self._set_capacity(16)
 
