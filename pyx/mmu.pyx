@@ -149,10 +149,11 @@ cdef inline bint _fast_walks(MMU self) noexcept nogil:
     return not (self.nested and self.caches.nested != NULL)
 
 
-cdef inline void _count_walk(MMU self, uint32_t refs) noexcept nogil:
-    self.counts.walks += 1
-    self.counts.references += refs
-    self.counts.histogram[refs if refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += 1
+cdef inline void _count_walks(MMU self, uint32_t refs, uint64_t count) noexcept nogil:
+    """``count`` walks of ``refs`` references each."""
+    self.counts.walks += count
+    self.counts.references += count * refs
+    self.counts.histogram[refs if refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += count
 
 
 cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa, walk_t *w,
@@ -219,7 +220,7 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
                     done = walk_native_fast(&self.mem.c, &self.paging, va, access,
                                             &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
                 if done:
-                    _count_walk(self, fast_refs)
+                    _count_walks(self, fast_refs, 1)
                     code = <uint8_t>((fast_shift - PAGE_SHIFT) // 9)
                     frame = (fast_hpa >> fast_shift) << (fast_shift - PAGE_SHIFT)
                     ctx |= CTX_GLOBAL if fast_attrs & ATTR_G else 0
@@ -238,7 +239,7 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
             status = walk_nested(&self.mem.c, &self.paging, &self.ept, va, access, &self.caches, trace, w)
         else:
             status = walk_native(&self.mem.c, &self.paging, va, access, &self.caches, trace, w)
-        _count_walk(self, w.refs)
+        _count_walks(self, w.refs, 1)
         if status != WALK_OK:
             return status
         code = <uint8_t>((w.page_shift - PAGE_SHIFT) // 9)
@@ -406,9 +407,7 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
         elif size < full:
             size *= 2
     self.counts.accesses += done
-    self.counts.walks += done
-    self.counts.references += done * refs
-    self.counts.histogram[refs if refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += done
+    _count_walks(self, refs, done)
     pi[0] = i
     return result
 
@@ -439,9 +438,7 @@ cdef int _run_quick(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
     if result == WALK_OK and i < n:
         result = _run_grouped(self, va, kind, hpa, st, &i, n, w)
     self.counts.accesses += done
-    self.counts.walks += done
-    self.counts.references += done * refs
-    self.counts.histogram[refs] += done
+    _count_walks(self, refs, done)
     pi[0] = i
     return result
 
