@@ -8,6 +8,8 @@ instructions to ``INV_*`` selectors (docs/core-semantics.md, "Invalidations"),
 and runs ``simulate`` with the GIL released.
 """
 
+from libc.string cimport memset
+
 import numpy as np
 
 from fastmmu._core.types cimport PAGE_SHIFT, uint8_t, uint32_t, uint64_t
@@ -116,8 +118,7 @@ cdef class TLB:
             self.c.codes[i] = geometry.codes[i] if i < self.c.nsizes else 0
             self.c.shift[i] = geometry.shifts[i]
         self.c.rng = geometry.seed
-        self.c.hits = self.c.misses = self.c.fills = self.c.evictions = self.c.invalidated = 0
-        self.c.fractured = 0
+        memset(&self.c.counts, 0, sizeof(self.c.counts))
         self.name = name
         self.kind = geometry.kind
         self.seed = geometry.seed
@@ -326,11 +327,15 @@ cdef class TLB:
 
     def stats(self):
         """Counters since construction or ``reset_stats()``."""
-        return {"hits": self.c.hits, "misses": self.c.misses, "fills": self.c.fills,
-                "evictions": self.c.evictions, "invalidated": self.c.invalidated}
+        cdef tlb_counts_t *n = &self.c.counts
+        return {"hits": n.hits, "misses": n.misses, "fills": n.fills, "evictions": n.evictions,
+                "invalidated": n.invalidated}
 
     def reset_stats(self):
-        self.c.hits = self.c.misses = self.c.fills = self.c.evictions = self.c.invalidated = 0
+        """Zero the stats (``fractured`` is not a stat: it says where pieces may be, and stays)."""
+        cdef uint64_t fractured = self.c.counts.fractured
+        memset(&self.c.counts, 0, sizeof(self.c.counts))
+        self.c.counts.fractured = fractured
 
 
 # -- the batch simulator ---------------------------------------------------------------
@@ -345,11 +350,9 @@ ctypedef void (*run_loop_t)(tlb_t **levels, int nlevels, const uint64_t *addr, u
 
 
 cdef inline void _keep_counters(tlb_t *dst, const tlb_t *src) noexcept nogil:
-    dst.hits = src.hits
-    dst.misses = src.misses
-    dst.fills = src.fills
-    dst.evictions = src.evictions
-    dst.invalidated = src.invalidated
+    """What a run on a copy of ``dst`` changed besides the shared arrays: the counters (one struct, so
+    that none is forgotten: ``fractured`` once was) and the random policy's state."""
+    dst.counts = src.counts
     dst.rng = src.rng
 
 
@@ -420,10 +423,10 @@ cdef inline void _one_4k(set_kind *how, tlb_t **levels, const uint64_t *addr, ui
         else:
             misses += 1
             evictions += _lru_fill(t0, base, want, ctx, va >> PAGE_SHIFT, 0, start + i)
-    t0.hits += n - misses
-    t0.misses += misses
-    t0.fills += misses
-    t0.evictions += evictions
+    t0.counts.hits += n - misses
+    t0.counts.misses += misses
+    t0.counts.fills += misses
+    t0.counts.evictions += evictions
     hits[0] = n - misses
 
 
@@ -436,7 +439,7 @@ cdef inline void _two_4k(set_kind *how, tlb_t **levels, const uint64_t *addr, ui
     cdef uint64_t *stamp = t0.stamp
     cdef uint64_t set_mask = t0.set_mask, sets = t0.sets, ways = t0.ways
     cdef uint64_t i, va, vpn, want, base0, base1, pos, now, entry_ctx, frame
-    cdef uint64_t misses0 = 0, h1 = 0, evictions0 = 0, evictions1 = 0
+    cdef uint64_t misses0 = 0, h1 = 0, evictions0 = 0, evictions1 = 0, pieces0 = 0
     cdef uint32_t attrs
     for i in range(n):
         va = addr[i]
@@ -455,20 +458,22 @@ cdef inline void _two_4k(set_kind *how, tlb_t **levels, const uint64_t *addr, ui
             entry_ctx = t1.ctx[pos]
             frame = t1.frame[pos]
             attrs = t1.attrs[pos]
+            pieces0 += (attrs & TLB_ATTR_FRACTURED) != 0   # a piece the L2 holds is one in the L1 too
         else:
             entry_ctx = ctx
             frame = va >> PAGE_SHIFT
             attrs = 0
             evictions1 += _lru_fill(t1, base1, want, ctx, frame, attrs, now)
         evictions0 += _lru_fill(t0, base0, want, entry_ctx, frame, attrs, now)
-    t0.hits += n - misses0
-    t0.misses += misses0
-    t0.fills += misses0
-    t0.evictions += evictions0
-    t1.hits += h1
-    t1.misses += misses0 - h1
-    t1.fills += misses0 - h1
-    t1.evictions += evictions1
+    t0.counts.hits += n - misses0
+    t0.counts.misses += misses0
+    t0.counts.fills += misses0
+    t0.counts.evictions += evictions0
+    t0.counts.fractured += pieces0
+    t1.counts.hits += h1
+    t1.counts.misses += misses0 - h1
+    t1.counts.fills += misses0 - h1
+    t1.counts.evictions += evictions1
     hits[0] = n - misses0
     hits[1] = h1
 

@@ -166,8 +166,16 @@ def test_compiled_tlb_matches_the_reference_step_by_step(geometry, policy):
     run_state_machine_as_test(machine, settings=SETTINGS)
 
 
+# The hierarchy machine's contexts: mostly one, so that the entries a batch meets are the ones the
+# other steps made and invalidate; mostly 2 MiB fills, so that a 4 KiB L1 takes pieces of them.
+mostly_zero = st.sampled_from([0, 0, 0, 1])
+mostly_2m = st.sampled_from(["2M", "2M", "4K", "1G"])
+
+
 class TwoLevelSimulation(RuleBasedStateMachine):
-    """simulate() over an L1 and an L2 (the fast loop when both are 4 KiB-only LRU), step by step."""
+    """simulate() over an L1 and an L2 (the fast loop when both are 4 KiB-only LRU), interleaved with
+    lookups, fills of every page size (an L2 hit on a page larger than the L1 holds refills the L1 with
+    a piece of it: a fractured entry) and every invalidation, compared entry by entry after every step."""
 
     LEVELS: tuple = ()
 
@@ -183,24 +191,55 @@ class TwoLevelSimulation(RuleBasedStateMachine):
             assert fast.clock == ref.clock
             assert fast.contents() == ref.contents()
 
-    @rule(trace=st.lists(addresses, min_size=1, max_size=60), vpid=small, pcid=small)
-    def run(self, trace, vpid, pcid):
+    def each(self, call):
+        """``call(tlb)`` on every level of both hierarchies: the same results, level by level."""
+        results = [[call(t) for t in tlbs] for tlbs in (self.fast, self.ref)]
+        assert results[0] == results[1]
+
+    @rule(trace=st.lists(addresses, min_size=1, max_size=8), vpid=mostly_zero, pcid=mostly_zero, eptag=mostly_zero)
+    def run(self, trace, vpid, pcid, eptag):
         array = np.array(trace, dtype=np.uint64)
-        assert compiled.simulate(array, self.fast, pcid=pcid, vpid=vpid) == reference.simulate(
-            array, self.ref, pcid=pcid, vpid=vpid
+        assert compiled.simulate(array, self.fast, pcid=pcid, vpid=vpid, eptag=eptag) == reference.simulate(
+            array, self.ref, pcid=pcid, vpid=vpid, eptag=eptag
         )
 
-    @rule(va=addresses, frame=st.integers(0, 40), is_global=st.booleans(), level=st.integers(0, 1))
-    def fill_global(self, va, frame, is_global, level):
-        """Entries the batch did not make (global, other PCIDs) must be refilled with their own ctx."""
-        for tlbs in (self.fast, self.ref):
-            tlbs[level].fill(va, frame, pcid=1, global_=is_global)
+    @rule(va=addresses, pcid=mostly_zero, vpid=mostly_zero, eptag=mostly_zero)
+    def lookup(self, va, pcid, vpid, eptag):
+        self.each(lambda t: t.lookup(va, pcid=pcid, vpid=vpid, eptag=eptag))
 
-    @rule(va=addresses, vpid=small)
-    def invlpg(self, va, vpid):
+    @rule(va=addresses, frame=st.integers(0, 40), size=mostly_2m, is_global=st.booleans(), level=st.integers(0, 1),
+          pcid=mostly_zero, vpid=mostly_zero, eptag=mostly_zero)
+    def fill(self, va, frame, size, is_global, level, pcid, vpid, eptag):
+        """Entries the batch did not make (large pages, global, other contexts); a batch that hits
+        them refills the levels above with their own ctx, and with pieces where they hold smaller pages.
+        The L1 is filled with 4 KiB pages only: pieces made here would hide a loop that loses its own."""
+        if level == 0:
+            size = "4K"
+        frame *= {"4K": 1, "2M": 512, "1G": 512 * 512}[size]
         for tlbs in (self.fast, self.ref):
-            for t in tlbs:
-                t.invlpg(va, 0, vpid)
+            tlbs[level].fill(va, frame, size=size, pcid=pcid, vpid=vpid, eptag=eptag, global_=is_global)
+
+    @rule(va=addresses, pcid=mostly_zero, vpid=mostly_zero, la57=st.booleans())
+    def invlpg(self, va, pcid, vpid, la57):
+        self.each(lambda t: t.invlpg(va, pcid, vpid, la57=la57))
+
+    @rule(kind=st.integers(0, 3), va=in_universe, pcid=mostly_zero, vpid=mostly_zero)
+    def invpcid(self, kind, va, pcid, vpid):
+        self.each(lambda t: t.invpcid(kind, pcid=pcid, va=va, vpid=vpid))
+
+    @rule(pcid=mostly_zero, vpid=mostly_zero, pcide=st.booleans(), noflush=st.booleans())
+    def mov_cr3(self, pcid, vpid, pcide, noflush):
+        pcid = pcid if pcide else 0
+        noflush = noflush and pcide
+        self.each(lambda t: t.mov_cr3(pcid, vpid, pcide=pcide, noflush=noflush))
+
+    @rule(kind=st.integers(0, 3), va=in_universe, vpid=st.integers(1, 2))
+    def invvpid(self, kind, va, vpid):
+        self.each(lambda t: t.invvpid(kind, vpid=vpid, va=va))
+
+    @rule(single=st.booleans(), eptag=st.integers(1, 2))
+    def invept(self, single, eptag):
+        self.each(lambda t: t.invept(1 if single else 2, eptag=eptag))
 
 
 @pytest.mark.parametrize(
@@ -210,9 +249,31 @@ class TwoLevelSimulation(RuleBasedStateMachine):
         ({"entries": 12, "ways": 4}, {"entries": 16, "ways": 4}),  # fast loop, 3-set L1 (no mask)
         ({"entries": 4, "ways": 4, "policy": "fifo"}, {"entries": 16, "ways": 4}),  # generic loop
         ({"entries": 6, "ways": 3, "sizes": ("4K", "2M")}, {"entries": 12, "ways": 2, "policy": "plru"}),
+        # The generic loop over a 4 KiB L1 and an L2 of every size: the L1 takes pieces of L2 pages.
+        ({"entries": 8, "ways": 2}, {"entries": 12, "ways": 3, "sizes": ("4K", "2M", "1G")}),
+        ({"entries": 4, "ways": 1, "sizes": ("4K", "2M")}, {"entries": 6, "ways": 2, "sizes": ("2M", "1G"),
+                                                             "policy": "random"}),
     ],
-    ids=["lru-fast", "lru-fast-3sets", "fifo-generic", "mixed-plru"],
+    ids=["lru-fast", "lru-fast-3sets", "fifo-generic", "mixed-plru", "fractured-lru", "fractured-random"],
 )
 def test_two_level_simulate_matches_the_reference(levels):
     machine = type("TwoLevelSimulation_", (TwoLevelSimulation,), {"LEVELS": levels})
-    run_state_machine_as_test(machine, settings=SETTINGS)
+    run_state_machine_as_test(machine, settings=settings(SETTINGS, max_examples=100))
+
+
+@pytest.mark.parametrize("l2_sizes", [("4K", "2M"), ("4K",)], ids=["generic-loop", "fast-loop"])
+@pytest.mark.parametrize("module", [compiled, reference], ids=["compiled", "reference"])
+def test_invlpg_after_simulate_removes_the_pieces_it_filled(module, l2_sizes):
+    """simulate() refills a 4 KiB L1 with a piece of a 2 MiB page the L2 holds (whole, or as a piece
+    itself); INVLPG of another address of that page must remove every piece (the compiled loops once
+    lost the count of pieces: on their tlb_t copies, and in the fast loop's L2-hit refill)."""
+    page = BASE + (1 << 21)
+    l1 = module.TLB(8, 2, name="l1")
+    l2 = module.TLB(12, 3, sizes=l2_sizes, name="l2")
+    l2.fill(page + 0x3000, 0x200, size="2M")
+    result = module.simulate(np.array([page + 0x3000], dtype=np.uint64), [l1, l2])
+    assert result == {"accesses": 1, "hits": [0, 1], "misses": 0}
+    assert [(row["vpn"], row["frame"]) for row in l1.contents()] == [((page + 0x3000) >> 12, 0x203)]
+    assert l1.invlpg(page + 0x1000) == 1  # another 4 KiB of the same 2 MiB page: its set holds nothing
+    assert l1.contents() == []
+    assert l2.invlpg(page + 0x1000) == 1 and l2.contents() == []

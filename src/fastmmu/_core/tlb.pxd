@@ -98,6 +98,16 @@ cdef enum:
     TLB_ATTR_FRACTURED = 1 << 23
 
 
+ctypedef struct tlb_counts_t:   # what a structure counts; copied as one (simulate keeps tlb_t copies)
+    uint64_t hits          # lookups that hit (an entry the caller then rejects counts as a miss: tlb_reject)
+    uint64_t misses        # lookups that missed
+    uint64_t fills         # entries written
+    uint64_t evictions     # fills that displaced a valid entry
+    uint64_t invalidated   # entries removed by invalidations, drops and flushes
+    uint64_t fractured     # fills of pieces of larger pages (attrs & TLB_ATTR_FRACTURED), ever: never reset,
+                           # an address-specific invalidation scans every set once there was one
+
+
 ctypedef struct tlb_t:
     uint64_t *tag          # per way, index set * ways + way; 0 = invalid
     uint64_t *ctx          # per way: PCID | global | VPID | EPT tag
@@ -113,12 +123,7 @@ ctypedef struct tlb_t:
     uint8_t codes[4]       # the codes held
     uint8_t shift[4]       # per size code: address shift (12, 21, 30, or the region's)
     uint64_t rng           # xorshift64 state, POLICY_RANDOM
-    uint64_t hits          # lookups that hit
-    uint64_t misses        # lookups that missed
-    uint64_t fills         # entries written
-    uint64_t evictions     # fills that displaced a valid entry
-    uint64_t invalidated   # entries removed by invalidations and flushes
-    uint64_t fractured     # fills of pieces of larger pages (attrs & TLB_ATTR_FRACTURED), ever
+    tlb_counts_t counts
 
 
 ctypedef struct tlb_hit_t:
@@ -262,9 +267,9 @@ cdef inline bint tlb_lookup(tlb_t *t, uint64_t va, uint64_t want_ctx, uint64_t n
         code = t.codes[i]
         vpn = (va >> t.shift[code]) & VPN_MASK
         if tlb_probe(t, tlb_set_base(t, vpn), tlb_want_tag(code, vpn), want_ctx, now, hit):
-            t.hits += 1
+            t.counts.hits += 1
             return 1
-    t.misses += 1
+    t.counts.misses += 1
     return 0
 
 
@@ -317,12 +322,12 @@ cdef inline int tlb_code_for(const tlb_t *t, uint8_t code) noexcept nogil:
 cdef inline void tlb_write(tlb_t *t, uint64_t base, uint64_t pos, uint64_t tag, uint64_t ctx,
                            uint64_t frame, uint32_t attrs, uint64_t now) noexcept nogil:
     """Overwrite way ``pos`` (of the set starting at ``base``) with a new entry, as a fill."""
-    t.evictions += t.tag[pos] != 0
+    t.counts.evictions += t.tag[pos] != 0
     t.tag[pos] = tag
     t.ctx[pos] = ctx
     t.frame[pos] = frame
     t.attrs[pos] = attrs
-    t.fills += 1
+    t.counts.fills += 1
     if t.policy == POLICY_LRU or t.policy == POLICY_FIFO:
         t.stamp[pos] = now
     elif t.policy == POLICY_PLRU:
@@ -359,7 +364,7 @@ cdef inline void tlb_fill(tlb_t *t, uint64_t va, uint8_t code, uint64_t ctx, uin
         attrs |= TLB_ATTR_FRACTURED  # a piece of a larger page: INVLPG of any of its addresses removes it
     vpn = (va >> t.shift[use]) & VPN_MASK
     if attrs & TLB_ATTR_FRACTURED:
-        t.fractured += 1
+        t.counts.fractured += 1
     tlb_store(t, tlb_set_base(t, vpn), tlb_want_tag(<uint8_t>use, vpn), ctx, frame, attrs, now)
 
 
@@ -368,7 +373,7 @@ cdef inline void tlb_drop(tlb_t *t, uint64_t pos) noexcept nogil:
     if t.tag[pos] != 0:
         t.tag[pos] = 0
         t.stamp[pos] = 0
-        t.invalidated += 1
+        t.counts.invalidated += 1
 
 
 cdef inline bint tlb_entry_selected(const tlb_t *t, uint64_t pos, uint32_t how, uint64_t ctx,
@@ -407,7 +412,7 @@ cdef inline uint64_t tlb_invalidate(tlb_t *t, uint32_t how, uint64_t ctx, uint64
     """
     cdef uint64_t removed = 0, pos, base, vpn
     cdef uint32_t i, w
-    if (how & INV_MATCH_ADDR) and not ((how & INV_FRACTURED) and t.fractured):
+    if (how & INV_MATCH_ADDR) and not ((how & INV_FRACTURED) and t.counts.fractured):
         for i in range(t.nsizes):
             vpn = (va >> t.shift[t.codes[i]]) & VPN_MASK
             base = tlb_set_base(t, vpn)
@@ -422,7 +427,7 @@ cdef inline uint64_t tlb_invalidate(tlb_t *t, uint32_t how, uint64_t ctx, uint64
                 t.tag[pos] = 0
                 t.stamp[pos] = 0
                 removed += 1
-    t.invalidated += removed
+    t.counts.invalidated += removed
     return removed
 
 
