@@ -422,7 +422,8 @@ def test_setting_a_guest_flag_needs_ept_write():
     walk = paging.walk_nested(w.mem, w.cpu, w.config, VA, USER)
     assert walk.status == Status.EPT_VIOLATION and walk.references == 24  # found after the whole walk
     assert walk.fault_address == entry_gpa(w, 4)  # the first entry to update, in walk order
-    assert walk.exit_qualification == ExitQual.WRITE | ExitQual.READABLE | ExitQual.EXECUTABLE | GLA
+    # The A update reads and writes the entry: bits 0 and 1 (as hardware and KVM report it).
+    assert walk.exit_qualification == ExitQual.READ | ExitQual.WRITE | ExitQual.READABLE | ExitQual.EXECUTABLE | GLA
     assert np.array_equal(snapshot(w.mem), before)
     # With A already set above and A|D in the leaf, nothing needs writing: the walk succeeds.
     for level in (4, 3, 2, 1):

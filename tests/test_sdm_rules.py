@@ -544,11 +544,11 @@ NESTED_ROWS = [
      Status.EPT_VIOLATION, "entry1", 0x83),
     ("guest PDPT page EPT read-only, EPT A/D on (PT accesses are writes)", dict(ad=True), ("ept", "table3", R), USER,
      Status.EPT_VIOLATION, "entry3", 0x8B),
-    ("guest PD page EPT read-only, A/D off, A clear: the A write faults", {}, ("ept", "table2", R), USER,
-     Status.EPT_VIOLATION, "entry2", 0x8A),
+    ("guest PD page EPT read-only, A/D off, A clear: the A update faults (a read and a write)", {},
+     ("ept", "table2", R), USER, Status.EPT_VIOLATION, "entry2", 0x8B),
     ("guest PD page EPT read-only, A/D off, A already set: fine", {}, ("ept+A", "table2", R), USER, Status.OK, None, 0),
-    ("guest PT page EPT read-only, A set, write with D clear: the D write faults", {}, ("ept+A", "table1", R),
-     USER | WRITE, Status.EPT_VIOLATION, "entry1", 0x8A),
+    ("guest PT page EPT read-only, A set, write with D clear: the D update faults (a read and a write)", {},
+     ("ept+A", "table1", R), USER | WRITE, Status.EPT_VIOLATION, "entry1", 0x8B),
     ("guest PT page EPT read-only, A and D set, write: fine", {}, ("ept+AD", "table1", R), USER | WRITE,
      Status.OK, None, 0),
     ("guest PT page EPT execute-only: read of the PTE", {}, ("ept", "table1", X), USER,
@@ -621,6 +621,81 @@ def test_guest_table_beyond_the_ept_width(backend):
     pte_gpa = (1 << 48) + 8 * ((GVA >> 12) & 511)
     assert (walk.status, walk.fault_address, walk.exit_qualification) == (Status.EPT_VIOLATION, pte_gpa, 0x81)
     assert walk.ept_refs == (3, 3, 3, 3, 0)  # three translations, none for the PTE
+
+
+# -- every EPT-rights case of a 2D walk, against the rules written out (Table 28-7; kvm-unit-tests'
+# vmx_tests.c "EPT access" tests state the same expectations for the cases they cover) -------------------
+
+
+def expected_2d_outcome(levels, ad, execute_only, target, perms, guest_flags, access):
+    """(status, where, qualification) of a user access to GVA when only the EPT leaf of page ``target``
+    (a guest table level 1..levels, or "data") has the rights ``perms``; the guest tables hold URW
+    entries with A clear ("none"), A set ("A") or A set and D set in the leaf ("AD")."""
+    misconfigured = (perms & W and not perms & R) or (perms == X and not execute_only)
+
+    def translation_fails(need, access_bits, where, final):
+        if misconfigured:
+            return Status.EPT_MISCONFIG, where, 0
+        if not perms & need:
+            advanced = 0x200 | 0x400 if final else 0  # the guest's rights: user, writable, not XD
+            return Status.EPT_VIOLATION, where, access_bits | perms << 3 | 0x80 | (0x100 if final else 0) | advanced
+        return None
+
+    # 1. The guest entries, root first: a read of each (a write for EPT when A/D is on).
+    for level in range(levels, 0, -1):
+        if target == level:
+            failed = translation_fails(W if ad else R, 0x3 if ad else 0x1, f"entry{level}", False)
+            if failed:
+                return failed
+    # 2. The final guest-physical address, for the access itself.
+    need, bit = (W, 0x2) if access & WRITE else (X, 0x4) if access & FETCH else (R, 0x1)
+    if target == "data":
+        failed = translation_fails(need, bit, "data", True)
+        if failed:
+            return failed
+    # 3. The guest A/D updates, root first: each reads and writes its entry (bits 0 and 1), needs EPT W.
+    for level in range(levels, 0, -1):
+        update = guest_flags == "none" or (level == 1 and access & WRITE and guest_flags != "AD")
+        if target == level and update and not perms & W:
+            return Status.EPT_VIOLATION, f"entry{level}", 0x3 | perms << 3 | 0x80
+    return Status.OK, None, 0
+
+
+@pytest.mark.parametrize("ad", [False, True], ids=["ept-ad-off", "ept-ad-on"])
+@pytest.mark.parametrize("levels", [4, 5], ids=["4-level", "5-level"])
+def test_every_ept_rights_case_of_a_2d_walk(backend, levels, ad):
+    """Every EPT R/W/X on every guest table page and the data page, for reads, writes and fetches,
+    with the guest's A/D flags clear or set, execute-only on or off: status, exact GPA and exit
+    qualification (A/D-update violations report bits 0 and 1 both, as hardware and KVM do)."""
+    world = nested_world(backend, ad=ad, guest_levels=levels, ept_levels=levels)
+    flags_by_case = {"none": (0, 0), "A": (A, 0), "AD": (A, D)}
+    pages = {level: guest_entry_gpa(world, level) for level in range(1, levels + 1)} | {"data": GDATA}
+    original = {target: world.ept.read_entry(gpa, 1) for target, gpa in pages.items()}
+    entries = {level: world.pt.read_entry(GVA, level) & ~(A | D) for level in range(1, levels + 1)}
+    cases = mismatches = 0
+    report = []
+    for target, perms, guest_flags, access, execute_only in itertools.product(
+            pages, range(8), flags_by_case, (USER, USER | WRITE, USER | FETCH), (True, False)):
+        world.ept.config.execute_only = execute_only
+        a_bit, d_bit = flags_by_case[guest_flags]
+        for level, value in entries.items():  # (through the EPT as it was: before its rights change)
+            world.pt.write_entry(GVA, level, value | a_bit | (d_bit if level == 1 else 0))
+        world.ept.write_entry(pages[target], 1, (original[target] & ~7) | perms)
+        walk = backend.walk_nested(world.mem, world.cpu, world.ept.config, GVA, access)
+        world.ept.write_entry(pages[target], 1, original[target])
+        status, where, qualification = expected_2d_outcome(levels, ad, execute_only, target, perms, guest_flags,
+                                                           access)
+        address = {None: 0, "data": GDATA + (GVA & 0xFFF)}.get(where)
+        if where is not None and where.startswith("entry"):
+            address = pages[int(where[5:])]
+        got = (walk.status, walk.fault_address if status else 0, walk.exit_qualification)
+        cases += 1
+        if got != (status, address, qualification):
+            mismatches += 1
+            report.append(f"target={target} perms={perms} flags={guest_flags} access={access:#x} "
+                          f"xo={execute_only}: got {got}, expected {(status, address, qualification)}")
+    assert cases == (levels + 1) * 8 * 3 * 3 * 2
+    assert mismatches == 0, "\n".join(report[:20])
 
 
 # -- 29.3.5: accessed and dirty flags for EPT ------------------------------------------------------------

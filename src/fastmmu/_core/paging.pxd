@@ -124,6 +124,9 @@ cdef enum:
     EQ_GLA_USER = 1 << 9         # advanced information, with EQ_FINAL: the guest rights
     EQ_GLA_WRITABLE = 1 << 10
     EQ_GLA_XD = 1 << 11
+    # Setting an accessed or dirty flag in a guest paging-structure entry is a read and a write of it
+    # (SDM Table 28-7: bits 0 and 1 both set; as hardware and KVM report it, kvm-unit-tests vmx_tests.c).
+    EQ_FLAG_UPDATE = EQ_READ | EQ_WRITE
 
 # Which dimension a traced reference belongs to.
 cdef enum:
@@ -1236,7 +1239,7 @@ cdef inline int walk_nested(mem_t *m, const paging_t *p, const ept_t *ept, gva_t
     for i in range(pend.n_guest):
         if not (pend.guest_rights[i] & EPT_W):
             return _finish_fault(out, WALK_EPT_VIOLATION, pend.guest_gpa[i], 0,
-                                 ept_qualification(ept, EQ_WRITE, pend.guest_rights[i], 1, 0, 0), refs)
+                                 ept_qualification(ept, EQ_FLAG_UPDATE, pend.guest_rights[i], 1, 0, 0), refs)
     _commit(m, va, caches, &pend, start, leaf_level, start_allow, start_xd)
     if x.shift < leaf_shift:  # the EPT maps the guest's page in pieces: the TLB caches one
         leaf_shift = x.shift

@@ -604,10 +604,11 @@ def _walk_linear(mem: Any, cpu: CpuState, ept: EptConfig | None, va: int, access
             return _ept_exit(t, result, physical, access_bit, gla=va, ept=ept, final=True, guest_attrs=attrs)
         for used_entry in used:
             flags = PTE.A | (PTE.D if used_entry.level == level and is_write else 0)
-            # Setting a guest A/D flag is a write to the guest table: it needs EPT W (29.3.3.2).
+            # Setting a guest A/D flag is a write to the guest table: it needs EPT W (29.3.3.2).  The
+            # update reads and writes the entry: qualification bits 0 and 1 both (Table 28-7, as KVM).
             if used_entry.value & flags != flags and not used_entry.ept_rights & EPT.W:
                 return _ept_exit(t, _EptResult(Status.EPT_VIOLATION, rights=used_entry.ept_rights),
-                                 used_entry.address, ExitQual.WRITE, gla=va, ept=ept)
+                                 used_entry.address, ExitQual.READ | ExitQual.WRITE, gla=va, ept=ept)
         host_address, memtype = result.hpa, result.memtype
         if result.page_size < page_size:  # the EPT maps the guest's page in pieces: the TLB caches one
             page_size = result.page_size
