@@ -70,10 +70,10 @@ from fastmmu._core.tlb cimport (
     TLB,
     tlb_code_for,
     tlb_ctx,
-    tlb_drop,
     tlb_fill,
     tlb_hit_t,
     tlb_lookup,
+    tlb_reject,
     tlb_t,
 )
 from fastmmu._core.types cimport (
@@ -127,7 +127,7 @@ cdef inline bint _probe(MMU self, level_t *level, uint64_t va, uint32_t access, 
         if tlb_lookup(level.t[i], va, ctx, level.clock[i][0] - 1, hit):
             if _allowed(self, hit.attrs, access):
                 return 1
-            tlb_drop(level.t[i], hit.pos)
+            tlb_reject(level.t[i], hit.pos)      # a miss, for the level and for the structure
             self.counts.rights_drops += 1
     return 0
 
@@ -855,7 +855,12 @@ cdef class MMU:
         return dict(self._by_name)
 
     def counters(self):
-        """Every counter as plain Python data, in one call (the reference MMU's layout)."""
+        """Every counter as plain Python data, in one call (the reference MMU's layout).
+
+        A hit is a lookup whose entry served the access: a cached entry dropped because its
+        rights did not allow the access is a miss (and a ``tlb_rights_drops``), here and in
+        ``structures()[name].stats()``; a level's hits are the sum of its structures' hits.
+        """
         c = self.counts
         return {
             "accesses": c.accesses,

@@ -177,8 +177,9 @@ cdef class TLB:
     def drop(self, va, *, pcid=0, vpid=0, eptag=0):
         """Remove the entry a lookup of ``va`` in this context would hit; True if there was one.
 
-        What the MMU does when a cached translation's rights do not allow an
-        access: no replacement update, no hit or miss counted, no clock tick.
+        No replacement update, no hit or miss counted, no clock tick (it counts
+        as invalidated).  The MMU, when a cached translation's rights do not
+        allow an access, also turns the lookup that found it into a miss.
         """
         va, pcid, vpid, eptag = check_lookup(self.kind, va, pcid, vpid, eptag)
         cdef uint64_t want_ctx = tlb_ctx(pcid, vpid, eptag, 0), vpn, pos
@@ -326,10 +327,15 @@ cdef class TLB:
         return rows
 
     def stats(self):
-        """Counters since construction or ``reset_stats()``."""
+        """Counters since construction or ``reset_stats()``.
+
+        ``hits`` are lookups whose entry served: one the MMU dropped because its cached
+        rights did not allow the access counts as a miss, as in ``MMU.counters()``, and
+        as a ``rights_drops`` (and the entry as ``invalidated``).
+        """
         cdef tlb_counts_t *n = &self.c.counts
-        return {"hits": n.hits, "misses": n.misses, "fills": n.fills, "evictions": n.evictions,
-                "invalidated": n.invalidated}
+        return {"hits": n.hits, "misses": n.misses, "rights_drops": n.rights_drops, "fills": n.fills,
+                "evictions": n.evictions, "invalidated": n.invalidated}
 
     def reset_stats(self):
         """Zero the stats (``fractured`` is not a stat: it says where pieces may be, and stays)."""

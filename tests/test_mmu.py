@@ -281,3 +281,33 @@ def test_a_trapped_access_after_a_walk_reports_the_walk(backend):
     hit = mmu.translate_one(VA + 0x1010, trace=True)
     assert hit.status == Status.TRAP and hit.references == 0 and hit.host_address == (0x1001 << 12) | 0x10
     assert mmu.counters()["faults"]["trap"] == 2
+
+
+def test_a_hit_dropped_for_its_rights_is_a_miss_for_the_level_and_for_the_structure(backend):
+    """One definition of a hit (a lookup whose entry served the access), in counters() and in every
+    structure's stats(), on a trace where cached entries are dropped: reads cache clean entries and
+    the writes that follow find them without D (guest or EPT), so they are dropped and walked again."""
+    memory_class, mmu_class = backend
+    mem = memory_class("64MiB")
+    ept = EptTable(mem, ad=True)
+    ram = mem.alloc(4096, contiguous=True)
+    ept.map_range(0, int(ram[0]) << 12, 16 << 20)
+    pages = iter(range(8 << 20, 16 << 20, 4096))
+    pt = PageTable(mem, ept=ept, alloc_gpa=lambda: next(pages))
+    for i in range(300):
+        pt.map(VA + i * 4096, i << 12, RW_USER)
+    mmu = mmu_class(mem, tlb=SMALL, cpu=CpuState(cr3=pt.root), ept=ept.config)
+    rng = np.random.default_rng(11)
+    addresses = (VA + rng.integers(0, 300, 3000) * 4096 + rng.integers(0, 4096, 3000)).astype(np.uint64)
+    kinds = rng.choice(np.array([Access.USER, Access.USER, Access.USER | Access.WRITE], np.uint8), 3000)
+    assert mmu.translate(addresses, kinds).complete
+    counters = mmu.counters()
+    stats = {name: t.stats() for name, t in mmu.structures().items()}
+    assert counters["structures"] == stats
+    assert counters["tlb_rights_drops"] > 0
+    for level in ("l1i", "l1d", "l2"):  # one structure a level: every access of the level looks it up once
+        assert (counters[level]["hits"], counters[level]["misses"]) == (
+            stats[f"{level}[0]"]["hits"], stats[f"{level}[0]"]["misses"]), level
+    # Nothing but those drops removed a TLB entry: each one is counted once, as invalidated too.
+    for key in ("rights_drops", "invalidated"):
+        assert sum(stats[f"{level}[0]"][key] for level in ("l1i", "l1d", "l2")) == counters["tlb_rights_drops"]

@@ -141,10 +141,12 @@ def test_fill_then_lookup_and_stats(impl):
     t.fill(PAGE + 0x123, 0x42, attrs=0x1F)
     assert t.lookup(PAGE + 0xFFF) == (0x42, 0x1F, "4K")
     assert t.lookup(PAGE + 0x1000) is None
-    assert t.stats() == {"hits": 1, "misses": 2, "fills": 1, "evictions": 0, "invalidated": 0}
+    assert t.stats() == {"hits": 1, "misses": 2, "rights_drops": 0, "fills": 1, "evictions": 0,
+                         "invalidated": 0}
     assert t.clock == 5  # every lookup and fill takes one tick
     t.reset_stats()
-    assert t.stats() == {"hits": 0, "misses": 0, "fills": 0, "evictions": 0, "invalidated": 0}
+    assert t.stats() == {"hits": 0, "misses": 0, "rights_drops": 0, "fills": 0, "evictions": 0,
+                         "invalidated": 0}
 
 
 def test_context_must_match_unless_global(impl):

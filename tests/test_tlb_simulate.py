@@ -129,7 +129,8 @@ def test_clock_and_stats_follow_the_accesses():
     result = compiled.simulate(trace, [l1, l2])
     assert l1.clock == l2.clock == 102  # started at the largest clock, 2
     assert max(e["stamp"] for e in l2.contents()) == 101  # the last access's clock
-    assert l1.stats() == {"hits": 0, "misses": 101, "fills": 100, "evictions": 36, "invalidated": 0}
+    assert l1.stats() == {"hits": 0, "misses": 101, "rights_drops": 0, "fills": 100, "evictions": 36,
+                          "invalidated": 0}
     assert l2.stats()["hits"] + l2.stats()["misses"] == 100  # L2 is looked up on L1 misses only
     assert result == {"accesses": 100, "hits": [0, 0], "misses": 100}
     compiled.simulate(trace, [l1, l2], start_clock=1000)

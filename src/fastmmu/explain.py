@@ -246,17 +246,21 @@ class DecodedReference:
 
 @dataclass(frozen=True)
 class CacheLookup:
-    """One translation cache during one translation: lookups that hit and missed (statistics deltas)."""
+    """One translation cache during one translation: lookups that hit and missed (statistics deltas).
+
+    A lookup whose entry was dropped because its rights did not allow the access is a miss, and a
+    ``rights_drops`` (docs/core-semantics.md: a hit is a lookup whose entry served)."""
 
     name: str  # "l1d[0]", "l2[0]", "psc.pde", "nested"
     sizes: tuple[str, ...]
     hits: int
     misses: int
     fills: int
+    rights_drops: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "sizes": list(self.sizes), "hits": self.hits, "misses": self.misses,
-                "fills": self.fills}
+                "rights_drops": self.rights_drops, "fills": self.fills}
 
 
 @dataclass(frozen=True)
@@ -398,7 +402,7 @@ class Translation:
             parts = []
             for c in self.caches:
                 if c.name.startswith(level + "[") and c.hits + c.misses:
-                    what = "hit" if c.hits and hits else "hit, dropped (rights)" if c.hits else "miss"
+                    what = "hit" if c.hits else "hit, dropped (rights)" if c.rights_drops else "miss"
                     parts.append(f"{c.name} {'/'.join(c.sizes)} {what}")
             fills = [c.name for c in self.caches if c.name.startswith(level + "[") and c.fills]
             result = "hit" if hits else "miss"
@@ -554,7 +558,7 @@ def _stats(machine: Machine) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for name, structure in machine.mmu.structures().items():
         stats = structure.stats()
-        out[name] = {"hits": stats["hits"], "misses": stats["misses"], "fills": stats["fills"]}
+        out[name] = {key: stats[key] for key in ("hits", "misses", "rights_drops", "fills")}
     return out
 
 
@@ -567,7 +571,8 @@ def _translate(machine: Machine, vm: VM, process: Process, va: int, kind: int) -
     caches = [CacheLookup(name, tuple(getattr(structures[name], "sizes", ())),
                           after[name]["hits"] - before[name]["hits"],
                           after[name]["misses"] - before[name]["misses"],
-                          after[name]["fills"] - before[name]["fills"]) for name in structures]
+                          after[name]["fills"] - before[name]["fills"],
+                          after[name]["rights_drops"] - before[name]["rights_drops"]) for name in structures]
     level_hits = {level: (counters_after[level]["hits"] - counters_before[level]["hits"],
                           counters_after[level]["misses"] - counters_before[level]["misses"])
                   for level, _ in TLB_LEVELS}

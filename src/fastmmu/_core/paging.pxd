@@ -39,7 +39,7 @@ after changing any control bit.
 """
 
 from fastmmu._core.memory cimport mem_entry_index, mem_read, mem_t
-from fastmmu._core.tlb cimport tlb_code_for, tlb_drop, tlb_fill, tlb_hit_t, tlb_lookup, tlb_t
+from fastmmu._core.tlb cimport tlb_code_for, tlb_fill, tlb_hit_t, tlb_lookup, tlb_reject, tlb_t
 from fastmmu._core.types cimport (
     ACC_FETCH,
     ACC_IMPLICIT,
@@ -724,7 +724,7 @@ cdef inline bint _nested_tlb_hit(walk_caches_t *caches, gpa_t gpa, uint32_t need
         x.memtype = <uint8_t>((hit.attrs >> ATTR_MEMTYPE_SHIFT) & 7)
         x.dirty = (hit.attrs & ATTR_EPT_D) != 0
         return 1
-    tlb_drop(ntlb, hit.pos)
+    tlb_reject(ntlb, hit.pos)       # the lookup counts as a miss: the EPT is walked
     return 0
 
 

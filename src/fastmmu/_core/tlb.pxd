@@ -99,8 +99,9 @@ cdef enum:
 
 
 ctypedef struct tlb_counts_t:   # what a structure counts; copied as one (simulate keeps tlb_t copies)
-    uint64_t hits          # lookups that hit (an entry the caller then rejects counts as a miss: tlb_reject)
-    uint64_t misses        # lookups that missed
+    uint64_t hits          # lookups whose entry served (one the caller rejects is a miss: tlb_reject)
+    uint64_t misses        # lookups that missed, rejected entries included
+    uint64_t rights_drops  # of those misses: an entry was found, but its rights did not allow the access
     uint64_t fills         # entries written
     uint64_t evictions     # fills that displaced a valid entry
     uint64_t invalidated   # entries removed by invalidations, drops and flushes
@@ -374,6 +375,16 @@ cdef inline void tlb_drop(tlb_t *t, uint64_t pos) noexcept nogil:
         t.tag[pos] = 0
         t.stamp[pos] = 0
         t.counts.invalidated += 1
+
+
+cdef inline void tlb_reject(tlb_t *t, uint64_t pos) noexcept nogil:
+    """A lookup just hit the entry at ``pos``, but its cached rights do not allow the access: remove it,
+    and count that lookup as a miss.  One definition for every counter (docs/core-semantics.md): a hit
+    is a lookup whose entry served the access, so a structure's stats and the MMU's levels agree."""
+    tlb_drop(t, pos)
+    t.counts.hits -= 1
+    t.counts.misses += 1
+    t.counts.rights_drops += 1
 
 
 cdef inline bint tlb_entry_selected(const tlb_t *t, uint64_t pos, uint32_t how, uint64_t ctx,

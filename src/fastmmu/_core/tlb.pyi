@@ -61,8 +61,9 @@ _PolicyName = Literal["lru", "plru", "fifo", "random"]
 _Kind = Literal["tlb", "psc", "ntlb"]
 
 class _TLBStats(TypedDict):
-    hits: int
-    misses: int
+    hits: int  # lookups whose entry served the access
+    misses: int  # the others, rights_drops included
+    rights_drops: int  # lookups whose entry an MMU dropped: its rights did not allow the access
     fills: int
     evictions: int
     invalidated: int

@@ -26,7 +26,7 @@ from fastmmu.arch import (
 from fastmmu.batch import REFERENCE_DTYPE, BatchResult, check_batch
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.reference import paging
-from fastmmu.reference.tlb import TLB
+from fastmmu.reference.tlb import SIZE_NAMES, TLB
 from fastmmu.tlbconfig import PSC_SHIFTS, SIZE_SHIFTS, TLBConfig, fill_target
 from fastmmu.translation import Walk
 
@@ -155,12 +155,12 @@ class MMU:
 
     def _probe(self, level: list[TLB], va: int, access: int) -> tuple[int, int, str] | None:
         for t in level:
-            hit = t.lookup(va, pcid=self.cpu.pcid, vpid=self.vpid, eptag=self.eptag)
-            if hit is None:
+            entry = t._find(va, self.cpu.pcid, self.vpid, self.eptag, t._tick())
+            if entry is None:
                 continue
-            if self._allows(hit[1], access):
-                return hit
-            t.drop(va, pcid=self.cpu.pcid, vpid=self.vpid, eptag=self.eptag)
+            if self._allows(entry.attrs, access):
+                return entry.frame, entry.attrs, SIZE_NAMES[entry.code]
+            t._reject(entry)  # a miss, for the level and for the structure
             self.counts["tlb_rights_drops"] += 1
         return None
 
@@ -283,7 +283,11 @@ class MMU:
         return named
 
     def counters(self) -> dict[str, Any]:
-        """Every counter, as plain Python data (the same layout as the compiled MMU's)."""
+        """Every counter, as plain Python data (the same layout as the compiled MMU's).
+
+        A hit is a lookup whose entry served the access (a dropped entry's lookup is a miss),
+        in the levels' counters and in the structures' stats alike.
+        """
         result = {key: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
                   for key, v in self.counts.items()}
         result["structures"] = {name: t.stats() for name, t in self.structures().items()}

@@ -269,9 +269,9 @@ class _Caches:
     Every lookup and every fill takes its structure's own clock and advances
     it, as ``TLB.lookup`` and ``TLB.fill`` do.  Structures the walk has no use
     for (a PML5E cache in a 4-level walk, a nested TLB natively) are checked
-    and ignored.  The reference TLB has no public way to drop the entry that
+    and ignored.  The reference TLB has no public way to reject the entry that
     just hit, so ``lookup`` returns the entry itself (``TLB._find``, as
-    ``fastmmu.reference.tlb.simulate`` uses it) and ``drop`` removes exactly it.
+    ``fastmmu.reference.tlb.simulate`` uses it) and ``drop`` rejects exactly it.
     """
 
     def __init__(self, caches: Any, levels: int, *, x86: bool, nested: bool, pcid: int, eptag: int) -> None:
@@ -326,10 +326,8 @@ class _Caches:
 
     @staticmethod
     def drop(tlb: TLB, entry: Entry) -> None:
-        """Remove exactly ``entry`` (one whose cached rights did not allow the access)."""
-        ways = tlb._set_of(entry.vpn)
-        ways[ways.index(entry)] = None
-        tlb._invalidated += 1
+        """Remove exactly ``entry``, whose cached rights did not allow the access (the lookup: a miss)."""
+        tlb._reject(entry)
 
     @staticmethod
     def fill(tlb: TLB, address: int, size: str, frame: int, attrs: int, ctx: tuple[int, int, int]) -> None:

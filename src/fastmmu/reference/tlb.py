@@ -526,8 +526,9 @@ class TLB:
     def drop(self, va: int, *, pcid: int = 0, vpid: int = 0, eptag: int = 0) -> bool:
         """Remove the entry a lookup of ``va`` in this context would hit; True if there was one.
 
-        What the MMU does when a cached translation's rights do not allow an
-        access: no replacement update, no hit or miss counted, no clock tick.
+        No replacement update, no hit or miss counted, no clock tick (it counts
+        as invalidated).  The MMU, when a cached translation's rights do not
+        allow an access, also turns the lookup that found it into a miss (``_reject``).
         """
         va, pcid, vpid, eptag = check_lookup(self.kind, va, pcid, vpid, eptag)
         for code in self._geometry.codes:
@@ -540,6 +541,16 @@ class TLB:
                     self._invalidated += 1
                     return True
         return False
+
+    def _reject(self, entry: Entry) -> None:
+        """A lookup just hit ``entry``, but its cached rights do not allow the access: remove exactly it,
+        and count that lookup as a miss (docs/core-semantics.md: a hit is a lookup whose entry served)."""
+        ways = self._set_of(entry.vpn)
+        ways[ways.index(entry)] = None
+        self._invalidated += 1
+        self._hits -= 1
+        self._misses += 1
+        self._rights_drops += 1
 
     def fill(
         self,
@@ -699,16 +710,18 @@ class TLB:
         return rows
 
     def stats(self) -> dict[str, int]:
+        """Counters since construction or ``reset_stats()`` (``hits``: lookups whose entry served)."""
         return {
             "hits": self._hits,
             "misses": self._misses,
+            "rights_drops": self._rights_drops,
             "fills": self._fills,
             "evictions": self._evictions,
             "invalidated": self._invalidated,
         }
 
     def reset_stats(self) -> None:
-        self._hits = self._misses = self._fills = self._evictions = self._invalidated = 0
+        self._hits = self._misses = self._rights_drops = self._fills = self._evictions = self._invalidated = 0
 
 
 def simulate(
