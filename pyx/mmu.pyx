@@ -33,9 +33,12 @@ from fastmmu._core.paging cimport (
     ATTR_G,
     ATTR_EPT_D,
     ATTR_EPT_SHIFT,
+    EQ_FINAL,
     TRACE_CAPACITY,
+    WALK_EPT_VIOLATION,
     WALK_GP,
     WALK_OK,
+    WALK_PAGE_FAULT,
     WALK_TRAP,
     check_access,
     ept_access_need,
@@ -696,6 +699,7 @@ cdef class MMU:
             result = self._translate_logged(va, kind, hpa, st, &i, &w)
             if result == WALK_OK:
                 return BatchResult(int(n), Status.OK, None)
+            self._fault_invalidations(&w, result, va[i])
             return BatchResult(int(i), _STATUSES[result], self._fault_record(&w, result, va[i], NULL, False))
         cdef bint fast = _fast_walks(self)
         self._load_clocks()
@@ -717,6 +721,7 @@ cdef class MMU:
         self._store_clocks()
         if result == WALK_OK:
             return BatchResult(int(n), Status.OK, None)
+        self._fault_invalidations(&w, result, va[i])
         return BatchResult(int(i), _STATUSES[result], self._fault_record(&w, result, va[i], NULL, False))
 
     def translate_one(self, va, access=0, *, trace=False):
@@ -747,10 +752,28 @@ cdef class MMU:
                                        guest_linear_address=va)
         if result != WALK_OK:
             self.counts.faults[result] += 1
+            self._fault_invalidations(&w, result, address)
             return self._fault_record(&w, result, va, &refs, trace)
         if walked:
             return walk_result(&w, &refs, trace)
         return Walk(status=Status.OK, host_address=hpa, page_size=1 << w.page_shift, attrs=w.attrs)
+
+    cdef void _fault_invalidations(self, const walk_t *w, int result, uint64_t va):
+        """What delivering the fault of an access to ``va`` invalidates (docs/core-semantics.md,
+        "Invalidations"): a page fault, the entries for ``va`` in this context (SDM 4.10.4.1), so that
+        it does not recur from cached entries once the tables in memory allow the access; an EPT
+        violation, the nested-TLB entries for its guest-physical address and, when that was the
+        translation of ``va``, the entries for ``va`` (Vol. 3C 29.4.3.1).  Runs once per batch, with
+        the GIL, after the loop stopped: the accesses that do not fault pay nothing."""
+        cdef uint32_t pcid = self.paging.pcid, eptag = self.ept.eptag if self.nested else 0
+        cdef bint final
+        if result == WALK_PAGE_FAULT:
+            for _, t in self._structures:
+                (<TLB>t)._page_fault(va, pcid, self._vpid, eptag)
+        elif result == WALK_EPT_VIOLATION:
+            final = (w.exit_qualification & EQ_FINAL) != 0
+            for _, t in self._structures:
+                (<TLB>t)._ept_violation(w.fault_address, eptag, final, va, pcid, self._vpid)
 
     cdef object _fault_record(self, walk_t *w, int result, uint64_t va, walk_trace_t *refs, bint with_trace):
         """The Walk describing an access that stopped the loop.

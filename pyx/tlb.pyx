@@ -30,6 +30,7 @@ from fastmmu.reference.tlb import (
     check_levels,
     check_lookup,
     check_mov_cr3,
+    check_fault,
     check_start_clock,
     is_canonical,
     parse_geometry,
@@ -259,6 +260,22 @@ cdef class TLB:
         type, eptag = check_invept(type, eptag)
         return self._invept(type, eptag)
 
+    def page_fault(self, va, pcid=0, vpid=0, *, eptag=0):
+        """What a page fault on linear address ``va`` invalidates (SDM 4.10.4.1): the entries that
+        would translate it in this context (PCID, or global; VPID; EPT tag), every piece of a larger
+        page of that context, and the paging-structure-cache entries that would be used for it."""
+        va, pcid, vpid, eptag = check_fault(va, pcid, vpid, eptag)
+        return self._page_fault(va, pcid, vpid, eptag)
+
+    def ept_violation(self, gpa, *, eptag, va=None, pcid=0, vpid=0):
+        """What an EPT violation on guest-physical ``gpa`` invalidates (SDM Vol. 3C 29.4.3.1): the
+        nested-TLB entries that would translate it for ``eptag``; and when ``gpa`` was the translation
+        of linear address ``va``, what a page fault on ``va`` does in that context."""
+        gpa, _, _, eptag = check_fault(gpa, 0, 0, eptag, what="gpa")
+        if va is not None:
+            va, pcid, vpid, eptag = check_fault(va, pcid, vpid, eptag)
+        return self._ept_violation(gpa, eptag, va is not None, va or 0, pcid, vpid)
+
     # The scopes themselves (docs/core-semantics.md, "Invalidations"), on checked operands: the
     # methods above check them, and an MMU checks once for all its structures.
 
@@ -295,6 +312,19 @@ cdef class TLB:
         if type == 1:
             return self._by_kind(INV_MATCH_EPTAG, INV_MATCH_EPTAG, INV_MATCH_EPTAG, 0, 0, eptag, 0)
         return self._by_kind(INV_EPTAG_NONZERO, INV_EPTAG_NONZERO, 0, 0, 0, 0, 0)
+
+    cdef uint64_t _page_fault(self, uint64_t va, uint32_t pcid, uint32_t vpid, uint32_t eptag) noexcept:
+        return self._by_kind(INV_MATCH_VPID | INV_MATCH_EPTAG | INV_MATCH_PCID | INV_GLOBAL_ANY_PCID
+                             | INV_MATCH_ADDR | INV_FRACTURED,
+                             INV_MATCH_VPID | INV_MATCH_EPTAG | INV_MATCH_PCID | INV_MATCH_ADDR,
+                             NOTHING, pcid, vpid, eptag, va)
+
+    cdef uint64_t _ept_violation(self, uint64_t gpa, uint32_t eptag, bint has_va, uint64_t va, uint32_t pcid,
+                                 uint32_t vpid) noexcept:
+        cdef uint64_t removed = self._by_kind(NOTHING, NOTHING, INV_MATCH_EPTAG | INV_MATCH_ADDR, 0, 0, eptag, gpa)
+        if has_va:
+            removed += self._page_fault(va, pcid, vpid, eptag)
+        return removed
 
     # -- inspection ----------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import pytest
 
 from fastmmu._core.memory import HostMemory as CompiledMemory
 from fastmmu._core.mmu import MMU as CompiledMMU
-from fastmmu.arch import EPT, PTE, Access, FrameKind, PFErr, Status
+from fastmmu.arch import EPT, PTE, Access, ExitQual, FrameKind, PFErr, Status
 from fastmmu.cpu import CpuState
 from fastmmu.reference.memory import HostMemory as ReferenceMemory
 from fastmmu.reference.mmu import MMU as ReferenceMMU
@@ -311,3 +311,117 @@ def test_a_hit_dropped_for_its_rights_is_a_miss_for_the_level_and_for_the_struct
     # Nothing but those drops removed a TLB entry: each one is counted once, as invalidated too.
     for key in ("rights_drops", "invalidated"):
         assert sum(stats[f"{level}[0]"][key] for level in ("l1i", "l1d", "l2")) == counters["tlb_rights_drops"]
+
+
+# -- what a fault invalidates (SDM Vol. 3A 4.10.4.1, Vol. 3C 29.4.3.1) --------------------------------
+
+PSC_ONLY = TLBConfig(l1d=CacheGeometry(16, 4), l1i=CacheGeometry(8, 2), l2=CacheGeometry(64, 8, ("4K", "2M")),
+                     psc={"pde": CacheGeometry(4, 4), "pdpte": CacheGeometry(4, 4), "pml4e": CacheGeometry(2, 2),
+                          "pml5e": CacheGeometry(2, 2)}, nested_tlb=CacheGeometry(8, 4))
+
+
+@pytest.mark.parametrize("levels", [4, 5])
+def test_a_page_fault_clears_the_stale_paging_structure_cache_entries_of_its_address(backend, levels):
+    """The guest repoints a PDE at a new page table without INVLPG: the access faults once through
+    the stale PDE-cache entry, which the fault removes; the retry walks the tables in memory."""
+    memory_class, mmu_class = backend
+    mem = memory_class("64MiB")
+    pt = PageTable(mem, levels, kind=FrameKind.GUEST_PT)
+    pt.map(VA, 0x1000 << 12, RW_USER)                       # table A maps VA only
+    other = PageTable(mem, levels, kind=FrameKind.GUEST_PT)
+    other.map(VA + 0x1000, 0x2000 << 12, RW_USER)           # table B maps VA + 4 KiB
+    mmu = mmu_class(mem, tlb=PSC_ONLY, cpu=CpuState(cr3=pt.root, levels=levels))
+    assert mmu.translate_one(VA, Access.USER).ok             # every level's cache learns the path to A
+    psc = {name: mmu.structures()[f"psc.{name}"] for name in ("pde", "pdpte", "pml4e", "pml5e")}
+    assert [len(psc[name].contents()) for name in ("pde", "pdpte", "pml4e", "pml5e")] == [1, 1, 1, levels - 4]
+    pt.write_entry(VA, 2, other.read_entry(VA + 0x1000, 2))   # PDE -> table B, no INVLPG
+    first = mmu.translate_one(VA + 0x1000, Access.USER)
+    assert (first.status, first.error_code, first.fault_address) == (Status.PAGE_FAULT, PFErr.U, VA + 0x1000)
+    assert all(not t.contents() for t in psc.values())       # every entry that would translate VA + 4 KiB
+    assert mmu.counters()["structures"]["psc.pde"]["invalidated"] == 1
+    retry = mmu.translate_one(VA + 0x1000, Access.USER)
+    assert retry.ok and retry.host_address == 0x2000 << 12
+    assert [row["frame"] for row in psc["pde"].contents()] == [pt.read_entry(VA, 2) >> 12]   # table B
+
+
+def test_a_page_fault_keeps_the_cache_entries_of_other_addresses_and_contexts(backend):
+    memory_class, mmu_class = backend
+    mem = memory_class("64MiB")
+    pt = PageTable(mem, kind=FrameKind.GUEST_PT)
+    far = VA + (1 << 30)                                    # another PDPTE: its own PDE-cache entry
+    pt.map(VA, 0x1000 << 12, RW_USER)
+    pt.map(far, 0x1001 << 12, RW_USER)
+    mmu = mmu_class(mem, tlb=PSC_ONLY, cpu=CpuState(cr3=pt.root | 1, cr4_pcide=True), vpid=3)
+    assert mmu.translate_one(VA, Access.USER).ok and mmu.translate_one(far, Access.USER).ok
+    mmu.set_context(CpuState(cr3=pt.root | 2, cr4_pcide=True), vpid=3)   # PCID 2: its own entries
+    assert mmu.translate_one(VA, Access.USER).ok
+    mmu.mov_cr3(pt.root | 1 | 1 << 63)                      # back to PCID 1, no flush
+    fault = mmu.translate_one(VA + 0x5000, Access.USER)     # not mapped: a page fault
+    assert fault.status == Status.PAGE_FAULT
+    pde = mmu.structures()["psc.pde"].contents()      # PCID 1's entry for VA's region went
+    assert sorted((row["pcid"], row["vpn"]) for row in pde) == [(1, far >> 21), (2, VA >> 21)]
+    tlb = mmu.structures()["l1d[0]"].contents()           # the TLB entries are of other pages or PCIDs
+    assert sorted((row["pcid"], row["vpn"]) for row in tlb) == [(1, VA >> 12), (1, far >> 12), (2, VA >> 12)]
+
+
+def test_a_page_fault_removes_every_tlb_entry_that_would_translate_its_address(backend):
+    """The instruction TLB's entry for the page, and a global one, go with a data page fault."""
+    mem, pt, mmu = native(backend, tlb=PSC_ONLY)
+    for kind in (Access.USER | Access.FETCH, Access.USER):
+        assert mmu.translate_one(VA, kind).ok                # VA's page is global (G, CR4.PGE)
+    pt.write_entry(VA, 1, pt.read_entry(VA, 1) & ~PTE.RW)    # read-only, no INVLPG
+    fault = mmu.translate_one(VA, Access.USER | Access.WRITE)   # the cached rights allow it: a walk, #PF
+    assert (fault.status, fault.error_code) == (Status.PAGE_FAULT, PFErr.P | PFErr.W | PFErr.U)
+    for name in ("l1i[0]", "l1d[0]", "l2[0]"):
+        assert mmu.structures()[name].contents() == [], name
+
+
+def test_a_final_ept_violation_clears_the_combined_entries_of_its_linear_address(backend):
+    """Nested: the guest repoints a PDE without INVLPG; through the stale PDE-cache entry the final
+    guest-physical address is one the EPT no longer maps (an EPT violation, exit qualification bit 8):
+    the violation removes the entries for the linear address, and the retry walks the guest's tables."""
+    memory_class, mmu_class = backend
+    mem = memory_class("64MiB")
+    mem.alloc_at(np.arange(4096, 8192), owner=1, kind=FrameKind.DATA)   # the VM's 16 MiB from 16 MiB up
+    ept = EptTable(mem, owner=1)
+    ept.map_range(0, 16 << 20, 16 << 20, EPT.RWX)
+    next_gpa = iter(range(1 << 20, 2 << 20, 4096))
+    guest = PageTable(mem, ept=ept, alloc_gpa=lambda: next(next_gpa))
+    guest.map(VA, 0x400000, RW_USER)                         # table A: VA -> guest page 4 MiB, and
+    guest.map(VA + 0x1000, 0x401000, RW_USER)                # the next page, in the EPT throughout
+    other = PageTable(mem, ept=ept, alloc_gpa=lambda: next(next_gpa))
+    other.map(VA, 0x500000, RW_USER)                         # table B: VA -> guest page 5 MiB
+    mmu = mmu_class(mem, tlb=PSC_ONLY, cpu=CpuState(cr3=guest.root), ept=ept.config, vpid=1)
+    assert mmu.translate_one(VA + 0x1000, Access.USER).ok    # the PDE cache learns: VA's region -> A
+    ept.write_entry(0x400000, 1, 0)                          # guest page 4 MiB leaves the EPT
+    guest.write_entry(VA, 2, other.read_entry(VA, 2))        # PDE -> table B, no INVLPG
+    violation = mmu.translate_one(VA, Access.USER)
+    assert (violation.status, violation.fault_address) == (Status.EPT_VIOLATION, 0x400000 + (VA & 0xFFF))
+    assert violation.exit_qualification & ExitQual.FINAL_TRANSLATION
+    assert all(not mmu.structures()[f"psc.{name}"].contents() for name in ("pde", "pdpte", "pml4e"))
+    retry = mmu.translate_one(VA, Access.USER)
+    assert retry.ok and retry.host_address == (16 << 20) + 0x500000
+
+
+def test_an_ept_violation_on_a_guest_table_keeps_the_combined_entries(backend):
+    """An EPT violation on a guest paging-structure entry's address (bit 8 clear) invalidates the
+    nested-TLB entries for that address only: the PDE-cache entry that led to it stays."""
+    memory_class, mmu_class = backend
+    mem = memory_class("64MiB")
+    mem.alloc_at(np.arange(4096, 8192), owner=1, kind=FrameKind.DATA)
+    ept = EptTable(mem, owner=1)
+    ept.map_range(0, 16 << 20, 16 << 20, EPT.RWX)
+    next_gpa = iter(range(1 << 20, 2 << 20, 4096))
+    guest = PageTable(mem, ept=ept, alloc_gpa=lambda: next(next_gpa))
+    guest.map(VA, 0x400000, RW_USER)
+    mmu = mmu_class(mem, tlb=PSC_ONLY, cpu=CpuState(cr3=guest.root), ept=ept.config, vpid=1)
+    assert mmu.translate_one(VA, Access.USER).ok
+    pte_gpa = guest.entry_address(VA + 0x1000, 1)
+    ept.write_entry(pte_gpa, 1, 0)                           # the page table's page leaves the EPT
+    mmu.invept(1, eptag=ept.config.eptag)
+    assert mmu.translate_one(VA, Access.USER).status == Status.EPT_VIOLATION
+    pde_cache = mmu.structures()["psc.pde"].contents()
+    violation = mmu.translate_one(VA + 0x1000, Access.USER)   # the PDE cache hits; the PTE's GPA faults
+    assert (violation.status, violation.fault_address) == (Status.EPT_VIOLATION, pte_gpa)
+    assert not violation.exit_qualification & ExitQual.FINAL_TRANSLATION
+    assert mmu.structures()["psc.pde"].contents() == pde_cache

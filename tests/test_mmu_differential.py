@@ -2,10 +2,18 @@
 
 A Hypothesis state machine maps, unmaps and rewrites entries (without the
 invalidation a careful OS would do, so stale TLB entries are exercised),
-switches CR3, PCID and VPID, invalidates with every x86 operation, and
-translates batches.  After every step the two must agree on the batch
-result, every output, every counter, every cached entry and every byte of
-the page tables (A/D bits included).
+repoints upper-level entries at other tables (so stale paging-structure-cache
+entries are), switches CR3, PCID and VPID, invalidates with every x86
+operation, and translates batches.  After every step the two must agree on
+the batch result, every output, every counter, every cached entry and every
+byte of the page tables (A/D bits included).
+
+The two could share a gap (they are written from the same document), so one
+rule is checked against the tables themselves: when a batch stops at a page
+fault (or an EPT violation on the final guest-physical address), retrying the
+access must give what a walk of the tables in memory gives.  The fault
+invalidated every cached entry for its address (SDM 4.10.4.1), so the fault
+cannot recur from a stale one.
 """
 
 from __future__ import annotations
@@ -18,7 +26,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from fastmmu._core.memory import HostMemory as CompiledMemory
 from fastmmu._core.mmu import MMU as CompiledMMU
-from fastmmu.arch import EPT, PTE, Access, FrameKind
+from fastmmu._core.paging import walk as compiled_walk
+from fastmmu._core.paging import walk_nested as compiled_walk_nested
+from fastmmu.arch import EPT, PTE, Access, ExitQual, FrameKind, Status
 from fastmmu.cpu import CpuState
 from fastmmu.reference.memory import HostMemory as ReferenceMemory
 from fastmmu.reference.mmu import MMU as ReferenceMMU
@@ -43,6 +53,12 @@ NO_CACHE = TLBConfig.none()
 PAGES_4K = [0x0000_1000_0000 + i * 0x1000 for i in range(6)] + [0x0000_1000_0000 + (1 << 21) * 3 + 0x5000,
                                                                   0x0080_0000_0000, 0xFFFF_8000_0010_0000]
 PAGE_2M = 0x0000_2000_0000
+# A hole: the table of PAGES_4K[6]'s 2 MiB region does not map it, the first table (PAGES_4K[0]'s)
+# maps the same index.  Repointing that region's PDE at the first table without INVLPG leaves the
+# paging-structure cache's PDE entry stale: the next access faults through it, the retry must not.
+HOLE = 0x0000_1000_0000 + (1 << 21) * 3 + 0x1000
+# What the repoint rule moves: entries of these pages' paths, copied from one to another.
+REPOINTED = [PAGES_4K[0], PAGES_4K[6], PAGES_4K[7], PAGE_2M]
 # Bit 25 moves a table 32 MiB up: inside memory, or past its end (48 MiB) but inside the flat
 # buffer's power of two (64 MiB); bit 45 takes it far beyond both.
 FLAG_BITS = [PTE.P, PTE.RW, PTE.US, PTE.A, PTE.D, PTE.G, PTE.NX, 1 << 59, 1 << 60, 1 << 45, 1 << 25]
@@ -108,10 +124,11 @@ class MMUMachine(RuleBasedStateMachine):
             mmu_class = CompiledMMU if side == 0 else ReferenceMMU
             self.mmus.append(mmu_class(mem, tlb=self.tlb, cpu=cpu, ept=ept, vpid=self.vpid))
         self.frames = self.twin.table_frames()
+        self.current = 0   # the table CR3 holds
 
     addresses = st.lists(
         st.tuples(
-            st.sampled_from(PAGES_4K + [PAGE_2M, PAGE_2M + 0x1F_F000, 0x0000_3000_0000, 1 << 47]),
+            st.sampled_from(PAGES_4K + [PAGE_2M, PAGE_2M + 0x1F_F000, 0x0000_3000_0000, 1 << 47, HOLE, HOLE]),
             st.integers(0, 4095),
             st.sampled_from([Access.READ, Access.WRITE, Access.FETCH, Access.USER, Access.USER | Access.WRITE,
                              Access.USER | Access.FETCH, Access.IMPLICIT]),
@@ -147,7 +164,27 @@ class MMUMachine(RuleBasedStateMachine):
             assert outs[0] == outs[1]
             logs = [mmu.take_references() for mmu in self.mmus]   # the PTE-access trace (empty unless logging)
             assert logs[0].tolist() == logs[1].tolist()
-            start = outs[0][0] + 1   # skip past the faulting access, as a handler that gives up would
+            stopped, status, fault = outs[0][0], outs[0][1], outs[0][2]
+            if status == Status.PAGE_FAULT or (
+                    status == Status.EPT_VIOLATION and fault.exit_qualification & ExitQual.FINAL_TRANSLATION):
+                self.retry_walks_the_tables(int(addresses[stopped]), int(kinds[stopped]))
+            start = stopped + 1   # skip past the faulting access, as a handler that gives up would
+
+    def retry_walks_the_tables(self, va: int, kind: int) -> None:
+        """After a page fault (or a final-GPA EPT violation) on ``va``, nothing cached for ``va`` is
+        left: the retry gives what a walk of the tables in memory gives (that walk first: it sets the
+        same A/D flags the retry would, if it succeeds)."""
+        compiled = self.mmus[0]
+        if self.nested:
+            fresh = compiled_walk_nested(self.twin.mems[0], compiled.cpu, compiled.ept_config, va, kind)
+        else:
+            fresh = compiled_walk(self.twin.mems[0], compiled.cpu, va, kind)
+        retries = [mmu.translate_one(va, kind) for mmu in self.mmus]
+        assert retries[0] == retries[1]
+        retry = retries[0]
+        status = Status.OK if retry.status == Status.TRAP else retry.status   # (the trapped frame is data)
+        assert (status, retry.host_address, retry.error_code, retry.fault_address, retry.exit_qualification) == (
+            fresh.status, fresh.host_address, fresh.error_code, fresh.fault_address, fresh.exit_qualification)
 
     @rule(on=st.booleans())
     def log_references(self, on: bool) -> None:
@@ -174,8 +211,31 @@ class MMUMachine(RuleBasedStateMachine):
                 value ^= int(bit)
             pt.write_entry(page, level, value)
 
+    @rule(page=st.sampled_from(REPOINTED), source=st.sampled_from(REPOINTED), level=st.integers(2, 3))
+    def repoint(self, page: int, source: int, level: int) -> None:
+        """Point an upper-level entry of the current tables where ``source``'s entry points (another
+        table), without INVLPG: what the paging-structure caches hold for ``page`` goes stale."""
+        for side in (0, 1):
+            pt = self.twin.tables[side][self.current]
+            try:
+                value = pt.read_entry(source, level)
+                slot = pt.entry_address(page, level)
+                if value is None or slot is None:
+                    return
+                if not self.nested and self.twin.mems[side].kind_of(slot >> 12) == FrameKind.FREE:
+                    return          # a flipped bit moved the table to a frame that is not one
+                pt.write_entry(page, level, value)
+            except ValueError:      # an upper entry now points outside what the builder can follow
+                return
+
+    @rule()
+    def repoint_over_the_hole(self) -> None:
+        """The repoint that makes HOLE mapped: its region's PDE -> the first region's table."""
+        self.repoint(PAGES_4K[6], PAGES_4K[0], 2)
+
     @rule(table=st.integers(0, 2), noflush=st.booleans(), pcid=st.integers(0, 3))
     def mov_cr3(self, table: int, noflush: bool, pcid: int) -> None:
+        self.current = table % len(self.twin.tables[0])
         for side, mmu in enumerate(self.mmus):
             tables = self.twin.tables[side]
             value = tables[table % len(tables)].root

@@ -442,6 +442,56 @@ def test_nested_tlb_is_only_touched_by_invept(impl):
     assert ntlb.invept(2) == 2  # INVEPT all-context empties the nested TLB, tag 0 included
 
 
+def test_page_fault_removes_what_would_translate_its_address_in_its_context(populated):
+    # A page fault in PCID 1, VPID 1, native (EPT tag 0): A (the page, PCID 1) and C (global, other
+    # PCID) go; B (PCID 2), D and E (the next page), F and G (other VPIDs), H (EPT 9) stay.
+    assert populated.page_fault(PAGE + 0x800, 1, 1) == 2
+    assert frames(populated) == [2, 4, 5, 6, 7, 8]
+    assert populated.page_fault(PAGE + 0x800, 1, 1, eptag=9) == 1  # under EPT 9: H
+    assert populated.page_fault(PAGE + 0x1000, 1, 1) == 2  # D and E (global)
+    assert frames(populated) == [2, 6, 7]
+
+
+def test_page_fault_removes_every_piece_of_a_larger_page_of_its_context(impl):
+    t = impl.TLB(16, 4)
+    for offset in (0, 0x5000, 0x1F_F000):
+        t.fill(PAGE + offset, 0x200, size="2M", pcid=1)  # pieces of one 2 MiB page, in three sets
+    t.fill(PAGE + 0x3000, 0x400, size="2M", pcid=2)  # a piece of another PCID
+    t.fill(PAGE + 0x7000, 0x7, pcid=1)  # a whole 4 KiB page of this PCID, elsewhere
+    assert t.page_fault(PAGE + 0x1000, 1, 0) == 3
+    assert frames(t) == [0x7, 0x403]
+
+
+def test_page_fault_in_a_paging_structure_cache_takes_the_regions_that_cover_the_address(impl):
+    psc = impl.TLB(8, 8, sizes=("region",), region_shift=21)
+    psc.fill(PAGE, 10, size="region", pcid=1, vpid=1)
+    psc.fill(PAGE + (1 << 21), 11, size="region", pcid=1, vpid=1)  # the next 2 MiB region
+    psc.fill(PAGE, 12, size="region", pcid=2, vpid=1)
+    psc.fill(PAGE, 13, size="region", pcid=1, vpid=1, eptag=3)
+    assert psc.page_fault(PAGE + 0x1F_F000, 1, 1) == 1  # unlike INVLPG: only the region of the address
+    assert frames(psc) == [11, 12, 13]
+    ntlb = impl.TLB(8, 4, kind="ntlb")
+    ntlb.fill(PAGE, 0x99, eptag=3)
+    assert ntlb.page_fault(PAGE, 0, 0, eptag=3) == 0  # a nested TLB holds no linear address
+
+
+def test_ept_violation_removes_the_guest_physical_entry_and_with_a_linear_address_the_combined_ones(impl):
+    ntlb = impl.TLB(8, 4, kind="ntlb", sizes=("4K", "2M"))
+    ntlb.fill(0x40_0000, 0x400, size="2M", eptag=3)
+    ntlb.fill(0x40_0000, 0x600, size="2M", eptag=4)
+    ntlb.fill(0x1000, 0x10, eptag=3)
+    assert ntlb.ept_violation(0x5F_F008, eptag=3) == 1 and frames(ntlb) == [0x10, 0x600]
+    assert ntlb.ept_violation(0x1000, eptag=3, va=PAGE, pcid=1, vpid=1) == 1
+    t = impl.TLB(8, 4)
+    t.fill(PAGE, 1, pcid=1, vpid=1, eptag=3)
+    t.fill(PAGE, 2, pcid=1, vpid=1, eptag=4)
+    assert t.ept_violation(0x1000, eptag=3) == 0  # a guest paging-structure address: no linear one
+    assert t.ept_violation(0x1000, eptag=3, va=PAGE, pcid=1, vpid=1) == 1
+    assert frames(t) == [2]
+    with pytest.raises(ValueError, match=r"^gpa: expected 0..18446744073709551615, got -1$"):
+        t.ept_violation(-1, eptag=3)
+
+
 def test_raw_invalidate_selectors(impl):
     t = impl.TLB(64, 4)
     t.fill(PAGE, 1, pcid=1, vpid=1)

@@ -139,6 +139,16 @@ class TLBComparison(RuleBasedStateMachine):
     def invept(self, kind, eptag):
         self.both(lambda t: t.invept(kind, eptag=eptag))
 
+    @rule(data=st.data(), va=addresses)
+    def page_fault(self, data, va):
+        ctx = self.context(data)
+        pcid, vpid = (0, 0) if self.kind == "ntlb" else (ctx["pcid"], ctx["vpid"])
+        self.both(lambda t: t.page_fault(va, pcid, vpid, eptag=ctx["eptag"]))
+
+    @rule(gpa=addresses, eptag=tiny, linear=st.one_of(st.none(), addresses), pcid=small, vpid=tiny)
+    def ept_violation(self, gpa, eptag, linear, pcid, vpid):
+        self.both(lambda t: t.ept_violation(gpa, eptag=eptag, va=linear, pcid=pcid, vpid=vpid))
+
     @rule()
     def flush(self):
         self.both(lambda t: t.flush())

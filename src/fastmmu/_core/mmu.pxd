@@ -70,6 +70,7 @@ cdef class MMU:
     cdef void _load_clocks(self)
     cdef void _store_clocks(self)
     cdef object _add(self, str name, object t)
+    cdef void _fault_invalidations(self, const walk_t *w, int result, uint64_t va)
     cdef object _fault_record(self, walk_t *w, int result, uint64_t va, walk_trace_t *refs, bint with_trace)
     cdef int _reserve(self, size_t more) except -1
     cdef int _translate_logged(self, const uint64_t[::1] va, const uint8_t[::1] kind, uint64_t[::1] hpa,

@@ -460,3 +460,7 @@ cdef class TLB:
     cdef uint64_t _invpcid(self, int type, uint32_t pcid, uint64_t va, uint32_t vpid) noexcept
     cdef uint64_t _invvpid(self, int type, uint32_t vpid, uint64_t va) noexcept
     cdef uint64_t _invept(self, int type, uint32_t eptag) noexcept
+    # What a fault invalidates (SDM Vol. 3A 4.10.4.1, Vol. 3C 29.4.3.1; the run loop applies them).
+    cdef uint64_t _page_fault(self, uint64_t va, uint32_t pcid, uint32_t vpid, uint32_t eptag) noexcept
+    cdef uint64_t _ept_violation(self, uint64_t gpa, uint32_t eptag, bint has_va, uint64_t va, uint32_t pcid,
+                                 uint32_t vpid) noexcept

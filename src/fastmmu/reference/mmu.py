@@ -20,6 +20,7 @@ from fastmmu.arch import (
     PAGE_SHIFT,
     Access,
     Attr,
+    ExitQual,
     Status,
     is_canonical,
 )
@@ -199,6 +200,7 @@ class MMU:
             result = self._walk(va, access, trace)
             if result.status != Status.OK:
                 self.counts["faults"][result.status.name.lower()] += 1
+                self._fault_invalidations(result, va)
                 return result
             code = SIZE_CODE[result.page_size]
             frame = (result.host_address & ~(result.page_size - 1)) >> PAGE_SHIFT
@@ -212,6 +214,21 @@ class MMU:
             return Walk(status=Status.TRAP, host_address=result.host_address, page_size=result.page_size,
                         attrs=result.attrs, fault_address=va, guest_linear_address=va)
         return result
+
+    def _fault_invalidations(self, fault: Walk, va: int) -> None:
+        """What delivering the fault of an access to ``va`` invalidates (docs/core-semantics.md,
+        "Invalidations"): a page fault, the entries for ``va`` in this context (SDM 4.10.4.1), so that
+        it does not recur from cached entries once the tables allow the access; an EPT violation, the
+        nested-TLB entries for its guest-physical address and, when that was the translation of
+        ``va`` (exit qualification bit 8), the entries for ``va`` (Vol. 3C 29.4.3.1)."""
+        if fault.status == Status.PAGE_FAULT:
+            for t in self._structures_list():
+                t.page_fault(va, self.cpu.pcid, self.vpid, eptag=self.eptag)
+        elif fault.status == Status.EPT_VIOLATION:
+            final = bool(fault.exit_qualification & ExitQual.FINAL_TRANSLATION)
+            for t in self._structures_list():
+                t.ept_violation(fault.fault_address, eptag=self.eptag, va=va if final else None,
+                                pcid=self.cpu.pcid, vpid=self.vpid)
 
     def _walk(self, va: int, access: int, trace: bool) -> Walk:
         caches = self._walk_caches()

@@ -324,6 +324,11 @@ def check_invvpid(type: Any, vpid: Any, va: Any, la57: Any) -> tuple[int, int, i
     return type, vpid, va
 
 
+def check_fault(va: Any, pcid: Any, vpid: Any, eptag: Any, *, what: str = "va") -> tuple[int, int, int, int]:
+    """The operands of a fault's invalidation (``TLB.page_fault``, ``TLB.ept_violation``)."""
+    return (check_int(va, what, 0, MAX_U64), *check_ctx(pcid, vpid, eptag))
+
+
 def check_invept(type: Any, eptag: Any) -> tuple[int, int]:
     type = check_type(type, "INVEPT", (1, 2))
     eptag = check_int(eptag, "eptag", 0, MAX_EPTAG)
@@ -675,6 +680,34 @@ class TLB:
         if self.kind == "ntlb":
             return self._remove(lambda e: True)
         return self._remove(lambda e: e.eptag != 0)
+
+    def page_fault(self, va: int, pcid: int = 0, vpid: int = 0, *, eptag: int = 0) -> int:
+        """What a page fault on linear address ``va`` invalidates (SDM 4.10.4.1): the entries that would
+        translate it in this context (PCID, or global; VPID; EPT tag), every piece of a larger page of
+        that context, and the paging-structure-cache entries that would be used for it."""
+        va, pcid, vpid, eptag = check_fault(va, pcid, vpid, eptag)
+        return self._page_fault(va, pcid, vpid, eptag)
+
+    def _page_fault(self, va: int, pcid: int, vpid: int, eptag: int) -> int:
+        if self.kind == "tlb":
+            return self._remove(lambda e: e.vpid == vpid and e.eptag == eptag and (e.global_ or e.pcid == pcid)
+                                and self._of_page(e, va))
+        if self.kind == "psc":
+            return self._remove(lambda e: e.vpid == vpid and e.eptag == eptag and e.pcid == pcid
+                                and self._covers(e, va))
+        return 0
+
+    def ept_violation(self, gpa: int, *, eptag: int, va: int | None = None, pcid: int = 0, vpid: int = 0) -> int:
+        """What an EPT violation on guest-physical ``gpa`` invalidates (SDM Vol. 3C 29.4.3.1): the
+        nested-TLB entries that would translate it for ``eptag``; and when ``gpa`` was the translation
+        of linear address ``va``, what a page fault on ``va`` does in that context."""
+        gpa, _, _, eptag = check_fault(gpa, 0, 0, eptag, what="gpa")
+        if va is not None:
+            va, pcid, vpid, eptag = check_fault(va, pcid, vpid, eptag)
+        removed = self._remove(lambda e: e.eptag == eptag and self._covers(e, gpa)) if self.kind == "ntlb" else 0
+        if va is not None:
+            removed += self._page_fault(va, pcid, vpid, eptag)
+        return removed
 
     # -- inspection ----------------------------------------------------------------
 
