@@ -164,17 +164,11 @@ cdef int ept_from_config(ept_t *e, object ept, uint8_t maxphyaddr) except -1:
     """Fill ``e`` from an ``EptConfig`` (checked again: its fields are mutable)."""
     if not isinstance(ept, EptConfig):
         raise TypeError(f"ept: expected a fastmmu.cpu.EptConfig, got {type(ept).__name__}")
-    _check_levels(ept.levels, "ept.levels")
-    root = _integer(ept.root, "ept.root", _U64_LIMIT)
-    if root & 0xFFF:
-        raise ValueError(f"ept.root: {root:#x} is not 4 KiB aligned")
+    ept.validate(maxphyaddr)                 # the VM-entry checks of the EPTP: VMEntryFailure
     eptag = _integer(ept.eptag, "ept.eptag", 1 << 32)
     if eptag == 0:
         raise ValueError("ept.eptag: expected 1..2^32-1, got 0")
-    if ept.memtype not in (0, 6):
-        raise ValueError(f"ept.memtype: the EPTP allows UC (0) or WB (6), got {ept.memtype!r}")
-    ept.validate(maxphyaddr)                 # root bits beyond MAXPHYADDR: ValueError
-    e.root = root
+    e.root = ept.root
     e.eptag = eptag
     e.levels = ept.levels
     e.ad = bool(ept.ad)

@@ -29,7 +29,7 @@ from fastmmu.arch import (
     PFErr,
     Status,
 )
-from fastmmu.cpu import CpuState, EptConfig
+from fastmmu.cpu import CpuState, EptConfig, VMEntryFailure
 from fastmmu.tables import EptTable, PageTable
 from fastmmu.translation import Reference
 
@@ -808,7 +808,8 @@ def test_roots_and_levels():
         paging.walk(w.mem, CpuState(cr3=1 << 46), VA)
     with raises(ValueError, "ept.root: root table 0x40000000 is beyond host memory (64MiB)"):
         paging.walk_ept(w.mem, EptConfig(root=1 << 30), 0)
-    with raises(ValueError, "EPT root: 0x400000000000 sets bits beyond MAXPHYADDR=46"):
+    with raises(VMEntryFailure, "VM entry failed (invalid control field): EPTP address (root): 0x400000000000 "
+                                "sets reserved bits 51:46 (beyond MAXPHYADDR=46)"):
         paging.walk_nested(w.mem, CpuState(cr3=1 << 30), EptConfig(root=1 << 46), VA)
     cpu = CpuState(cr3=w.pt.root)
     cpu.levels = 3
@@ -816,7 +817,7 @@ def test_roots_and_levels():
         paging.walk(w.mem, cpu, VA)
     ept = EptConfig(root=0x1000)
     ept.levels = 6
-    with raises(ValueError, "ept.levels: expected 4 or 5 paging levels, got 6"):
+    with raises(VMEntryFailure, "EPTP page-walk length (bits 5:3 + 1): 6 levels; expected 4 or 5"):
         paging.walk_ept(w.mem, ept, 0)
     cpu = CpuState(cr3=w.pt.root)
     cpu.pkru = 1 << 32

@@ -13,7 +13,7 @@ import worlds
 from worlds import GVA, RAM, URW, GiB, KiB4, MiB2
 
 from fastmmu.arch import EPT, PTE, Access, Attr, Status
-from fastmmu.cpu import CpuState, EptConfig
+from fastmmu.cpu import CpuState, EptConfig, VMEntryFailure
 from fastmmu.reference import paging
 from fastmmu.reference.memory import HostMemory
 from fastmmu.reference.tlb import TLB
@@ -330,7 +330,8 @@ ARGUMENT_ERRORS = [
      "cpu.cr3: root table 0x40000000 is beyond host memory (64MiB)"),
     (lambda m, c, e: paging.walk_ept(m, EptConfig(root=1 << 30), 0), ValueError,
      "ept.root: root table 0x40000000 is beyond host memory (64MiB)"),
-    (lambda m, c, e: paging.walk_ept(m, EptConfig(root=1 << 47), 0), ValueError, "EPT root: 0x800000000000 sets bits"),
+    (lambda m, c, e: paging.walk_ept(m, EptConfig(root=1 << 47), 0), VMEntryFailure,
+     "EPTP address (root): 0x800000000000 sets reserved bits 51:46"),
 ]
 
 
@@ -349,7 +350,7 @@ def test_mutated_state_is_checked_again():
         paging.walk(mem, cpu, GVA)
     ept = EptTable(mem)
     ept.config.memtype = 2
-    with pytest.raises(ValueError, match=re.escape("ept.memtype: the EPTP allows UC (0) or WB (6), got 2")):
+    with pytest.raises(VMEntryFailure, match=re.escape("EPTP memory type (bits 2:0): 2; expected UC (0) or WB (6)")):
         paging.walk_ept(mem, ept.config, 0)
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import re
 from types import SimpleNamespace
 
 import pytest
 
 from fastmmu.arch import EPT, PTE, Access, Attr, MemType, PFErr, Status
-from fastmmu.cpu import CpuState
+from fastmmu.cpu import CpuState, EptConfig, VMEntryFailure
 from fastmmu.tables import EptTable, PageTable
 
 R, W, X = int(EPT.R), int(EPT.W), int(EPT.X)
@@ -38,12 +39,14 @@ def backend(request) -> SimpleNamespace:
     if request.param == "reference":
         from fastmmu.reference import paging
         from fastmmu.reference.memory import HostMemory
+        from fastmmu.reference.mmu import MMU
     else:
         paging = importlib.import_module("fastmmu._core.paging")
         HostMemory = importlib.import_module("fastmmu._core.memory").HostMemory
+        MMU = importlib.import_module("fastmmu._core.mmu").MMU
     return SimpleNamespace(name=request.param, walk=paging.walk, walk_ept=paging.walk_ept,
                            walk_nested=paging.walk_nested, check_access=getattr(paging, "check_access", None),
-                           HostMemory=HostMemory)
+                           HostMemory=HostMemory, MMU=MMU)
 
 
 def native(b, leaf_flags=URW, *, levels=4, maxphyaddr=46, table_flags=URW, page_size=4096):
@@ -741,3 +744,84 @@ def test_ept_flags_unchanged_when_the_walk_fails(backend):
     before = frames(world.mem)
     walk = backend.walk_nested(world.mem, world.cpu, world.ept.config, GVA, USER | WRITE)
     assert walk.status == Status.EPT_VIOLATION and frames(world.mem) == before
+
+
+# -- 27.2.1.1: the VM-entry checks of the EPTP (VM-entry failure: invalid control field) ------------------
+
+FAIL = "VM entry failed (invalid control field): EPTP "
+EPTP = 0x5000 | 3 << 3 | 6  # root 0x5000, 4 levels, WB
+
+BAD_EPTP_VALUES = [
+    # (what, EPTP value, the processor's features, message after FAIL)
+    *[(f"reserved bit {bit}", EPTP | 1 << bit, {}, f"reserved bits 11:8 set: {1 << bit:#x} in {EPTP | 1 << bit:#x}")
+      for bit in (8, 9, 10, 11)],
+    ("bit 7 (shadow-stack control)", EPTP | 1 << 7, {},
+     f"bit 7 (supervisor shadow-stack control) set in {EPTP | 1 << 7:#x}, which this processor does not support"),
+    *[(f"reserved bit {bit}", EPTP | 1 << bit, {}, f"reserved bits 63:52 set: {1 << bit:#x} in {EPTP | 1 << bit:#x}")
+      for bit in (52, 63)],
+    *[(f"memory type {memtype}", EPTP & ~7 | memtype, {},
+       f"memory type (bits 2:0): {memtype}; expected UC (0) or WB (6)") for memtype in (1, 2, 3, 4, 5, 7)],
+    *[(f"walk length {length}", EPTP & ~0x38 | (length - 1) << 3, {},
+       f"page-walk length (bits 5:3 + 1): {length} levels; expected 4 or 5") for length in (1, 2, 3, 6, 7, 8)],
+    ("5 levels where not supported", EPTP & ~0x38 | 4 << 3, {"five_level_supported": False},
+     "page-walk length (bits 5:3 + 1): 5 levels, which this processor does not support (five_level_supported=False); "
+     "expected 4"),
+    ("A/D where not supported", EPTP | 1 << 6, {"ad_supported": False},
+     "bit 6 (accessed and dirty flags) set, which this processor does not support (ad_supported=False)"),
+]
+
+
+@pytest.mark.parametrize(("eptp", "features", "message"), [row[1:] for row in BAD_EPTP_VALUES],
+                         ids=[row[0] for row in BAD_EPTP_VALUES])
+def test_an_eptp_that_vm_entry_refuses_is_a_vm_entry_failure(eptp, features, message):
+    with pytest.raises(VMEntryFailure, match="^" + re.escape(FAIL + message) + "$"):
+        EptConfig.from_eptp(eptp, **features)
+
+
+def test_a_valid_eptp_decodes_field_by_field():
+    config = EptConfig.from_eptp(EPTP | 1 << 6 | 1 << 51, execute_only=False)   # bit 51: checked at entry
+    assert (config.root, config.levels, config.ad, config.memtype, config.execute_only) == (
+        0x5000 | 1 << 51, 4, True, 6, False)
+    assert config.eptp == EPTP | 1 << 6 | 1 << 51
+    assert EptConfig.from_eptp(0x5000 | 4 << 3).levels == 5 and issubclass(VMEntryFailure, ValueError)
+
+
+# The same classes, reaching the core through a configuration changed after it was made (its fields
+# are mutable), and the root beyond MAXPHYADDR (46 here), which only the memory in use can tell.
+BAD_CONFIGS = [
+    ("walk length 6", {"levels": 6}, "page-walk length (bits 5:3 + 1): 6 levels; expected 4 or 5"),
+    ("walk length 5 where not supported", {"levels": 5, "five_level_supported": False},
+     "page-walk length (bits 5:3 + 1): 5 levels, which this processor does not support (five_level_supported=False); "
+     "expected 4"),
+    ("memory type 4", {"memtype": 4}, "memory type (bits 2:0): 4; expected UC (0) or WB (6)"),
+    ("A/D where not supported", {"ad": True, "ad_supported": False},
+     "bit 6 (accessed and dirty flags) set, which this processor does not support (ad_supported=False)"),
+    ("root not aligned", {"root": 0x5800},
+     "address (root): 0x5800 is not 4 KiB aligned (EPTP bits 11:0 are its fields)"),
+    ("root bit 63", {"root": 0x5000 | 1 << 63}, "reserved bits 63:52 set: 0x8000000000000000"),
+    ("root beyond MAXPHYADDR", {"root": 0x5000 | 1 << 46},
+     "address (root): 0x400000005000 sets reserved bits 51:46 (beyond MAXPHYADDR=46)"),
+]
+ENTRY_POINTS = ["MMU()", "MMU.set_context", "walk_nested", "walk_ept"]
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize(("change", "message"), [row[1:] for row in BAD_CONFIGS], ids=[row[0] for row in BAD_CONFIGS])
+def test_every_api_that_takes_an_ept_into_the_core_refuses_a_bad_eptp(backend, entry, change, message):
+    mem = backend.HostMemory("1MiB", maxphyaddr=46)
+    good = EptTable(mem).config
+    bad = EptConfig(root=good.root)
+    for name, value in change.items():
+        setattr(bad, name, value)
+    cpu = CpuState(cr3=0x1000)
+    mmu = backend.MMU(mem, cpu=cpu, ept=good, vpid=1)
+    calls = {
+        "MMU()": lambda: backend.MMU(mem, cpu=cpu, ept=bad),
+        "MMU.set_context": lambda: mmu.set_context(CpuState(cr3=0x2000), ept=bad, vpid=2),
+        "walk_nested": lambda: backend.walk_nested(mem, cpu, bad, 0x1000),
+        "walk_ept": lambda: backend.walk_ept(mem, bad, 0x1000),
+    }
+    with pytest.raises(VMEntryFailure, match="^" + re.escape(FAIL + message) + "$"):
+        calls[entry]()
+    # A failed VM entry changes nothing: the MMU keeps the context it had.
+    assert (mmu.cpu.cr3, mmu.ept_config, mmu.vpid) == (0x1000, good, 1)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastmmu.arch import EPT, PTE, Access, Attr, ExitQual, FrameKind, MemType, PFErr, Status
 from fastmmu.batch import BatchResult
-from fastmmu.cpu import CpuState, EptConfig
+from fastmmu.cpu import CpuState, EptConfig, VMEntryFailure
 from fastmmu.tlbconfig import CacheGeometry, TLBConfig
 from fastmmu.translation import Reference, Walk
 
@@ -80,6 +80,6 @@ __all__ = [
     "EPT", "PTE", "VM", "Access", "Attr", "BatchResult", "CacheGeometry", "Comparison", "Config", "ConfigError",
     "CostModel", "CpuState", "EptConfig", "EptTable", "ExitQual", "Explanation", "FrameKind", "GuestConfig",
     "HostMemory", "HypervisorConfig", "MMU", "Machine", "MemType", "MemoryExhausted", "PFErr", "PageTable",
-    "Reference", "RunResult", "Status", "TLB", "TLBConfig", "VMTerminated", "Walk", "__version__", "compare",
-    "explain", "explain_in_scenario", "walk", "walk_ept", "walk_nested", "traces", "workloads",
+    "Reference", "RunResult", "Status", "TLB", "TLBConfig", "VMEntryFailure", "VMTerminated", "Walk", "__version__",
+    "compare", "explain", "explain_in_scenario", "walk", "walk_ept", "walk_nested", "traces", "workloads",
 ]

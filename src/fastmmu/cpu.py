@@ -66,12 +66,36 @@ class CpuState:
         _check_address(self.cr3 & ~CR3_PCID_MASK, "cr3", maxphyaddr)
 
 
+class VMEntryFailure(ValueError):
+    """A VM entry failed the checks on its VM-execution control fields (SDM Vol. 3C 27.2.1.1): the
+    processor does not enter the guest (VM-entry failure, VM-instruction error 7, "invalid control
+    field").  Raised, with the field and its value in the message, by every API that takes an EPTP
+    or an ``EptConfig`` into the core, before anything runs."""
+
+
+# EPTP bits (SDM Vol. 3C 25.6.11): 2:0 memory type, 5:3 page-walk length - 1, 6 A/D enable,
+# 7 supervisor shadow-stack control (not modelled: reserved here), 11:8 reserved, N-1:12 the root,
+# 63:N reserved (N = MAXPHYADDR).
+EPTP_SSS = 1 << 7
+EPTP_RESERVED_LOW = 0xF00
+EPTP_RESERVED_HIGH = ~((1 << 52) - 1) & ((1 << 64) - 1)
+_VALID_EPT_MEMTYPES = (MemType.UC, MemType.WB)
+
+
+def _eptp_failure(what: str) -> VMEntryFailure:
+    return VMEntryFailure(f"VM entry failed (invalid control field): EPTP {what}")
+
+
 @dataclass
 class EptConfig:
-    """The EPT pointer and the EPT features in use (SDM Vol. 3C, 25.6.11 and 29.3).
+    """The EPT pointer and the EPT features of the processor (SDM Vol. 3C, 25.6.11 and 29.3).
 
-    ``eptag`` names this EPT in translation caches (the SDM's EP4TA); by
-    default it is derived from the root frame.
+    ``root``, ``levels``, ``ad`` and ``memtype`` are the EPTP's fields; ``execute_only``,
+    ``ad_supported``, ``five_level_supported`` and ``advanced_exit_info`` say what the processor
+    supports (IA32_VMX_EPT_VPID_CAP bits 0, 21, 7 and 22).  An EPTP the processor would refuse at VM
+    entry raises ``VMEntryFailure``, here and again in every API that takes the configuration into
+    the core (its fields are mutable).  ``eptag`` names this EPT in translation caches (the SDM's
+    EP4TA); by default it is derived from the root frame.
     """
 
     root: int
@@ -81,17 +105,35 @@ class EptConfig:
     advanced_exit_info: bool = True
     memtype: int = MemType.WB
     eptag: int = field(default=0)
+    ad_supported: bool = True
+    five_level_supported: bool = True
 
     def __post_init__(self) -> None:
-        _check_levels(self.levels, "EPT levels")
-        if self.memtype not in (MemType.UC, MemType.WB):
-            raise ValueError(f"EPT memtype: the EPTP allows UC (0) or WB (6), got {self.memtype!r}")
-        if self.root & 0xFFF:
-            raise ValueError(f"EPT root: {self.root:#x} is not 4 KiB aligned")
+        self._check_fields()
         if not self.eptag:
             self.eptag = (self.root >> 12) % 0xFFFF_FFFF + 1  # unique per root frame below 2^32 - 1
-        if not 0 < self.eptag < 1 << 32:
+        if isinstance(self.eptag, bool) or not isinstance(self.eptag, int) or not 0 < self.eptag < 1 << 32:
             raise ValueError(f"eptag: expected 1..2^32-1, got {self.eptag!r}")
+
+    def _check_fields(self) -> None:
+        """The VM-entry checks of the EPTP's fields that do not depend on MAXPHYADDR."""
+        levels, memtype, root = self.levels, self.memtype, self.root
+        if isinstance(levels, bool) or levels not in (4, 5):
+            raise _eptp_failure(f"page-walk length (bits 5:3 + 1): {levels!r} levels; expected 4 or 5")
+        if levels == 5 and not self.five_level_supported:
+            raise _eptp_failure("page-walk length (bits 5:3 + 1): 5 levels, which this processor does not "
+                                "support (five_level_supported=False); expected 4")
+        if isinstance(memtype, bool) or memtype not in _VALID_EPT_MEMTYPES:
+            raise _eptp_failure(f"memory type (bits 2:0): {memtype!r}; expected UC (0) or WB (6)")
+        if self.ad and not self.ad_supported:
+            raise _eptp_failure("bit 6 (accessed and dirty flags) set, which this processor does not support "
+                                "(ad_supported=False)")
+        if isinstance(root, bool) or not isinstance(root, int) or root < 0:
+            raise _eptp_failure(f"address (root): {root!r}; expected a non-negative integer")
+        if root & 0xFFF:
+            raise _eptp_failure(f"address (root): {root:#x} is not 4 KiB aligned (EPTP bits 11:0 are its fields)")
+        if root & EPTP_RESERVED_HIGH:
+            raise _eptp_failure(f"reserved bits 63:52 set: {root & EPTP_RESERVED_HIGH:#x}")
 
     @property
     def eptp(self) -> int:
@@ -100,7 +142,22 @@ class EptConfig:
 
     @classmethod
     def from_eptp(cls, eptp: int, **features: bool) -> EptConfig:
-        """Decode an EPTP value (other features as keywords)."""
+        """Decode an EPTP value (the processor's features as keywords).
+
+        Every field is checked as VM entry checks it: reserved bits 11:8 and 63:52, bit 7
+        (supervisor shadow-stack control, not supported here), the memory type, the page-walk
+        length and A/D enable (``VMEntryFailure``); bits 51:MAXPHYADDR of the root are checked
+        against the memory the configuration is used with (``validate``).
+        """
+        if isinstance(eptp, bool) or not isinstance(eptp, int) or not 0 <= eptp < 1 << 64:
+            raise _eptp_failure(f"value: {eptp!r}; expected a 64-bit unsigned integer")
+        if eptp & EPTP_RESERVED_LOW:
+            raise _eptp_failure(f"reserved bits 11:8 set: {eptp & EPTP_RESERVED_LOW:#x} in {eptp:#x}")
+        if eptp & EPTP_SSS:
+            raise _eptp_failure(f"bit 7 (supervisor shadow-stack control) set in {eptp:#x}, which this "
+                                "processor does not support")
+        if eptp & EPTP_RESERVED_HIGH:
+            raise _eptp_failure(f"reserved bits 63:52 set: {eptp & EPTP_RESERVED_HIGH:#x} in {eptp:#x}")
         return cls(
             root=eptp & ADDR_MASK,
             levels=((eptp >> EPTP_WALK_SHIFT) & 7) + 1,
@@ -110,4 +167,8 @@ class EptConfig:
         )
 
     def validate(self, maxphyaddr: int) -> None:
-        _check_address(self.root, "EPT root", maxphyaddr)
+        """The VM-entry checks of this EPTP on a processor with this MAXPHYADDR (``VMEntryFailure``)."""
+        self._check_fields()
+        if self.root >> maxphyaddr:
+            raise _eptp_failure(f"address (root): {self.root:#x} sets reserved bits 51:{maxphyaddr} "
+                                f"(beyond MAXPHYADDR={maxphyaddr})")

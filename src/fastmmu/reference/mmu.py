@@ -78,6 +78,11 @@ class MMU:
         self.cpu, self.ept, self.vpid = cpu, ept, vpid
 
     @property
+    def ept_config(self) -> EptConfig | None:
+        """The EptConfig in force, or None (as the compiled MMU's)."""
+        return self.ept
+
+    @property
     def eptag(self) -> int:
         return self.ept.eptag if self.ept is not None else 0
 

@@ -109,15 +109,9 @@ def _check_ept(ept: Any, maxphyaddr: int) -> EptConfig:
     """Check an EptConfig again (its fields are mutable)."""
     if not isinstance(ept, EptConfig):
         raise TypeError(f"ept: expected a fastmmu.cpu.EptConfig, got {type(ept).__name__}")
-    _check_level_count(ept.levels, "ept.levels")
-    root = _integer(ept.root, "ept.root", 1 << 64)
-    if root & 0xFFF:
-        raise ValueError(f"ept.root: {root:#x} is not 4 KiB aligned")
+    ept.validate(maxphyaddr)  # the VM-entry checks of the EPTP: VMEntryFailure
     if _integer(ept.eptag, "ept.eptag", 1 << 32) == 0:
         raise ValueError("ept.eptag: expected 1..2^32-1, got 0")
-    if ept.memtype not in (0, 6):
-        raise ValueError(f"ept.memtype: the EPTP allows UC (0) or WB (6), got {ept.memtype!r}")
-    ept.validate(maxphyaddr)
     return ept
 
 
