@@ -71,7 +71,9 @@ cdef enum:
     SIM_MAX_LEVELS = 8          # simulate keeps this many tlb_t copies on the stack
     NOTHING = -1                # an x86 operation that does not touch this kind of cache
 
-assert _REFERENCE_MAX_LEVELS == SIM_MAX_LEVELS
+if _REFERENCE_MAX_LEVELS != SIM_MAX_LEVELS:   # the shared checks must allow what the loops hold
+    raise ImportError(f"fastmmu._core.tlb: the reference model allows {_REFERENCE_MAX_LEVELS} levels, "
+                      f"simulate holds {SIM_MAX_LEVELS}")
 
 
 cdef class TLB:

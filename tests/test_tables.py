@@ -143,6 +143,9 @@ def test_guest_tables_are_zeroed_and_need_mapped_pages(make_memory):
         PageTable(mem, ept=ept, alloc_gpa=lambda: 9 * 4096)
     with pytest.raises(ValueError, match="not 4 KiB aligned"):
         PageTable(mem, ept=ept, alloc_gpa=lambda: 0x10)
+    pt.alloc_gpa = None  # a public attribute: changed after the fact, it is a clear error, not an assert
+    with pytest.raises(TypeError, match=r"^alloc_gpa: a guest page table needs a function .* got None$"):
+        pt.map(1 << 30, 0x5000)
 
 
 def test_map_range_crosses_tables_and_large_pages(make_memory):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 from fastmmu.arch import (
     ADDR_MASK,
@@ -108,6 +108,11 @@ class _Tables:
     def _write(self, address: int, value: int) -> None:
         self.mem.write(self._host(address), value)
 
+    @overload
+    def _table_at(self, address: int, level: int, *, create: Literal[True], table_flags: int = 0) -> int: ...
+    @overload
+    def _table_at(self, address: int, level: int, *, create: Literal[False], table_flags: int = 0) -> int | None: ...
+
     def _table_at(self, address: int, level: int, *, create: bool, table_flags: int = 0) -> int | None:
         """The table of level ``level`` on the path of ``address`` (None when absent and not created)."""
         if not 1 <= level <= self.levels:
@@ -146,7 +151,6 @@ class _Tables:
     def _set_leaf(self, address: int, entry: int, page_size: int, table_flags: int) -> None:
         level = LEAF_LEVEL[page_size]
         table = self._table_at(address, level, create=True, table_flags=table_flags)
-        assert table is not None
         slot = table + 8 * ((address >> level_shift(level)) & 511)
         if level > 1:
             old = self._read(slot)
@@ -162,7 +166,6 @@ class _Tables:
         entry = first_entry
         while address < end:
             table = self._table_at(address, level, create=True, table_flags=table_flags)
-            assert table is not None
             index = (address >> level_shift(level)) & 511
             count = min((end - address) // page_size, ENTRIES_PER_TABLE - index)
             if level > 1:
@@ -197,7 +200,6 @@ class _Tables:
         value = _check_int(value, "value")
         flags = self._default_table_flags if table_flags is None else table_flags
         table = self._table_at(address, level, create=True, table_flags=flags)
-        assert table is not None
         self._write(table + 8 * ((address >> level_shift(level)) & 511), value)
 
     def unmap(self, address: int) -> int:
@@ -270,7 +272,9 @@ class PageTable(_Tables):
     def _new_table(self) -> int:
         if self.ept is None:
             return self.mem.alloc_frame(owner=self.owner, kind=self.kind) << 12
-        assert self.alloc_gpa is not None
+        if not callable(self.alloc_gpa):   # (a public attribute: it may have been changed since)
+            raise TypeError(f"alloc_gpa: a guest page table needs a function that returns the guest-physical "
+                            f"address of a fresh page, got {self.alloc_gpa!r}")
         gpa = _check_int(self.alloc_gpa(), "alloc_gpa()")
         if gpa & (PAGE_SIZE - 1):
             raise ValueError(f"alloc_gpa(): returned {gpa:#x}, which is not 4 KiB aligned")

@@ -431,10 +431,8 @@ class TLB:
 
     # -- replacement -------------------------------------------------------------
 
-    def _touch(self, ways: list[Entry | None], way: int, now: int) -> None:
-        """Record a use of ``ways[way]`` (a hit, or the fill that just wrote it)."""
-        entry = ways[way]
-        assert entry is not None
+    def _touch(self, ways: list[Entry | None], entry: Entry, now: int) -> None:
+        """Record a use of ``entry``, one of ``ways`` (a hit, or the fill that just wrote it)."""
         policy = self._geometry.policy
         if policy == POLICY_LRU:
             entry.last_use = now
@@ -442,8 +440,8 @@ class TLB:
             entry.recently_used = True
             if all(other is not None and other.recently_used for other in ways):
                 for other in ways:
-                    assert other is not None
-                    other.recently_used = other is entry
+                    if other is not None:
+                        other.recently_used = other is entry
 
     def _victim(self, ways: list[Entry | None]) -> int:
         """The way a fill overwrites: an empty way if there is one, else the policy's choice."""
@@ -467,7 +465,7 @@ class TLB:
         for code in self._geometry.codes:
             vpn = self._vpn(va, code)
             ways = self._set_of(vpn)
-            for way, entry in enumerate(ways):
+            for entry in ways:
                 if (
                     entry is not None
                     and entry.code == code
@@ -476,7 +474,7 @@ class TLB:
                     and entry.eptag == eptag
                     and (entry.global_ or entry.pcid == pcid)
                 ):
-                    self._touch(ways, way, now)
+                    self._touch(ways, entry, now)
                     self._hits += 1
                     return entry
         self._misses += 1
@@ -504,7 +502,7 @@ class TLB:
         way = self._victim(ways)
         if ways[way] is not None:
             self._evictions += 1
-        ways[way] = Entry(
+        entry = ways[way] = Entry(
             code=use,
             vpn=vpn,
             pcid=pcid,
@@ -517,7 +515,7 @@ class TLB:
             filled_at=now,
         )
         self._fills += 1
-        self._touch(ways, way, now)
+        self._touch(ways, entry, now)
 
     def _check_kind_ctx(self, pcid: int, vpid: int, global_: bool) -> None:
         check_kind_ctx(self._geometry.kind, pcid, vpid, global_)
