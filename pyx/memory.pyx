@@ -33,6 +33,8 @@ from fastmmu._core.types cimport (
 
 from fastmmu.units import format_size, parse_size
 
+__all__ = ["BUILD_DEBUG", "HostMemory", "MemoryExhausted", "kind_name"]
+
 cdef extern from *:
     """
     /* The flat layout's buffer: reserved address space, committed 4 KiB at a time on first
@@ -149,6 +151,13 @@ cdef class HostMemory:
     >>> hex(mem.read(root << 12))
     '0x5001'
     """
+
+    def __init__(self, size, *, maxphyaddr=46, layout="auto"):
+        """``size`` in bytes or as "64GiB"; ``maxphyaddr`` 36..52; ``layout`` "auto", "flat" or "slots".
+
+        (The work is done by ``__cinit__``, which takes the same arguments: this gives the
+        constructor its signature for ``help()`` and type checkers.)
+        """
 
     def __cinit__(self, size, *, int maxphyaddr=46, str layout="auto"):
         cdef uint64_t nbytes = parse_size(size, "host memory size"), reserved

@@ -93,17 +93,19 @@ from fastmmu._core.types cimport (
 
 from fastmmu._core.tlb import TLB as _TLB
 from fastmmu.arch import Status
-from fastmmu.batch import REFERENCE_DTYPE, BatchResult, check_batch
+from fastmmu.batch import REFERENCE_DTYPE as _REFERENCE_DTYPE, BatchResult, check_batch
 from fastmmu.reference.tlb import check_invept, check_invlpg, check_invpcid, check_invvpid, is_canonical
 from fastmmu.cpu import CpuState, EptConfig
-from fastmmu.tlbconfig import PSC_SHIFTS, TLBConfig, fill_target
+from fastmmu.tlbconfig import PSC_SHIFTS as _PSC_SHIFTS, TLBConfig, fill_target
 from fastmmu.translation import Walk
 
+__all__ = ["MMU"]
+
 _LEVEL_NAMES = ("l1i", "l1d", "l2")
-if REFERENCE_DTYPE.itemsize != sizeof(ref_record_t):
-    raise ImportError(f"fastmmu._core.mmu: REFERENCE_DTYPE is {REFERENCE_DTYPE.itemsize} bytes, "
+if _REFERENCE_DTYPE.itemsize != sizeof(ref_record_t):
+    raise ImportError(f"fastmmu._core.mmu: REFERENCE_DTYPE is {_REFERENCE_DTYPE.itemsize} bytes, "
                       f"ref_record_t {sizeof(ref_record_t)}")
-LOG_STEP = 4096   # accesses translated between two checks of the log's room (TRACE_CAPACITY each)
+_LOG_STEP = 4096   # accesses translated between two checks of the log's room (TRACE_CAPACITY each)
 _PSC_LEVEL = {"pde": 2, "pdpte": 3, "pml4e": 4, "pml5e": 5}
 _STATUSES = tuple(Status)  # by value: Status(n) is slow on the path of every fault
 _FAULT_NAMES = {1: "page_fault", 2: "gp", 3: "ept_violation", 4: "ept_misconfig", 5: "trap"}
@@ -545,7 +547,8 @@ cdef class MMU:
             for code in range(3):
                 self.levels[index].target[code] = fill_target(geometries, code)
         for name, g in tlb.psc.items():
-            t = self._add(f"psc.{name}", _TLB(g.entries, g.ways, sizes=("region",), region_shift=PSC_SHIFTS[name],
+            t = self._add(f"psc.{name}", _TLB(g.entries, g.ways, sizes=("region",),
+                                              region_shift=_PSC_SHIFTS[name],
                                               policy=g.policy, name=f"psc.{name}"))
         if tlb.nested_tlb is not None:
             g = tlb.nested_tlb
@@ -806,8 +809,8 @@ cdef class MMU:
         self._logging = on
 
     def take_references(self):
-        """The references logged since the last call, in order, as a REFERENCE_DTYPE array."""
-        out = np.empty(self._log_count, dtype=REFERENCE_DTYPE)
+        """The references logged since the last call, in order, as a ``fastmmu.batch.REFERENCE_DTYPE`` array."""
+        out = np.empty(self._log_count, dtype=_REFERENCE_DTYPE)
         cdef uint8_t[::1] raw = out.view(np.uint8)
         if self._log_count:
             memcpy(&raw[0], self._log, self._log_count * sizeof(ref_record_t))
@@ -842,7 +845,7 @@ cdef class MMU:
             raise ValueError("addresses: a logged batch holds at most 2**32 - 1 accesses")
         self._load_clocks()
         while i < n and result == WALK_OK:
-            stop = min(n, i + LOG_STEP)
+            stop = min(n, i + _LOG_STEP)
             self._reserve(<size_t>(stop - i) * TRACE_CAPACITY)
             with nogil:
                 while i < stop:

@@ -78,6 +78,8 @@ from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.translation import Reference, Walk
 from fastmmu.units import format_size
 
+__all__ = ["BUILD_DEBUG", "check_access", "walk", "walk_ept", "walk_nested"]
+
 # Keys of the ``caches`` argument that name paging-structure caches: key -> (level, name).
 _PSC_KEYS = {"pde": (2, "PDE"), "pdpte": (3, "PDPTE"), "pml4e": (4, "PML4E"), "pml5e": (5, "PML5E")}
 _CACHE_KEYS = ("pde", "pdpte", "pml4e", "pml5e", "nested", "pcid", "vpid")

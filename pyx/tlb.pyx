@@ -91,6 +91,11 @@ cdef class TLB:
     (66, 0, '4K')
     """
 
+    def __init__(self, entries, ways, *, sizes=("4K",), policy="lru", name="tlb", region_shift=0, seed=1,
+                 kind=None):
+        """(``__cinit__`` does the work with the same arguments: this gives the constructor its
+        signature for ``help()`` and type checkers.)"""
+
     def __cinit__(self, entries, ways, *, sizes=("4K",), policy="lru", name="tlb", region_shift=0,
                   seed=1, kind=None):
         geometry = parse_geometry(entries, ways, sizes=sizes, policy=policy, region_shift=region_shift,

@@ -266,4 +266,6 @@ def parse_din(block, addresses, kinds, *, bint skip_bad=False):
     return _run(_din, block, addresses, kinds, skip_bad)
 
 
+__all__ = ["BUILD_DEBUG", "Parsed", "parse_lackey", "parse_din"]
+
 BUILD_DEBUG = FASTMMU_DEBUG   # built with FASTMMU_CYTHON_DEBUG=1 (bounds checks on): `fastmmu info` says so

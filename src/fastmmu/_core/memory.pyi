@@ -8,6 +8,10 @@ table, 4 EPT, 5 hypervisor).
 
 from typing import Final
 
+from typing_extensions import disjoint_base
+
+__all__ = ["BUILD_DEBUG", "HostMemory", "MemoryExhausted", "kind_name"]
+
 import numpy as np
 import numpy.typing as npt
 
@@ -17,6 +21,7 @@ BUILD_DEBUG: Final[bool]
 class MemoryExhausted(MemoryError):
     """No free host frames satisfy an allocation request."""
 
+@disjoint_base
 class HostMemory:
     """Host physical memory of any configured size, resident only where used."""
 

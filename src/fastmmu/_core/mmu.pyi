@@ -4,6 +4,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 from fastmmu._core.memory import HostMemory
 from fastmmu._core.tlb import TLB
@@ -12,8 +13,12 @@ from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.tlbconfig import TLBConfig
 from fastmmu.translation import Walk
 
+__all__ = ["MMU"]
+
+@disjoint_base
 class MMU:
-    config: TLBConfig
+    @property
+    def config(self) -> TLBConfig: ...
     def __init__(
         self,
         mem: HostMemory,
@@ -46,6 +51,10 @@ class MMU:
         start: int = 0,
     ) -> BatchResult: ...
     def translate_one(self, va: int, access: int = 0, *, trace: bool = False) -> Walk: ...
+    def log_references(self, on: bool = True) -> None:
+        """Record every memory reference of every walk ``translate`` makes (or stop: False)."""
+    def take_references(self) -> npt.NDArray[np.void]:
+        """The references logged since the last call, in order (``fastmmu.batch.REFERENCE_DTYPE``)."""
     def reset_counters(self) -> None: ...
     def structures(self) -> dict[str, TLB]: ...
     def counters(self) -> dict[str, Any]: ...

@@ -7,6 +7,8 @@ from fastmmu._core.memory import HostMemory
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.translation import Walk
 
+__all__ = ["BUILD_DEBUG", "check_access", "walk", "walk_ept", "walk_nested"]
+
 def walk(
     mem: HostMemory,
     cpu: CpuState,

@@ -5,6 +5,7 @@ from typing import Any, Literal, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 __all__ = [
     "TLB",
@@ -73,6 +74,7 @@ class _SimulateResult(TypedDict):
     hits: list[int]
     misses: int
 
+@disjoint_base
 class TLB:
     """A set-associative TLB, paging-structure cache (``kind="psc"``) or nested TLB (``kind="ntlb"``)."""
 
@@ -131,6 +133,10 @@ class TLB:
     def invpcid(self, type: int, *, pcid: int = 0, va: int = 0, vpid: int = 0, la57: bool = False) -> int: ...
     def invvpid(self, type: int, *, vpid: int = 0, va: int = 0, la57: bool = False) -> int: ...
     def invept(self, type: int, *, eptag: int = 0) -> int: ...
+    def page_fault(self, va: int, pcid: int = 0, vpid: int = 0, *, eptag: int = 0) -> int:
+        """What a page fault on ``va`` invalidates in this structure (SDM 4.10.4.1)."""
+    def ept_violation(self, gpa: int, *, eptag: int, va: int | None = None, pcid: int = 0, vpid: int = 0) -> int:
+        """What an EPT violation on ``gpa`` (the translation of ``va``, if given) invalidates here."""
     def contents(self) -> list[dict[str, Any]]: ...
     def stats(self) -> _TLBStats: ...
     def reset_stats(self) -> None: ...

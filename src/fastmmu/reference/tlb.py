@@ -396,14 +396,39 @@ class TLB:
 
     # -- configuration ---------------------------------------------------------
 
-    sets = property(lambda self: self._geometry.sets)
-    ways = property(lambda self: self._geometry.ways)
-    entries = property(lambda self: self._geometry.entries)
-    kind = property(lambda self: self._geometry.kind)
-    seed = property(lambda self: self._geometry.seed)
-    region_shift = property(lambda self: self._geometry.region_shift)
-    policy = property(lambda self: POLICY_NAMES[self._geometry.policy])
-    sizes = property(lambda self: tuple(SIZE_NAMES[code] for code in self._geometry.codes))
+    @property
+    def sets(self) -> int:
+        return self._geometry.sets
+
+    @property
+    def ways(self) -> int:
+        return self._geometry.ways
+
+    @property
+    def entries(self) -> int:
+        """Capacity in entries (sets * ways); ``contents()`` lists the valid ones."""
+        return self._geometry.entries
+
+    @property
+    def kind(self) -> str:
+        return self._geometry.kind
+
+    @property
+    def seed(self) -> int:
+        return self._geometry.seed
+
+    @property
+    def region_shift(self) -> int:
+        return self._geometry.region_shift
+
+    @property
+    def policy(self) -> str:
+        return POLICY_NAMES[self._geometry.policy]
+
+    @property
+    def sizes(self) -> tuple[str, ...]:
+        """Size names held, in probe order (smallest page first)."""
+        return tuple(SIZE_NAMES[code] for code in self._geometry.codes)
 
     def __repr__(self) -> str:
         g = self._geometry
