@@ -19,7 +19,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastmmu.settings import ConfigError, suggest
-from fastmmu.workloads.generators import Churn, Phases, Sequential, Strided, Uniform, WorkingSets, Zipf
+from fastmmu.workloads.generators import (
+    Churn,
+    Phases,
+    Sequential,
+    Strided,
+    Uniform,
+    WorkingSets,
+    Zipf,
+    expected_range,
+)
 from fastmmu.workloads.program import Program
 from fastmmu.workloads.replay import TraceProgram
 
@@ -90,9 +99,12 @@ def describe_generators() -> list[dict[str, Any]]:
     """Every generator: its name, what it does and its parameters with their defaults."""
     out = []
     for name, cls in GENERATORS.items():
-        params = {f.name: (None if f.default is dataclasses.MISSING else f.default)
-                  for f in dataclasses.fields(cls)}
-        out.append({"name": name, "doc": " ".join((cls.__doc__ or "").split()), "parameters": params})
+        fields = dataclasses.fields(cls)
+        params = {f.name: (None if f.default is dataclasses.MISSING else f.default) for f in fields}
+        takes = {f.name: f"{expected_range(f.metadata)}: {f.metadata['description']}" for f in fields
+                 if "kind" in f.metadata}
+        out.append({"name": name, "doc": " ".join((cls.__doc__ or "").split()), "parameters": params,
+                    "takes": takes})
     return out
 
 
