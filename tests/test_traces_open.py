@@ -133,8 +133,21 @@ def test_a_truncated_champsim_record_names_its_offset(tmp_path, name, size, fmt)
 def test_wrong_magic_for_a_forced_native_trace(tmp_path):
     path = tmp_path / "t.fmmu"
     path.write_bytes(b"FMMUTRC9" + bytes(56))
-    assert "not a native fastmmu trace: wrong magic (expected b'FMMUTRC1'): 'FMMUTRC9'" in str(
-        error_of(path, format="native"))
+    assert str(error_of(path, format="native")) == (
+        f"{path}: byte 0: not a native fastmmu trace: wrong magic (expected b'FMMUTRC1'); it looks like a champsim "
+        "trace (leave the format out to detect it): 'FMMUTRC9'")
+    lackey = os.path.join(DATA, "sample.lackey")
+    assert str(error_of(lackey, format="native")).startswith(
+        f"{lackey}: byte 0: not a native fastmmu trace: wrong magic (expected b'FMMUTRC1'); it looks like a lackey "
+        "trace (leave the format out to detect it): ")
+
+
+def test_format_names_and_their_aliases():
+    lackey = os.path.join(DATA, "sample.lackey")
+    assert traces.open(lackey, "valgrind").format == "lackey" and traces.open(lackey, " LACKEY ").format == "lackey"
+    assert traces.format_name("dinero") == "din" and traces.format_name("champsim_cloudsuite") == \
+        "champsim-cloudsuite" and traces.format_name("pin") is None
+    assert list(traces.FORMATS) == [f.name for f in traces.TRACE_FORMATS]
 
 
 @pytest.mark.parametrize("compression", [None, "gzip", "xz"])
@@ -171,15 +184,18 @@ def test_an_unreadable_file(tmp_path, monkeypatch):
 def test_undetectable_text(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_bytes(b"hello world\nsecond line\n")
-    assert str(error_of(path)) == (f"{path}:1: cannot tell the trace format (pass format=, one of: native, "
-                                   "lackey, din, champsim, champsim-cloudsuite): 'hello world'")
+    assert str(error_of(path)) == (f"{path}:1: cannot tell the trace format (tried native, lackey, din, champsim, "
+                                   "champsim-cloudsuite; name one with format= or --format); its first line is: "
+                                   "'hello world'")
 
 
 def test_undetectable_binary(tmp_path):
     path = tmp_path / "noise.bin"
     path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes() + bytes(8))
     error = error_of(path)
-    assert error.offset == 0 and "cannot tell the trace format" in str(error)
+    assert error.offset == 0 and str(error) == (
+        f"{path}: byte 0: cannot tell the trace format (tried native, lackey, din, champsim, champsim-cloudsuite; "
+        f"name one with format= or --format): binary data starting {path.read_bytes()[:16].hex(' ')}")
 
 
 def test_an_unknown_format_name_lists_the_known_ones():

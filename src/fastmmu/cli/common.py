@@ -46,6 +46,16 @@ def add_command(subparsers: Any, name: str, summary: str, example: str) -> argpa
     )
 
 
+def check_output_file(path: str, option: str) -> None:
+    """Before any work: ``path`` (given as ``option``) can be written as a file."""
+    from fastmmu.traces.output import OutputError, check_output_path
+
+    try:
+        check_output_path(path, option)
+    except OutputError as exc:
+        raise UserError(str(exc)) from None
+
+
 def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="settings from a TOML or JSON file (see the README)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -110,6 +110,8 @@ class TraceStats:
     bad_records: int = 0
     bytes_read: int = 0    # of the file as stored (compressed bytes for a compressed file)
     bytes_total: int = 0   # its size; 0 when unknown (a pipe)
+    ended: bool = False    # a native trace's end record was read (version 2)
+    writer_partial: bool = False  # ... and it says its writer stopped before its input ended
 
 
 @dataclass
@@ -118,6 +120,9 @@ class ReadOptions:
     skip_bad: bool = False
     chunk_records: int = CHUNK_RECORDS
     stats: TraceStats = field(default_factory=TraceStats)
+    # a record whose address is not a sign-extended value of this many bits is bad (text and
+    # ChampSim readers; 57 for a conversion to the native format); None: any 64-bit address
+    address_bits: int | None = None
 
 
 class FormatReader(Protocol):
