@@ -7,9 +7,12 @@ import json
 import sys
 from typing import Any, NoReturn
 
+# Exit statuses (the README's "Errors and exit statuses" lists them too; keep the two in step).
 EXIT_OK = 0
-EXIT_FAILURE = 1  # the run itself failed (e.g. the compiled core does not load)
-EXIT_USAGE = 2  # the user's input was wrong
+EXIT_FAILURE = 1  # the run itself failed (the compiled core does not load; a traced program failed)
+EXIT_USAGE = 2  # the user's input was wrong: one line on stderr; part way through a run, what ran is kept
+EXIT_PARTIAL = 3  # the run finished but part of its input did not run (a process killed, a VM stopped):
+                  # the results are printed and written, marked partial
 EXIT_INTERRUPTED = 130  # Ctrl-C: what was done is written, marked partial
 
 

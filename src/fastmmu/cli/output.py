@@ -17,6 +17,10 @@ from typing import Any
 
 from fastmmu.cli.common import UserError
 
+# What --host-trace and --pte-trace write (traces/writers.py's formats) and the file suffix of each.
+HOST_TRACE_FORMATS = ("native", "ramulator", "dramsim3")
+TRACE_SUFFIX = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
+
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
@@ -25,10 +29,10 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                    help="write results.json, results.csv and the resolved config.json into DIR")
     g.add_argument("--plot", action="store_true",
                    help="with -o: also write PNG charts (needs the plot extra: pip install 'fastmmu[plot]')")
-    g.add_argument("--host-trace", choices=("native", "ramulator", "dramsim3"), default=None,
+    g.add_argument("--host-trace", choices=HOST_TRACE_FORMATS, default=None,
                    help="with -o: also write each mode's host-physical address trace (host-<mode>.fmt, "
                         ".ramulator.txt or .dramsim3.txt) for DRAM and cache simulators")
-    g.add_argument("--pte-trace", choices=("native", "ramulator", "dramsim3"), default=None,
+    g.add_argument("--pte-trace", choices=HOST_TRACE_FORMATS, default=None,
                    help="with -o: also write each mode's PTE-access trace (pte-<mode>...): the host-physical "
                         "address of every page-table entry its walks read")
     g.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -84,7 +88,6 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-TRACE_SUFFIX = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
 
 
 class ModeTraces:
@@ -97,12 +100,16 @@ class ModeTraces:
         self.paths: list[Path] = []
 
     def start_mode(self, mode: str, index: int) -> None:
+        from fastmmu.traces.output import OutputError
         from fastmmu.traces.writers import HostTraceWriter, PteTraceWriter
 
-        self.close()
+        self.close(partial=False)   # the mode before ran to its end (compare stops after a cut-short one)
         path = self.directory / f"{self.content}-{mode}{TRACE_SUFFIX[self.format]}"
         writer = PteTraceWriter if self.content == "pte" else HostTraceWriter
-        self.writer = writer(path, self.format, metadata={"mode": mode})
+        try:
+            self.writer = writer(path, self.format, metadata={"mode": mode})
+        except OutputError as exc:
+            raise UserError(str(exc)) from None
         self.paths.append(path)
 
     def on_machine(self, machine: Any) -> None:
@@ -113,7 +120,7 @@ class ModeTraces:
         if self.writer is not None:
             self.writer.on_batch(*args)
 
-    def close(self) -> None:
+    def close(self, *, partial: bool) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            writer.close(partial=partial)

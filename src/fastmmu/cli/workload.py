@@ -55,8 +55,8 @@ def load_scenario(args: argparse.Namespace, workload: dict[str, Any] | None) -> 
     try:
         if args.trace or args.workload:
             return _from_options(args)
-        if workload is not None:
-            return scenario_from_dict(workload)
+        if workload is not None:   # from --config FILE: its trace paths are relative to FILE's directory
+            return scenario_from_dict(workload, base=os.path.dirname(os.path.abspath(args.config)))
     except (ConfigError, TraceError) as exc:
         raise UserError(str(exc)) from None
     return default_scenario(scale=args.scale, seed=args.seed)
