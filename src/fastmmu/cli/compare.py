@@ -201,7 +201,7 @@ def run_report(result: Any) -> str:
     """Everything one run cost, readable: the summary, then counts, exits and cycles by cause."""
     s, tlb, guest, hv = result.stats, result.stats["tlb"], result.stats["guest"], result.stats["hypervisor"]
     lines = [f"mode {result.mode}: {s['accesses']:,} accesses in {result.seconds:.1f} s",
-             f"  TLB        L1 hits {tlb['l1_hits']:,}, L2 hits {tlb['l2_hits']:,}, walks {tlb['walks']:,} "
+             f"  TLB        L1 hits {tlb['l1_hits']:,}, STLB hits {tlb['l2_hits']:,}, walks {tlb['walks']:,} "
              f"(miss rate {tlb['miss_rate']:.2%}, {tlb['references_per_walk']:.1f} references per walk)",
              f"  guest      page faults {guest['page_faults']:,}, page-table reads {guest['pt_reads']:,}, "
              f"writes {guest['pt_writes']:,}, context switches {guest['context_switches']:,}"]

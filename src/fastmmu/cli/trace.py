@@ -26,6 +26,8 @@ KIND_NAMES = ("reads", "writes", "fetches")
 
 
 def add_trace(subparsers: Any) -> None:
+    from fastmmu.traces.source import formats_help
+
     p = add_command(
         subparsers, "trace",
         "Make, convert and inspect memory traces: record a program under valgrind lackey into a "
@@ -47,7 +49,8 @@ def add_trace(subparsers: Any) -> None:
                     "fastmmu trace convert sort.lackey.gz sort.fmt.zst")
     c.add_argument("input", metavar="INPUT")
     c.add_argument("output", metavar="OUTPUT")
-    c.add_argument("--format", default=None, metavar="NAME", help="INPUT's format, instead of detecting it")
+    c.add_argument("--format", default=None, metavar="NAME", help=f"INPUT's format, instead of detecting it: "
+                                                                  f"{formats_help()}")
     c.add_argument("--skip-bad", action="store_true", help="count and skip malformed records")
     c.add_argument("--limit", type=int, default=None, metavar="N", help="convert at most N accesses")
     c.set_defaults(handler=_run_convert)
@@ -56,7 +59,8 @@ def add_trace(subparsers: Any) -> None:
                     "range and pages touched (reads it through once).",
                     "fastmmu trace info sort.lackey.gz --json")
     i.add_argument("input", metavar="INPUT")
-    i.add_argument("--format", default=None, metavar="NAME", help="its format, instead of detecting it")
+    i.add_argument("--format", default=None, metavar="NAME", help=f"its format, instead of detecting it: "
+                                                                  f"{formats_help()}")
     i.add_argument("--skip-bad", action="store_true", help="count and skip malformed records")
     i.add_argument("--json", action="store_true", help="print the report as JSON")
     i.set_defaults(handler=_run_info)

@@ -19,13 +19,14 @@ from fastmmu.cli.common import UserError, size_arg
 
 
 def add_workload_options(p: argparse.ArgumentParser) -> None:
+    from fastmmu.traces.source import formats_help
+
     g = p.add_argument_group("workload (default: the built-in scenario)")
     g.add_argument("--trace", action="append", default=[], metavar="FILE[@VM]",
                    help="replay a trace (lackey, din, ChampSim or native; gz/xz/zstd): one process per "
                         "trace (repeatable)")
     g.add_argument("--format", default=None, metavar="NAME",
-                   help="the traces' format, instead of detecting it: lackey, din, champsim, "
-                        "champsim-cloudsuite, native")
+                   help=f"the traces' format, instead of detecting it: {formats_help()}")
     g.add_argument("--stream", default=None, metavar="vmV/pidP",
                    help="replay only this stream of a multi-process native trace")
     g.add_argument("--skip-bad", action="store_true",

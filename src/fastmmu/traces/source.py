@@ -75,8 +75,8 @@ def format_name(name: str) -> str | None:
 
 
 def formats_help() -> str:
-    """The formats in one line, for --help."""
-    return ", ".join(FORMATS)
+    """The formats in one line, for --help: each name with its aliases."""
+    return ", ".join(f.name + (f" ({', '.join(f.aliases)})" if f.aliases else "") for f in TRACE_FORMATS)
 
 
 class Trace:
