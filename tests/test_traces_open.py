@@ -8,6 +8,7 @@ import gzip
 import importlib.util
 import lzma
 import os
+import re
 import sys
 
 import numpy as np
@@ -199,8 +200,9 @@ def test_undetectable_binary(tmp_path):
 
 
 def test_an_unknown_format_name_lists_the_known_ones():
-    with pytest.raises(TraceError, match="unknown trace format 'pin' \\(known: native, lackey, din, champsim, "
-                                         "champsim-cloudsuite\\)"):
+    with pytest.raises(TraceError, match=re.escape("unknown trace format 'pin' (known: native (fmt, fastmmu), lackey "
+                                                   "(valgrind), din (dinero), champsim, champsim-cloudsuite "
+                                                   "(champsim_cloudsuite, cloudsuite))")):
         traces.open(os.path.join(DATA, "sample.lackey"), format="pin")
 
 

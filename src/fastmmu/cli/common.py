@@ -21,11 +21,11 @@ class UserError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors read ``fastmmu: error: ...`` in every sub-command."""
+    """An ArgumentParser whose errors are one line, ``fastmmu: error: ...``, in every sub-command
+    (the usage is one ``--help`` away, and the line says so)."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"fastmmu: error: {message}\n")
+        self.exit(EXIT_USAGE, f"fastmmu: error: {message} (see '{self.prog} --help')\n")
 
 
 def size_arg(text: str) -> int:

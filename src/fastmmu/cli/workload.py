@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from fastmmu.cli.common import UserError, size_arg
 
@@ -49,8 +49,10 @@ def load_scenario(args: argparse.Namespace, workload: dict[str, Any] | None) -> 
     from fastmmu.traces.base import TraceError
     from fastmmu.workloads.scenario import default_scenario, scenario_from_dict
 
-    if args.scale <= 0:
+    if not args.scale > 0 or args.scale == float("inf"):
         raise UserError(f"--scale: expected a positive number, got {args.scale}")
+    if args.seed < 0:
+        raise UserError(f"--seed: expected a non-negative number, got {args.seed}")
     if args.limit is not None and args.limit < 0:
         raise UserError(f"--limit: expected a non-negative number, got {args.limit}")
     try:
@@ -78,9 +80,8 @@ def _from_options(args: argparse.Namespace) -> Any:
     described = []
     for item in args.trace:
         path, vm_name = _target(item)
-        program = program_from_spec({"trace": path, "format": args.format, "stream": args.stream,
-                                     "skip_bad": args.skip_bad, "limit": args.limit}, "--trace")
-        assert isinstance(program, TraceProgram)
+        program = cast(TraceProgram, program_from_spec({"trace": path, "format": args.format, "stream": args.stream,
+                                                        "skip_bad": args.skip_bad, "limit": args.limit}, "--trace"))
         name = os.path.basename(path)
         streams = None
         if args.stream is None and (program.format or program.open().format) == "native":
@@ -105,4 +106,6 @@ def _target(item: str) -> tuple[str, str]:
     if "@" not in item or os.path.exists(item):
         return item, ""
     what, _, vm_name = item.rpartition("@")
+    if not vm_name.strip():
+        raise UserError(f"{item}: expected a VM name after '@' (e.g. {what}@vm1)")
     return what, vm_name

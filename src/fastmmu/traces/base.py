@@ -44,6 +44,23 @@ class TraceError(ProgramError, ValueError):
         super().__init__(where + detail)
 
 
+class StreamError(TraceError):
+    """The data under a reader failed part way (corrupt or truncated compressed data, a read error).
+
+    ``fill`` records in ``bytes_before`` what it had read of its block before the failure; the
+    reader delivers the whole records among them, then raises ``at(records)``: the same error
+    saying how many records were read in all."""
+
+    def __init__(self, path: str, what: str, detail: str, records: int | None = None) -> None:
+        self.what, self.detail, self.records = what, detail, records
+        self.bytes_before = 0
+        where = "at its start" if records is None else f"after {records:,} records"
+        super().__init__(path, f"{what} {where} ({detail}); every record before it was read")
+
+    def at(self, records: int) -> StreamError:
+        return StreamError(self.path, self.what, self.detail, records)
+
+
 # -- guest-OS events (the native format carries them; text formats have none) ----------
 
 @dataclass(frozen=True)
@@ -132,17 +149,22 @@ class FormatReader(Protocol):
 
 
 def fill(stream: BinaryIO, view: memoryview) -> int:
-    """Read into ``view`` until it is full or the stream ends; how many bytes came."""
+    """Read into ``view`` until it is full or the stream ends; how many bytes came.  A
+    ``StreamError`` says in ``bytes_before`` how many bytes of ``view`` came before it."""
     got = 0
     readinto = getattr(stream, "readinto", None)
-    while got < len(view):
-        if readinto is not None:
-            n = readinto(view[got:])
-        else:
-            data = stream.read(len(view) - got)
-            n = len(data)
-            view[got:got + n] = data
-        if not n:
-            break
-        got += n
+    try:
+        while got < len(view):
+            if readinto is not None:
+                n = readinto(view[got:])
+            else:
+                data = stream.read(len(view) - got)
+                n = len(data)
+                view[got:got + n] = data
+            if not n:
+                break
+            got += n
+    except StreamError as error:
+        error.bytes_before = got
+        raise
     return got

@@ -39,7 +39,7 @@ from typing import BinaryIO
 import numpy as np
 
 from fastmmu.arch import Access
-from fastmmu.traces.base import ReadOptions, TraceChunk, TraceError, fill
+from fastmmu.traces.base import ReadOptions, StreamError, TraceChunk, TraceError, fill
 from fastmmu.traces.text import BLOCK_BYTES, fits_signed
 
 STANDARD = np.dtype({
@@ -84,7 +84,11 @@ def read_records(stream: BinaryIO, options: ReadOptions, layout: np.dtype) -> It
     view = block.data
     offset = 0     # of block[0] in the (decompressed) file
     while True:
-        got = fill(stream, view)   # (a TraceError from a decompressor: every block before was delivered)
+        broken = None
+        try:
+            got = fill(stream, view)
+        except StreamError as error:   # the data fails from here: the whole records before it are read first
+            broken, got = error, error.bytes_before
         whole = got // size
         if whole:
             instructions = block[: whole * size].view(layout)
@@ -115,6 +119,8 @@ def read_records(stream: BinaryIO, options: ReadOptions, layout: np.dtype) -> It
                 yield TraceChunk(addresses[start:end], kinds[start:end])
             if failure is not None:
                 raise failure
+        if broken is not None:
+            raise broken.at(options.stats.records)
         if got < len(view):
             if got % size:
                 tail = offset + whole * size

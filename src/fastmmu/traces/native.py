@@ -74,6 +74,7 @@ from fastmmu.traces.base import (
     Invlpg,
     MapRegion,
     ReadOptions,
+    StreamError,
     SwitchCr3,
     SwitchProcess,
     SwitchVM,
@@ -209,11 +210,11 @@ def read(stream: BinaryIO, options: ReadOptions, *, block_words: int = BLOCK_WOR
     kept = 0             # bytes carried over at the start of ``buffer`` (an unfinished record)
     offset = header.size  # file offset of buffer[0]
     while True:
+        failure = None
         try:
             got = fill(stream, memoryview(buffer)[kept:])
-        except TraceError:   # the data is corrupt from here (a decompressor's complaint)
-            yield from chunks.finish()
-            raise
+        except StreamError as error:   # the data fails from here: the whole records before it are read first
+            failure, got = error, error.bytes_before
         filled = kept + got
         stats.bytes_read += got
         at_end = filled < len(buffer)
@@ -226,6 +227,9 @@ def read(stream: BinaryIO, options: ReadOptions, *, block_words: int = BLOCK_WOR
         if decoded.error is not None:
             yield from chunks.finish()
             raise decoded.error
+        if failure is not None:
+            yield from chunks.finish()
+            raise failure.at(stats.records)
         if decoded.end is not None:
             yield from chunks.finish()
             trailing = filled - decoded.used * WORD

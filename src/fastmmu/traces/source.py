@@ -25,6 +25,7 @@ from fastmmu.traces.base import (
     NATIVE_MAGIC,
     FormatReader,
     ReadOptions,
+    StreamError,
     TraceChunk,
     TraceError,
     TraceStats,
@@ -264,8 +265,12 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
 
 
 class _Checked:
-    """A decompressed stream whose failures are ``TraceError``s: the file, what went wrong and how
-    many records were read before it (``stats``: of the pass; None: at the start)."""
+    """A decompressed stream whose failures are ``StreamError``s naming the file and what went
+    wrong (the reader adds how many records it read).  It reads at most ``READ_BYTES`` per call, so
+    that a failure loses at most that much decompressed data (a decompressor keeps nothing of a
+    read it fails part way)."""
+
+    READ_BYTES = 1 << 20
 
     def __init__(self, stream: BinaryIO, path: str, compression: str | None, stats: TraceStats | None) -> None:
         self.stream, self.path, self.compression, self.stats = stream, path, compression, stats
@@ -278,15 +283,19 @@ class _Checked:
             raise self._failure(error) from None
 
     def readinto(self, buffer: memoryview | bytearray) -> int:
+        view = memoryview(buffer)[:self.READ_BYTES]
         try:
-            return self.stream.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
+            if hasattr(self.stream, "readinto"):
+                return self.stream.readinto(view)  # type: ignore[no-any-return]
+            data = self.stream.read(len(view))
         except self.errors as error:
             raise self._failure(error) from None
+        view[:len(data)] = data
+        return len(data)
 
-    def _failure(self, error: BaseException) -> TraceError:
-        where = "at its start" if self.stats is None else f"after {self.stats.records:,} records"
+    def _failure(self, error: BaseException) -> StreamError:
         detail = str(error) or type(error).__name__
+        records = None if self.stats is None else self.stats.records
         if self.compression is None:
-            return TraceError(self.path, f"cannot read it {where}: {getattr(error, 'strerror', None) or detail}")
-        return TraceError(self.path, f"corrupt or truncated {self.compression} data {where} ({detail}); "
-                                     "the records before it were read")
+            return StreamError(self.path, "cannot read it", getattr(error, "strerror", None) or detail, records)
+        return StreamError(self.path, f"corrupt or truncated {self.compression} data", detail, records)

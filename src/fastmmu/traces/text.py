@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fastmmu.traces.base import ReadOptions, TraceChunk, TraceError, fill
+from fastmmu.traces.base import ReadOptions, StreamError, TraceChunk, TraceError, fill
 
 BLOCK_BYTES = 1 << 24
 NEWLINE = 0x0A
@@ -38,14 +38,13 @@ def read_lines(stream: BinaryIO, options: ReadOptions, parse: Parser, expected: 
     lines_before = 0   # lines of the file before block[0]
     addresses, kinds, filled = _new_chunk(options.chunk_records)
     while True:
+        broken = None
         try:
             got = fill(stream, view[carry:block_bytes])
-        except TraceError:   # the data is corrupt from here on: what was parsed is delivered first
-            if filled:
-                yield TraceChunk(addresses[:filled].copy(), kinds[:filled].copy())
-            raise
+        except StreamError as error:   # the data fails from here: the whole lines before it are read first
+            broken, got = error, error.bytes_before
         length = carry + got
-        if got == 0:
+        if got == 0 and broken is None:
             if length == 0:
                 break
             block[length] = NEWLINE        # the last line had no newline: it is still a line
@@ -76,6 +75,10 @@ def read_lines(stream: BinaryIO, options: ReadOptions, parse: Parser, expected: 
                 addresses, kinds, filled = _new_chunk(options.chunk_records)
                 continue
             break      # only a partial line (or nothing) is left in the block
+        if broken is not None:
+            if filled:
+                yield TraceChunk(addresses[:filled].copy(), kinds[:filled].copy())
+            raise broken.at(stats.records)
         carry = length - pos
         if got == 0:
             break
