@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any, NoReturn
 
 # Exit statuses (the README's "Errors and exit statuses" lists them too; keep the two in step).
