@@ -106,7 +106,7 @@ def read_config_file(path: str) -> dict[str, Any]:
             data = json.loads(raw)
         else:
             data = tomllib.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError say where
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError and TOMLDecodeError say where
         raise UserError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a table of settings at the top level")

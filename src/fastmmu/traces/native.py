@@ -170,7 +170,7 @@ def read_header(stream: BinaryIO, path: str = "<stream>") -> Header:
                          text=rest[length:].hex())
     try:
         metadata = json.loads(rest[:length].decode("utf-8")) if length else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:   # (deep nesting: a hostile file)
         raise TraceError(path, f"metadata is not UTF-8 JSON ({exc})", offset=HEADER.size,
                          text=rest[:length]) from None
     if not isinstance(metadata, dict):
