@@ -8,7 +8,8 @@ versions 1 and 2), mutated (truncated, bytes flipped, inserted or deleted, a ran
 replaced by random bytes) before or after it is compressed (none, gzip, xz, zstd), then read
 through ``fastmmu.traces.open`` as detected and as forced, with and without ``skip_bad``.  A
 failure is any other exception, a chunk that breaks the readers' contract (dtypes, kinds,
-event indexes), or an example that runs past its time limit (a hang).  Examples are drawn from
+event indexes), compressed data cut short that reads as a whole trace, or an example that runs
+past its time limit (a hang).  Examples are drawn from
 one seeded generator, so ``--seed`` and the example's index replay it (``--replay INDEX``).
 
 ``tests/test_traces_fuzz.py`` drives the same builders with Hypothesis, a few thousand examples in
@@ -169,12 +170,15 @@ def compressions() -> tuple[str, ...]:
     return COMPRESSIONS
 
 
-def build(fmt: str, compression: str, mutation: str, after: bool, rng: np.random.Generator) -> bytes:
-    """One example's bytes: a valid trace, mutated before or ``after`` it is compressed."""
+def build(fmt: str, compression: str, mutation: str, after: bool, rng: np.random.Generator) -> tuple[bytes, bool]:
+    """One example: a valid trace, mutated before or ``after`` it is compressed; and whether it
+    must fail to read (compressed data cut short: never a whole, shorter trace)."""
     data = valid_trace(fmt, rng)
     if after:
-        return mutate(compress(data, compression), mutation, rng)
-    return compress(mutate(data, mutation, rng), compression)
+        packed = compress(data, compression)
+        mutated = mutate(packed, mutation, rng)
+        return mutated, compression != "none" and mutation == "truncate" and len(mutated) < len(packed)
+    return compress(mutate(data, mutation, rng), compression), False
 
 
 # -- the check ---------------------------------------------------------------------------------
@@ -222,9 +226,9 @@ def read_everything(path: str, fmt: str | None, skip_bad: bool, chunk_records: i
     return records
 
 
-def check(data: bytes, fmt: str, path: str) -> str | None:
-    """Read ``data`` (written to ``path``) every way; None if only TraceErrors came out, else what
-    went wrong."""
+def check(data: bytes, fmt: str, path: str, must_fail: bool = False) -> str | None:
+    """Read ``data`` (written to ``path``) every way; None if only TraceErrors came out (and, if
+    ``must_fail``, every read ended in one), else what went wrong."""
     with open(path, "wb") as f:
         f.write(data)
     forced = "native" if fmt == "native-v1" else fmt
@@ -232,8 +236,10 @@ def check(data: bytes, fmt: str, path: str) -> str | None:
     for name, skip_bad in ((None, False), (forced, False), (forced, True)):
         try:
             with time_limit(TIME_LIMIT):
-                read_everything(path, name, skip_bad, chunk_records)
+                records = read_everything(path, name, skip_bad, chunk_records)
             OUTCOMES["whole"] += 1
+            if must_fail:
+                return f"cut compressed data read as a whole trace of {records} records (format={name})"
         except TraceError as error:
             OUTCOMES["TraceError"] += 1
             if not str(error).startswith(path):
@@ -244,8 +250,9 @@ def check(data: bytes, fmt: str, path: str) -> str | None:
     return None
 
 
-def example(seed: int, index: int) -> tuple[str, str, str, bool, bytes]:
-    """Example ``index`` of the run seeded ``seed``: (format, compression, mutation, after, bytes)."""
+def example(seed: int, index: int) -> tuple[str, str, str, bool, tuple[bytes, bool]]:
+    """Example ``index`` of the run seeded ``seed``: (format, compression, mutation, after, (bytes,
+    must it fail))."""
     rng = np.random.default_rng([seed, index])
     fmt = FORMATS[int(rng.integers(0, len(FORMATS)))]
     available = compressions()
@@ -265,17 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fastmmu-fuzz-") as tmp:
         path = os.path.join(tmp, "trace")
         if args.replay is not None:
-            fmt, compression, mutation, after, data = example(args.seed, args.replay)
+            fmt, compression, mutation, after, (data, must_fail) = example(args.seed, args.replay)
             print(f"{fmt}, {compression}, {mutation} {'after' if after else 'before'} compression, {len(data)} "
                   f"bytes: {data[:64].hex(' ')}", file=sys.stderr)
-            print(check(data, fmt, path) or "ok")
+            print(check(data, fmt, path, must_fail) or "ok")
             return 0
         started = time.perf_counter()
         stop = started + args.minutes * 60 if args.minutes else None
         ran, failures, by_kind = 0, [], {}
         while (stop is None and ran < args.examples) or (stop is not None and time.perf_counter() < stop):
-            fmt, compression, mutation, after, data = example(args.seed, ran)
-            problem = check(data, fmt, path)
+            fmt, compression, mutation, after, (data, must_fail) = example(args.seed, ran)
+            problem = check(data, fmt, path, must_fail)
             kind = f"{fmt}/{compression}/{mutation}"
             by_kind[kind] = by_kind.get(kind, 0) + 1
             if problem is not None:

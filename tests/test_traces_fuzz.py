@@ -41,8 +41,9 @@ def path(tmp_path_factory: pytest.TempPathFactory) -> str:
        after=st.booleans(), seed=st.integers(0, 2**32 - 1))
 def test_mutated_traces_raise_only_trace_errors(path: str, fmt: str, compression: str, mutation: str, after: bool,
                                                 seed: int) -> None:
-    data = fuzz.build(fmt, compression, mutation, after and compression != "none", np.random.default_rng(seed))
-    assert fuzz.check(data, fmt, path) is None
+    data, must_fail = fuzz.build(fmt, compression, mutation, after and compression != "none",
+                                 np.random.default_rng(seed))
+    assert fuzz.check(data, fmt, path, must_fail) is None
 
 
 @pytest.mark.parametrize("fmt", fuzz.FORMATS[:-1])

@@ -218,3 +218,50 @@ def test_corrupt_compressed_data(tmp_path, compression):
 def test_bad_chunk_records():
     with pytest.raises(ValueError, match="chunk_records must be a positive int"):
         traces.open(os.path.join(DATA, "sample.lackey"), chunk_records=0)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz"] + (["zstd"] if HAVE_ZSTD else []))
+def test_data_that_fails_part_way_is_delivered_up_to_there(tmp_path, compression):
+    """A stream cut after 3 MiB of decompressed text: every whole line before the cut is delivered
+    (at most the last MiB read is lost), then a TraceError naming the records read."""
+    line = b" L 7f0000001000,8\n"
+    data = compress(compression, line * (3 * (1 << 20) // len(line) + 500))
+    path = tmp_path / "cut.lackey"
+    path.write_bytes(data[: len(data) * 3 // 4])
+    trace = traces.open(path)
+    delivered = 0
+    with pytest.raises(TraceError) as info:
+        for chunk in trace.chunks():
+            delivered += len(chunk)
+    assert isinstance(info.value, traces.base.StreamError)
+    assert delivered > 1 << 16 and delivered == trace.stats.records
+    assert re.fullmatch(re.escape(f"{path}: corrupt or truncated {compression} data after {delivered:,} records (")
+                        + r".+" + re.escape("); every record before it was read"), str(info.value))
+
+
+def test_a_read_error_of_a_plain_file_is_a_trace_error(tmp_path, monkeypatch):
+    path = tmp_path / "t.lackey"
+    path.write_bytes(b" L 1000,8\n" * 10)
+    trace = traces.open(path)
+    real_open = builtins.open
+
+    class Failing:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def readinto(self, view):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: Failing(real_open(file, *a, **k)))
+    with pytest.raises(TraceError, match=re.escape(f"{path}: cannot read it after 0 records (Input/output error); "
+                                                   "every record before it was read")):
+        list(trace.chunks())

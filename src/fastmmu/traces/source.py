@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from fastmmu.traces.base import (
     CHUNK_RECORDS,
@@ -244,7 +244,53 @@ def _decompressed(raw: BinaryIO, compression: str | None, path: str) -> BinaryIO
     except ImportError:
         raise TraceError(path, "zstd-compressed trace: this needs the zstandard package "
                                "(pip install fastmmu[zstd])") from None
-    return zstandard.ZstdDecompressor().stream_reader(raw, closefd=False)  # type: ignore[no-any-return]
+    return _ZstdStream(raw, zstandard)  # type: ignore[return-value]
+
+
+class _ZstdStream:
+    """zstd frames, decompressed as a stream that reports a cut one.  zstandard's own stream reader
+    ends quietly where the data ends, inside a frame or not, which would read a truncated text
+    trace as a whole, shorter one.  Compressed data goes in ``PIECE`` bytes at a time, so one read
+    holds a bounded amount of output however well the data compressed."""
+
+    PIECE = 1 << 14
+
+    def __init__(self, raw: BinaryIO, zstandard: Any) -> None:
+        self.raw, self.zstandard = raw, zstandard
+        self.frame = zstandard.ZstdDecompressor().decompressobj()
+        self.in_frame = False           # data went into the current frame, which has not ended
+        self.pending = bytearray()
+
+    def __enter__(self) -> _ZstdStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pending = bytearray()
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self.pending) < size:
+            data = self.raw.read(self.PIECE)
+            if not data:
+                if self.in_frame:
+                    raise EOFError("the zstd data ends inside a frame (the file is cut short)")
+                break
+            while data:
+                self.in_frame = True
+                self.pending += self.frame.decompress(data)
+                if not self.frame.eof:
+                    break
+                data = self.frame.unused_data   # the next frame starts here (frames may follow one another)
+                self.frame = self.zstandard.ZstdDecompressor().decompressobj()
+                self.in_frame = False
+        end = len(self.pending) if size < 0 else min(size, len(self.pending))
+        out = bytes(self.pending[:end])
+        del self.pending[:end]
+        return out
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        data = self.read(len(buffer))
+        memoryview(buffer)[:len(data)] = data
+        return len(data)
 
 
 def _tell(raw: BinaryIO) -> int:
