@@ -42,6 +42,7 @@ from fastmmu.traces import open as open_trace
 from fastmmu.traces.base import Invlpg, MapRegion, SwitchCr3, SwitchProcess, SwitchVM, UnmapRegion
 from fastmmu.traces.champsim import CLOUDSUITE, STANDARD
 from fastmmu.traces.native import NativeWriter
+from fastmmu.traces.source import compression_of
 
 FORMATS = ("lackey", "din", "champsim", "champsim-cloudsuite", "native", "native-v1")
 COMPRESSIONS = ("none", "gzip", "xz", "zstd")
@@ -177,7 +178,8 @@ def build(fmt: str, compression: str, mutation: str, after: bool, rng: np.random
     if after:
         packed = compress(data, compression)
         mutated = mutate(packed, mutation, rng)
-        return mutated, compression != "none" and mutation == "truncate" and len(mutated) < len(packed)
+        cut = mutation == "truncate" and len(mutated) < len(packed)
+        return mutated, cut and compression_of(mutated[:8]) == compression   # (still recognisably compressed)
     return compress(mutate(data, mutation, rng), compression), False
 
 

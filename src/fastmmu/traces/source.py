@@ -153,7 +153,7 @@ def open(path: str | os.PathLike[str], format: str | None = None, *, skip_bad: b
             magic = raw.peek(8)[:8]  # type: ignore[attr-defined]
         except OSError as error:
             raise TraceError(path, f"cannot read it: {error.strerror or error}") from None
-        compression = _compression(magic)
+        compression = compression_of(magic)
         with _decompressed(raw, compression, path) as stream:
             head = _Checked(stream, path, compression, None).read(HEAD_BYTES)
     if not head:
@@ -222,7 +222,7 @@ def _size(raw: BinaryIO) -> int:
         return 0
 
 
-def _compression(magic: bytes) -> str | None:
+def compression_of(magic: bytes) -> str | None:
     if magic.startswith(GZIP_MAGIC):
         return "gzip"
     if magic.startswith(XZ_MAGIC):
