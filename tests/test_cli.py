@@ -229,3 +229,20 @@ def test_console_script():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr == "fastmmu: error: argument --seed: invalid int value: 'x' (see 'fastmmu demo --help')\n"
+
+
+def test_help_of_the_package_shows_its_api():
+    import pydoc
+
+    text = pydoc.render_doc(fastmmu, renderer=pydoc.plaintext)
+    assert "Main entry points" in text and "compare(scenario" in text
+    for name in ("class Machine(", "class MMU(", "class Config(", "class RunResult(", "class TLBConfig("):
+        assert name in text
+    assert {"Machine", "compare", "traces", "workloads", "MMU"} <= set(dir(fastmmu))
+    assert all(hasattr(fastmmu, name) for name in fastmmu.__all__)
+
+
+def test_demo_calls_the_second_level_the_stlb(capsys):
+    status, out, _ = run(capsys, "demo", "--memory", "1GiB", "--vm-memory", "4MiB", "--accesses", "1000")
+    assert status == 0
+    assert "mode       L1 hit STLB hit      walks  refs/walk  M accesses/s" in out and "L2" not in out

@@ -194,3 +194,17 @@ def test_a_config_json_runs_again_from_another_directory(capsys, tmp_path, monke
     status, out, err = run(capsys, "compare", "--config", str(work / "mine.toml"), "--modes", "nested", "--json")
     assert status == 0, err
     assert json.loads(out)["rows"][0]["translations"] == 500
+
+
+def test_coinciding_miss_rate_lines_say_so():
+    from fastmmu.hypervisor.result import RunResult
+    from fastmmu.plots import miss_rate_lines
+
+    def result(mode, rates):
+        return RunResult(mode, {}, 1.0, timeline=[{"accesses": 10 * (i + 1), "tlb_miss_rate": r, "vm_exits": 0}
+                                                  for i, r in enumerate(rates)])
+
+    results = {"native": result("native", [0.1, 0.2]), "brute_force": result("brute_force", [0.1, 0.2]),
+               "shadow": result("shadow", [0.3, 0.2]), "nested": result("nested", [])}
+    assert miss_rate_lines(results) == [("native", [10, 20], [0.1, 0.2]), ("brute_force (= native)", [10, 20],
+                                         [0.1, 0.2]), ("shadow", [10, 20], [0.3, 0.2])]

@@ -111,3 +111,21 @@ def test_scenario_files_are_checked_key_by_key():
     ):
         with pytest.raises(ConfigError, match=re.escape(message) if "(" in message else message):
             scenario_from_dict(data)
+
+
+def test_two_vms_with_one_name_are_rejected():
+    from fastmmu.hypervisor.machine import Machine
+
+    machine = Machine("1GiB")
+    machine.create_vm("32MiB", "shadow", name="web")
+    with pytest.raises(ConfigError, match=r"^vm.name: this machine already has a VM named 'web' "):
+        machine.create_vm("32MiB", "shadow", name="web")
+    machine.create_vm("32MiB", "nested")                     # vm2: the default name of the second VM
+    with pytest.raises(ConfigError, match=r"^vm.name: this machine already has a VM named 'vm2' "):
+        machine.create_vm("32MiB", "nested", name="vm2")
+    assert [vm.name for vm in machine.vms.values()] == ["web", "vm2"]
+    zipf_spec = {"generator": "zipf", "pages": 8, "n": 10}
+    with pytest.raises(ConfigError, match=re.escape("workload.vms[2].name: 'a' is already the name of "
+                                                    "workload.vms[0]; VM names must be unique")):
+        scenario_from_dict({"vms": [{"name": "a", "processes": [zipf_spec]}, {"name": "b", "processes": [zipf_spec]},
+                                    {"name": "a", "processes": [zipf_spec]}]})

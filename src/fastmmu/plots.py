@@ -56,22 +56,16 @@ def plot_comparison(comparison: Any, directory: str | Path) -> list[Path]:
     written.append(_save(fig, directory / "overhead.png", plt))
 
     fig, ax = plt.subplots(figsize=(8.5, 4))
-    drawn: list[tuple[str, list[float]]] = []
-    for i, mode in enumerate(modes):
-        timeline = results[mode].timeline
-        if not timeline:
-            continue
-        rates = [row["tlb_miss_rate"] for row in timeline]
-        # a mode whose line is another's exactly would hide it: say so, and draw it so both show
-        same = next((other for other, values in drawn if values == rates), None)
-        ax.plot([row["accesses"] for row in timeline], rates, label=mode if same is None else f"{mode} (= {same})",
-                linestyle=LINE_STYLES[i % len(LINE_STYLES)], linewidth=2.6 - 0.5 * (i % 4),
-                marker=MARKERS[i % len(MARKERS)], markevery=max(1, len(rates) // 12), markersize=4, zorder=10 - i)
-        drawn.append((mode, rates))
+    lines = miss_rate_lines(results)
+    for i, (label, accesses, rates) in enumerate(lines):
+        # each line its own style and width, the first drawn widest and on top: lines that coincide all show
+        ax.plot(accesses, rates, label=label, linestyle=LINE_STYLES[i % len(LINE_STYLES)],
+                linewidth=2.6 - 0.5 * (i % 4), marker=MARKERS[i % len(MARKERS)],
+                markevery=max(1, len(rates) // 12), markersize=4, zorder=10 - i)
     ax.set_xlabel("accesses")
     ax.set_ylabel("TLB miss rate (per interval)")
     ax.set_title("TLB miss rate over time")
-    if drawn:
+    if lines:
         _legend_beside(ax)
     written.append(_save(fig, directory / "tlb_miss_rate.png", plt))
 
@@ -88,6 +82,22 @@ def plot_comparison(comparison: Any, directory: str | Path) -> list[Path]:
         _legend_beside(ax)
     written.append(_save(fig, directory / "exits.png", plt))
     return written
+
+
+def miss_rate_lines(results: dict[str, Any]) -> list[tuple[str, list[float], list[float]]]:
+    """(label, accesses, TLB miss rate) per mode with a timeline; a mode whose line is exactly an
+    earlier one's says so in its label ("brute_force (= native)"), since it would lie on top of it."""
+    lines: list[tuple[str, list[float], list[float]]] = []
+    drawn: list[tuple[str, list[float]]] = []
+    for mode, result in results.items():
+        if not result.timeline:
+            continue
+        rates = [row["tlb_miss_rate"] for row in result.timeline]
+        same = next((other for other, values in drawn if values == rates), None)
+        lines.append((mode if same is None else f"{mode} (= {same})", [row["accesses"] for row in result.timeline],
+                      rates))
+        drawn.append((mode, rates))
+    return lines
 
 
 def _legend_beside(ax: Any) -> None:
