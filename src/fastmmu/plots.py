@@ -106,7 +106,10 @@ def _legend_beside(ax: Any) -> None:
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
+    from fastmmu.traces.output import open_output
+
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with open_output(path) as out:   # whole or not at all, as every output file
+        fig.savefig(out, format="png", dpi=100)
     plt.close(fig)
     return path

@@ -17,12 +17,13 @@ from typing import Any
 
 from fastmmu.cli.common import UserError
 
-# What --host-trace and --pte-trace write (traces/writers.py's formats) and the file suffix of each.
-HOST_TRACE_FORMATS = ("native", "ramulator", "dramsim3")
+# The file suffix of each format --host-trace and --pte-trace write (traces/writers.py's FORMATS).
 TRACE_SUFFIX = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
 
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
+    from fastmmu.traces.writers import FORMATS as HOST_TRACE_FORMATS
+
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print the full results as JSON instead of a table")
     g.add_argument("-o", "--output", metavar="DIR",
@@ -82,9 +83,10 @@ def write_results(directory: str, results: dict[str, Any], csv_text: str, config
 
 
 def _write(path: Path, text: str) -> Path:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
+    from fastmmu.traces.output import open_output
+
+    with open_output(path) as out:   # whole or not at all: a temporary name, renamed when written
+        out.write(text.encode("utf-8"))
     return path
 
 

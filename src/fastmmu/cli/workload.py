@@ -95,8 +95,8 @@ def _from_options(args: argparse.Namespace) -> Any:
         described.append(name)
     for item in args.workload:
         text, vm_name = _target(item)
-        program = program_from_spec(parse_workload(text), "--workload")
-        vm(vm_name or "vm0").processes.append(ProcessSpec(text.split(":")[0], program))
+        generated = program_from_spec(parse_workload(text), "--workload")
+        vm(vm_name or "vm0").processes.append(ProcessSpec(text.split(":")[0], generated))
         described.append(text)
     return Scenario(list(vms.values()), description=", ".join(described))
 

@@ -64,7 +64,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -476,7 +476,7 @@ class NativeWriter:
         info.update(metadata or {})
         header = encode_header(info)  # (a bad metadata block fails before a file is created)
         self._file: AtomicOutput | None = open_output(target) if isinstance(target, (str, os.PathLike)) else None
-        self._out: BinaryIO | AtomicOutput | None = self._file if self._file is not None else target
+        self._out: BinaryIO | AtomicOutput | None = self._file if self._file is not None else cast(BinaryIO, target)
         try:
             self._stream().write(header)
         except BaseException:

@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from fastmmu.traces.base import (
     CHUNK_RECORDS,
@@ -109,8 +109,8 @@ class Trace:
 
         with ExitStack() as stack:
             raw = stack.enter_context(_open_raw(self.path))
-            stream = _Checked(stack.enter_context(_decompressed(raw, self.compression, self.path)), self.path,
-                              self.compression, None)
+            stream = cast(BinaryIO, _Checked(stack.enter_context(_decompressed(raw, self.compression, self.path)),
+                                             self.path, self.compression, None))
             return dict(read_header(stream, self.path).metadata)
 
     def _pass(self, reader: FormatReader, stats: TraceStats) -> Iterator[TraceChunk]:
@@ -119,8 +119,8 @@ class Trace:
         with ExitStack() as stack:
             raw = stack.enter_context(_open_raw(self.path))
             stats.bytes_total = _size(raw)
-            stream = _Checked(stack.enter_context(_decompressed(raw, self.compression, self.path)), self.path,
-                              self.compression, stats)
+            stream = cast(BinaryIO, _Checked(stack.enter_context(_decompressed(raw, self.compression, self.path)),
+                                             self.path, self.compression, stats))
             for chunk in reader(stream, options):
                 stats.bytes_read = _tell(raw)
                 yield chunk

@@ -41,8 +41,8 @@ def read_lines(stream: BinaryIO, options: ReadOptions, parse: Parser, expected: 
         broken = None
         try:
             got = fill(stream, view[carry:block_bytes])
-        except StreamError as error:   # the data fails from here: the whole lines before it are read first
-            broken, got = error, error.bytes_before
+        except StreamError as exc:   # the data fails from here: the whole lines before it are read first
+            broken, got = exc, exc.bytes_before
         length = carry + got
         if got == 0 and broken is None:
             if length == 0:

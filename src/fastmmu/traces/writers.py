@@ -39,7 +39,7 @@ from fastmmu.traces.base import SwitchProcess, SwitchVM
 from fastmmu.traces.native import NativeWriter
 from fastmmu.traces.output import AtomicOutput, PathLike, open_output
 
-FORMATS = ("native", "ramulator", "dramsim3")  # (cli/output.py offers the same for --host-trace)
+FORMATS = ("native", "ramulator", "dramsim3")  # what --host-trace and --pte-trace offer
 BUFFER_RECORDS = 1 << 16
 
 _DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
