@@ -132,6 +132,22 @@ class VMMemory:
             self.backed_frames += 1
         return frame
 
+    def hfns(self, gfn: int, count: int) -> np.ndarray:
+        """The host frames of guest frames [gfn, gfn + count), backing them now if they are not yet."""
+        self.check(gfn)
+        self.check(gfn + count - 1)
+        if self._overcommit is not None:
+            return np.array([self.hfn(g) for g in range(gfn, gfn + count)], dtype=np.uint64)
+        gfns = np.arange(gfn, gfn + count, dtype=np.uint64)
+        frames = np.uint64(self._base) + (self._perm[gfns].astype(np.uint64) if self._perm is not None else gfns)
+        if self._backed is not None:
+            todo = np.flatnonzero(~self._backed[gfn:gfn + count])
+            if len(todo):
+                self.mem.alloc_at(frames[todo], owner=self.owner, kind=FrameKind.DATA)  # type: ignore[attr-defined]
+                self._backed[gfn + todo] = True
+                self.backed_frames += len(todo)
+        return frames
+
     def is_backed(self, gfn: int) -> bool:
         return 0 <= gfn < self.frames and (self._backed is None or bool(self._backed[gfn]))
 
