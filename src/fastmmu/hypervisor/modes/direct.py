@@ -497,7 +497,10 @@ class DirectMode(Mode):
         path: list[int] = []
 
         def read(gfn: int, index: int) -> int:
-            path.append(self.layout.hfn(gfn) << 9 | index)  # beyond the VM: GuestMemoryError stops it
+            if gfn >= self.frames:
+                self.vm.terminate(f"access at {va:#x} to guest-physical address {gfn << 12 | index << 3:#x}, "
+                                  "beyond the VM's memory")
+            path.append(self.layout.hfn(gfn) << 9 | index)
             return self._view(path[-1])
 
         walk = software_walk(read, _ignore, self.cpu_state(cr3), va, access, self.mem.maxphyaddr)
