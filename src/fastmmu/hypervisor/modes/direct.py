@@ -206,6 +206,7 @@ class DirectMode(Mode):
         self.pieced: dict[tuple[int, int], Splinter] = {}  # (size, linear page) -> splinter whose pieces it has
         self.unresolved = 0  # special entries a hardware fault may run into (the software walk decides)
         self.walk_flushes = 0
+        self.splinters_built = 0
         self.address_limit = 1 << self.mem.maxphyaddr
 
     # -- what an entry is to the hardware -----------------------------------------------
@@ -535,6 +536,7 @@ class DirectMode(Mode):
         if kind == WAIT and real:
             splinter = Splinter(self, real, ((value & ADDR_MASK) >> 12) & -SPAN[real])
             splinter.build(value)  # HostExhausted: nothing taken, and the VM is stopped by the run loop
+            self.splinters_built += 1
             size = LARGE_2M if real == 2 else LARGE_1G
             self.pieced[(size, va & ~(size - 1))] = splinter
             self._put(frame, index, value, SPLINTER, 0, splinter)
@@ -572,7 +574,8 @@ class DirectMode(Mode):
     def stats(self) -> dict[str, Any]:
         kinds = [kind for _, kind in self.special.values()]
         return {"page_table_frames": len(self.links), "poisoned_entries": len(kinds) - kinds.count(SPLINTER),
-                "splintered_pages": kinds.count(SPLINTER), "cached_walk_flushes": self.walk_flushes}
+                "splintered_pages": kinds.count(SPLINTER), "splinters_built": self.splinters_built,
+                "cached_walk_flushes": self.walk_flushes}
 
 
 def _ignore(gfn: int, index: int, value: int) -> None:
