@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import traceback
@@ -72,9 +73,9 @@ PSC_LEVEL = {"psc.pde": 1, "psc.pdpte": 2, "psc.pml4e": 3, "psc.pml5e": 4}  # th
 
 HOST = "1GiB"
 HYPERVISOR = {"memory": "8MiB", "vm_slice": 300, "shadow_cache": 4}
-SLICE = 500  # accesses per run between two checks (all VMs)
+SLICE = 1500  # accesses per run between two checks (all VMs)
 SWEEP_EVERY = 8  # slices between full sweeps
-BURST = 400  # hostile operations per attacker between two slices
+BURST = 300  # hostile operations per attacker between two slices
 ATTACKER_MEMORY = "8MiB"
 VICTIM_MEMORY = "6MiB"
 
@@ -413,7 +414,13 @@ def attacker_program(rng: np.random.Generator, n: int) -> StepList:
                      Accesses(addresses, kinds)])
 
 
-def pick(rng: np.random.Generator, values: list[int]) -> int:
+def reason_kind(reason: str) -> str:
+    """A termination reason without its numbers (for counting kinds of outcomes)."""
+    words = re.sub(r"0x[0-9a-f]+|\d+", "N", reason)
+    return words.split(":")[0][:60] if words.startswith(("INVPCID", "MOV")) else words[:60]
+
+
+def pick(rng: np.random.Generator, values: list[Any]) -> Any:
     """One of ``values`` (Python ints: numpy would turn 64-bit ones into floats)."""
     return values[int(rng.integers(len(values)))]
 
@@ -428,6 +435,7 @@ class Attacker:
         self.levels = vm.guest_config.levels
         self.pcid = vm.guest_config.pcid
         self.direct = vm.mode.name in DIRECT
+        self.patient = bool(rng.random() < 0.5)  # no operand that stops its VM: it lives to build more
         self.tables: list[int] = []
         original_new_table = self.port.new_table
 
@@ -528,6 +536,9 @@ class Attacker:
             port.release_table(root if rng.random() < 0.5 else self.table())  # a live table, often
         elif r < 0.88:
             port.new_table(self.table())  # zeroed while live
+        elif r < 0.91 and self.patient:
+            self.tally.other_ops -= 1
+            self.write(self.table(), self.index(), self.value())  # in place of an operand that may stop it
         elif r < 0.895:
             self.hostile_cr3(root)
         elif r < 0.91:
@@ -606,7 +617,7 @@ class Attacker:
         level = int(self.rng.integers(1, self.levels + 1))
         table, index = self.on_path(process, va, level)
         self.write(table, index, self.value())
-        if r < 0.75:
+        if r < 0.75 and not self.patient:
             return True  # retry without a fix (16 in a row stop the VM: no progress)
         if r < 0.9:
             self.port.invlpg(va & ~0xFFF & U64)
@@ -682,7 +693,7 @@ class Round:
             vm = attacker.vm
             if vm.terminated is None and vm.guest.runnable():
                 continue
-            outcome = "terminated" if vm.terminated else "processes ended"
+            outcome = f"terminated: {reason_kind(vm.terminated)}" if vm.terminated else "processes ended"
             self.report.attacker_outcomes[outcome] = self.report.attacker_outcomes.get(outcome, 0) + 1
             eptag = vm.mode.ept.config.eptag if hasattr(vm.mode, "ept") else None
             self.m.destroy_vm(vm)
