@@ -617,12 +617,32 @@ class Attacker:
         level = int(self.rng.integers(1, self.levels + 1))
         table, index = self.on_path(process, va, level)
         self.write(table, index, self.value())
+        if r < 0.65:
+            self.in_handler()
         if r < 0.75 and not self.patient:
             return True  # retry without a fix (16 in a row stop the VM: no progress)
         if r < 0.9:
             self.port.invlpg(va & ~0xFFF & U64)
             return True
         return self.handle(process, va, error_code)
+
+    def in_handler(self) -> None:
+        """What its kernel does besides writing, inside the run: a #GP it causes stops its VM there
+        (VMTerminated goes to the run loop, as does a frame beyond its memory); nothing else may leave."""
+        rng, port = self.rng, self.port
+        roots = [p.root for p in self.vm.guest.processes.values() if p.alive] or [self.table()]
+        r = rng.random()
+        self.tally.other_ops += 1
+        if r < 0.3:
+            port.release_table(roots[int(rng.integers(len(roots)))])
+        elif r < 0.4:
+            port.new_table(self.table())
+        elif r < 0.6 and not self.patient:
+            port.load_cr3(roots[int(rng.integers(len(roots)))] << 12 | (1 << int(rng.integers(40, 64))))
+        elif r < 0.8 and not self.patient:
+            port.invpcid(pick(rng, [0, 1, 2, 3, 4]), pick(rng, [0, 1, 4096]), pick(rng, [0, 1 << 47, REGION]))
+        else:
+            port.invlpg(int(rng.integers(0, 1 << 63)) << 1)
 
     def on_path(self, process: Process, va: int, level: int) -> tuple[int, int]:
         """The slot at ``level`` on the guest's walk of ``va`` (or the deepest one there is)."""
