@@ -784,9 +784,14 @@ def soak_mode(mode: str, writes: int, seed: int) -> ModeReport:
     return report
 
 
-def soak(modes: list[str], writes: int, seed: int) -> dict[str, Any]:
+def soak(modes: list[str], writes: int, seed: int, *, progress: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
-    reports = {mode: soak_mode(mode, writes, seed) for mode in modes}
+    reports = {}
+    for mode in modes:
+        reports[mode] = report = soak_mode(mode, writes, seed)
+        if progress:
+            print(f"{mode}: {report.writes} hostile writes, {report.escapes} escapes, {report.exceptions} exceptions, "
+                  f"{report.seconds} s", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - started
     return {"seed": seed, "writes_per_mode": writes,
             "modes": {mode: report.__dict__ for mode, report in reports.items()},
@@ -811,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
             f"--writes: expected a positive number, got {args.writes}"
         print(f"soak_isolation.py: {what}", file=sys.stderr)
         return 2
-    result = soak(modes, args.writes, args.seed)
+    result = soak(modes, args.writes, args.seed, progress=True)
     print(json.dumps(result, indent=2))
     return 0 if result["escapes"] == 0 and result["exceptions"] == 0 else 1
 
