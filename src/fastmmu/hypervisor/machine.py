@@ -191,9 +191,6 @@ class Machine:
         if guest_config.reserved >= config.memory:
             raise ConfigError(f"guest.reserved: {format_size(guest_config.reserved)} is not less than the VM's "
                               f"memory ({format_size(config.memory)})")
-        if mode in ("native", "brute_force") and guest_config.huge_pages and backing == "scattered":
-            raise ConfigError(f"guest.huge_pages: {mode} mode maps guest 2 MiB pages with host 2 MiB pages, "
-                              "which needs vm.backing=contiguous")
         frames = config.memory >> 12
         vm_id = self._next_id
         if self.hypervisor.overcommit:
@@ -471,5 +468,4 @@ def process_kinds(process: Process, batch: Accesses) -> np.ndarray:
     if process.kinds_of is not batch:
         process.kinds_of, process.kinds = batch, user_kinds(batch.kinds)
         process.kinds.flags.writeable = False  # validated once by the MMU, not again at every resume
-    assert process.kinds is not None
-    return process.kinds
+    return process.kinds  # type: ignore[return-value]
