@@ -55,7 +55,9 @@ def test_info_json(capsys):
     assert [m["name"] for m in report["modules"]] == [f"fastmmu._core.{n}" for n in CORE_MODULES]
     memory = report["modules"][0]
     assert memory == {"name": "fastmmu._core.memory", "state": "loaded", "path": core_memory.__file__,
-                      "debug": core_memory.BUILD_DEBUG, "error": None, "fix": None}
+                      "debug": core_memory.BUILD_DEBUG, "error": None, "fix": None, "debug_reported": True}
+    # every loaded module says debug or not (one that does not export BUILD_DEBUG: as the others)
+    assert {m["debug"] for m in report["modules"] if m["state"] == "loaded"} == {core_memory.BUILD_DEBUG}
     assert report["package"] == fastmmu.__file__
     assert report["python"].endswith(".".join(map(str, sys.version_info[:2])) + f".{sys.version_info[2]}")
     assert set(report) >= {"version", "build", "numpy", "platform", "machine", "python_executable"}
@@ -138,7 +140,7 @@ def test_demo_result():
     native, nested = result["translation"]["modes"]
     # The same trace through the same TLBs: the same hits and walks; a nested walk costs more references.
     assert (native["mode"], nested["mode"]) == ("native", "nested")
-    assert (native["l1_hit"], native["l2_hit"], native["walks"]) == (nested["l1_hit"], nested["l2_hit"],
+    assert (native["l1_hit"], native["stlb_hit"], native["walks"]) == (nested["l1_hit"], nested["stlb_hit"],
                                                                     nested["walks"])
     assert 1 <= native["refs_per_walk"] <= 4 < nested["refs_per_walk"] <= 24
 
@@ -226,4 +228,21 @@ def test_console_script():
     result = subprocess.run([str(script), "demo", "--memory", "1GiB", "--vm-memory", "2MiB", "--seed", "x"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.splitlines()[-1] == "fastmmu: error: argument --seed: invalid int value: 'x'"
+    assert result.stderr == "fastmmu: error: argument --seed: invalid int value: 'x' (see 'fastmmu demo --help')\n"
+
+
+def test_help_of_the_package_shows_its_api():
+    import pydoc
+
+    text = pydoc.render_doc(fastmmu, renderer=pydoc.plaintext)
+    assert "Main entry points" in text and "compare(scenario" in text
+    for name in ("class Machine(", "class MMU(", "class Config(", "class RunResult(", "class TLBConfig("):
+        assert name in text
+    assert {"Machine", "compare", "traces", "workloads", "MMU"} <= set(dir(fastmmu))
+    assert all(hasattr(fastmmu, name) for name in fastmmu.__all__)
+
+
+def test_demo_calls_the_second_level_the_stlb(capsys):
+    status, out, _ = run(capsys, "demo", "--memory", "1GiB", "--vm-memory", "4MiB", "--accesses", "1000")
+    assert status == 0
+    assert "mode       L1 hit STLB hit      walks  refs/walk  M accesses/s" in out and "L2" not in out

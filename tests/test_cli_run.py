@@ -171,3 +171,40 @@ def test_explain_on_the_command_line(capsys):
     assert data["translations"][0]["status"] == "page_fault" and data["translations"][0]["error_code"] == 4
     status, _, err = run(capsys, "explain", "0xZZ", *SMALL)
     assert status == 2 and "ADDRESS" in err
+
+
+def test_a_config_json_runs_again_from_another_directory(capsys, tmp_path, monkeypatch):
+    """config.json stores trace paths absolute; a relative path in a config file is relative to that file."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    (work / "t.din").write_text("".join(f"0 {0x7000_0000 + 4096 * (i % 40):x}\n" for i in range(500)))
+    monkeypatch.chdir(work)
+    status, _, err = run(capsys, "compare", "--trace", "t.din", "--modes", "nested", "-o", "res", "--json")
+    assert status == 0, err
+    resolved = json.loads((work / "res" / "config.json").read_text())
+    assert resolved["workload"]["vms"][0]["processes"][0]["trace"] == str(work / "t.din")
+    monkeypatch.chdir(elsewhere)
+    status, out, err = run(capsys, "compare", "--config", str(work / "res" / "config.json"), "--modes", "nested",
+                           "--json")
+    assert status == 0, err
+    assert [row["translations"] for row in json.loads(out)["rows"]] == [500, 500]
+    # a hand-written config naming the trace relative to itself
+    (work / "mine.toml").write_text('[[workload.vms]]\nname = "a"\nprocesses = [{ trace = "t.din" }]\n')
+    status, out, err = run(capsys, "compare", "--config", str(work / "mine.toml"), "--modes", "nested", "--json")
+    assert status == 0, err
+    assert json.loads(out)["rows"][0]["translations"] == 500
+
+
+def test_coinciding_miss_rate_lines_say_so():
+    from fastmmu.hypervisor.result import RunResult
+    from fastmmu.plots import miss_rate_lines
+
+    def result(mode, rates):
+        return RunResult(mode, {}, 1.0, timeline=[{"accesses": 10 * (i + 1), "tlb_miss_rate": r, "vm_exits": 0}
+                                                  for i, r in enumerate(rates)])
+
+    results = {"native": result("native", [0.1, 0.2]), "brute_force": result("brute_force", [0.1, 0.2]),
+               "shadow": result("shadow", [0.3, 0.2]), "nested": result("nested", [])}
+    assert miss_rate_lines(results) == [("native", [10, 20], [0.1, 0.2]), ("brute_force (= native)", [10, 20],
+                                         [0.1, 0.2]), ("shadow", [10, 20], [0.3, 0.2])]

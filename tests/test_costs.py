@@ -159,9 +159,37 @@ def test_summary_has_the_row_compare_prints():
     assert row == {
         "mode": "shadow", "translations": 1000, "tlb_miss_rate": 0.04, "walks": 40, "refs_per_walk": 3.25,
         "guest_page_faults": 3, "vm_exits": 127, "top_exits": {"pt_write": 50, "pt_read": 40, "invlpg": 30},
-        "cycles": 5000.0, "overhead": pytest.approx(0.25), "partial": True,
+        "cycles": 5000.0, "overhead": pytest.approx(0.25), "overhead_basis": "the cycles given", "partial": True,
+        "stopped": 0,
     }
     assert list(row["top_exits"]) == ["pt_write", "pt_read", "invlpg"]  # the biggest first
+
+
+def test_an_overhead_compares_the_same_work_or_is_left_out():
+    native = result(2000.0)
+    assert native.with_baseline(native).overhead_basis == "baseline"
+    whole = result(3000.0).with_baseline(native)
+    assert whole.overhead == pytest.approx(0.5) and whole.overhead_basis == "whole run"
+    killed = [{"vm": "vm0", "process": "p", "pid": 1, "reason": "segfault at 0x0", "accesses": 1000}]
+    both = result(3000.0, partial=True, stopped=killed).with_baseline(result(2000.0, partial=True, stopped=killed))
+    assert both.overhead == pytest.approx(0.5) and both.overhead_basis == "over the common prefix of 1,000 accesses"
+    fewer = result(1500.0, partial=True)
+    fewer.stats["accesses"] = 400
+    cut = fewer.with_baseline(native)        # a partial row against a whole native run: no negative overhead
+    assert cut.overhead is None and cut.baseline_cycles is None
+    assert cut.overhead_basis == "left out: shadow did 400 accesses, shadow 1,000"
+    elsewhere = result(3000.0, partial=True, stopped=[{**killed[0], "accesses": 600}])
+    assert elsewhere.with_baseline(result(2000.0, partial=True, stopped=killed)).overhead is None
+    assert cut.summary()["overhead"] is None and cut.summary()["overhead_basis"].startswith("left out")
+
+
+def test_stopped_processes_are_notes_with_their_access():
+    run = result(10.0, partial=True, stopped=[
+        {"vm": "web", "process": "db", "pid": 3, "reason": "out of memory", "accesses": 41},
+        {"vm": "batch", "process": None, "pid": None, "reason": "no progress", "accesses": None}])
+    assert run.stop_notes() == ["web/db (pid 3) stopped at access 42 of its program (41 done): out of memory",
+                                "VM batch stopped: no progress"]
+    assert run.to_dict()["stopped"] == run.stopped and run.summary()["stopped"] == 2
 
 
 def test_summary_of_a_run_without_exits_has_no_top_exits():

@@ -90,12 +90,6 @@ CASES: list[tuple[str, Callable[[], Any], str, str]] = [
      'did you mean "huge_pages"'),
     ("settings not a table", lambda: Machine("1GiB", hypervisor=["overcommit"]), "hypervisor",
      "expected a table"),
-    # combinations
-    ("huge pages on scattered memory, native", vm("64MiB", "native", backing="scattered",
-                                                   guest={"huge_pages": True}), "guest.huge_pages", "contiguous"),
-    ("huge pages on scattered memory, brute force", vm("64MiB", "brute_force", backing="scattered",
-                                                        guest={"huge_pages": True}), "guest.huge_pages",
-     "contiguous"),
     # the whole configuration
     ("unknown section", lambda: Config.from_dict({"hypervisr": {}}), "hypervisr", 'did you mean "hypervisor"'),
     ("unknown key in a section", lambda: Config.from_dict({"hypervisor": {"shadow_cach": 3}}),

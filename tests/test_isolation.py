@@ -165,7 +165,7 @@ def check_machine(m: Machine) -> None:
                     continue  # guest-physical table addresses: every use goes through the EPT
                 if vm.mode.name == "shadow":
                     assert row["frame"] in vm.hv_frames, f"{name}: {row} is not a shadow table of {vm.name}"
-                else:
+                elif row["frame"] not in vm.hv_frames:  # else a hidden table of a guest large page's pieces
                     assert_owned(m, vm, [row["frame"]], f"{name} {row}")
                 continue
             assert_owned(m, vm, span(row["frame"], SIZE_FRAMES[row["size"]]), f"{name} {row}")
@@ -396,7 +396,7 @@ def new_attacker(m: Machine, mode: str, victim: VM | None, config: dict[str, Any
                  rng: np.random.Generator) -> tuple[VM, list[Process], Attacker | None]:
     vm = m.create_vm(ATTACKER_MEMORY, mode, backing=config["backing"], allocation=config["allocation"],
                      guest=config["guest"], seed=int(rng.integers(1 << 16)), name="attacker")
-    processes = [vm.spawn(attacker_program(rng, 100, huge=config["backing"] == "contiguous"), name=f"a{i}")
+    processes = [vm.spawn(attacker_program(rng, 100, huge=True), name=f"a{i}")
                  for i in range(3)]
     return vm, processes, None if victim is None else Attacker(vm, victim, ops, rng)
 
@@ -435,7 +435,7 @@ def attack(mode: str, data: st.DataObject) -> None:
               "allocation": data.draw(st.sampled_from(["eager", "on_demand"]), label="attacker allocation"),
               "guest": {"levels": data.draw(st.sampled_from([4, 5]), label="levels"),
                         "pcid": data.draw(st.booleans(), label="pcid"),
-                        "huge_pages": backing == "contiguous" and data.draw(st.booleans(), label="huge pages")}}
+                        "huge_pages": data.draw(st.booleans(), label="huge pages")}}
     ops = data.draw(st.lists(OPS, min_size=60, max_size=200), label="ops")[::-1]  # popped from the end
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="accesses seed"))
 

@@ -180,3 +180,98 @@ def test_record_traces_a_real_program_into_a_native_trace(capsys, tmp_path):
     assert result.stats["accesses"] == len(addresses) and result.stats["guest"]["segfaults"] == 0
     status, _, err = run(capsys, "trace", "record", "-o", str(tmp_path / "x.fmt"), "--", "no-such-program-here")
     assert status == 2 and "no such program" in err
+
+
+def test_trace_info_text_lines_up_and_says_what_the_format_skips(capsys, tmp_path):
+    din = tmp_path / "t.din"
+    din.write_text("0 1000\n1 2000 x\n3 0\n2 3000\n")
+    status, out, err = run(capsys, "trace", "info", str(din))
+    assert status == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"{din}: din trace, 27B"
+    assert lines[1:5] == ["  records    3: 1 read, 1 write, 1 fetch",
+                          "  skipped    1 line by design (escape records, labels 3 and 4, and blank lines), "
+                          "0 bad records",
+                          "  pages      3 distinct 4 KiB pages (12.0KiB)",
+                          "  addresses  0x1000 .. 0x3000"]
+    converted = tmp_path / "t.fmt"
+    assert run(capsys, "trace", "convert", str(LACKEY), str(converted))[0] == 0
+    status, out, _ = run(capsys, "trace", "info", str(converted))
+    labels = [line[:17] for line in out.splitlines()[1:-1]]
+    assert "  source_format  " in labels and "  records        " in labels   # one column, the longest label's
+    assert json.loads(run(capsys, "trace", "info", str(converted), "--json")[1])["end_record"] is True
+
+
+def test_convert_interrupted_keeps_a_whole_file_flagged_partial(capsys, tmp_path, monkeypatch):
+    real = NativeWriter.write_accesses
+    calls = []
+
+    def interrupted(self, *args):
+        real(self, *args)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(NativeWriter, "write_accesses", interrupted)
+    out_path = tmp_path / "part.fmt"
+    status, out, err = run(capsys, "trace", "convert", str(LACKEY), str(out_path))
+    monkeypatch.undo()
+    assert status == 130 and "(interrupted: partial, and its end record says so)" in out
+    trace = open_trace(str(out_path))
+    assert sum(len(c) for c in trace.chunks()) == len(records(LACKEY)[0]) and trace.stats.writer_partial
+    status, out, _ = run(capsys, "trace", "info", str(out_path))
+    assert "  partial        its writer stopped before the end of its input (the end record says so)" in out
+    assert [p.name for p in tmp_path.iterdir()] == ["part.fmt"]
+
+
+def test_a_stream_the_trace_lacks_is_an_error_naming_its_streams(tmp_path):
+    path = tmp_path / "two.fmt"
+    with NativeWriter(path) as writer:
+        for pid in (3, 4):
+            writer.write_event(SwitchProcess(pid))
+            writer.write_accesses(np.arange(5, dtype=np.uint64) * 4096, 0)
+    assert TraceProgram(str(path), stream="vm0/pid4").check() is None
+    with pytest.raises(ValueError) as info:
+        TraceProgram(str(path), stream="vm1/pid3").check()
+    assert str(info.value) == (f"stream: {path} has no stream 'vm1/pid3'; its streams are vm0/pid3 (5 records), "
+                               "vm0/pid4 (5 records)")
+
+
+def test_a_process_killed_part_way_is_reported_with_the_access_it_stopped_at(tmp_path):
+    """A #GP on a non-canonical address kills the process: the run is partial and says where."""
+    path = tmp_path / "gp.lackey"
+    addresses = [0x7000_0000 + 64 * i for i in range(300)]
+    addresses[120] = 0x8000_0000_0000
+    path.write_text("".join(f" L {a:x},8\n" for a in addresses))
+    for mode in ("native", "brute_force", "shadow", "nested"):
+        result = run_mode(one_process(TraceProgram(str(path))), mode)
+        assert result.partial and result.stats["accesses"] == 120
+        assert result.stopped == [{"vm": "vm0", "process": "p", "pid": 1, "accesses": 120,
+                                   "reason": "general protection fault at 0x800000000000 (non-canonical)"}]
+        assert result.stop_notes() == ["vm0/p (pid 1) stopped at access 121 of its program (120 done): general "
+                                       "protection fault at 0x800000000000 (non-canonical)"]
+
+
+def test_a_vm_stopped_by_the_hypervisor_reports_its_unfinished_processes():
+    from fastmmu.comparison import build
+    from fastmmu.workloads import zipf
+
+    scenario = Scenario([VMSpec("a", memory="64MiB", processes=[ProcessSpec("z", zipf(pages=50, n=3000, seed=1))]),
+                         VMSpec("b", memory="64MiB", processes=[ProcessSpec("y", zipf(pages=50, n=3000, seed=2)),
+                                                                ProcessSpec("x", zipf(pages=9, n=10, seed=3))])])
+    machine = build(scenario, "nested")
+    seen = {"b": 0}
+
+    def stop_b(vm, process, addresses, kinds, out, start, stop):
+        if vm.name == "b":
+            seen["b"] += stop - start
+            if seen["b"] >= 500:
+                vm.terminate("stopped by the test")
+
+    result = machine.run(on_batch=stop_b)
+    assert result.partial
+    (entry,) = [e for e in result.stopped if e["process"] == "y"]
+    assert entry["vm"] == "b" and entry["reason"] == "its VM was stopped: stopped by the test"
+    assert 0 < entry["accesses"] < 3000
+    assert all(e["vm"] == "b" for e in result.stopped)          # VM a ran to its end
+    again = machine.run()
+    assert again.stopped == [] and not again.partial            # reported in the run it happened in, once

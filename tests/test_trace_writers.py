@@ -177,3 +177,65 @@ def test_pte_access_trace_holds_every_walk_reference_and_only_table_frames(mode:
     if mode == "nested":   # both dimensions: the EPT (the hypervisor's frames) and the guest's own tables
         assert int(FrameKind.EPT) in kinds and int(FrameKind.DATA) in kinds
     assert read_header(io.BytesIO(out.getvalue())).metadata["content"] == "page-walk references (host-physical)"
+
+
+# -- a killed writer leaves no file that looks whole ----------------------------------------------
+
+KILLED_WRITER = """
+import sys, time
+import numpy as np
+from fastmmu.traces.writers import HostTraceWriter
+writer = HostTraceWriter(sys.argv[1], sys.argv[2], buffer_records=1000)
+class VM: id = 1
+class Process: pid = 7
+writer.write(VM, Process, np.arange(5000, dtype=np.uint64) * 64, np.zeros(5000, dtype=np.uint8))
+writer.flush()
+print("written", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGKILL"), reason="POSIX signals")
+@pytest.mark.parametrize("format, name", [("native", "host.fmt"), ("native", "host.fmt.gz"),
+                                          ("ramulator", "host.ramulator.txt")])
+def test_a_writer_killed_mid_file_leaves_no_file_under_its_name(tmp_path: Path, format: str, name: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from fastmmu.traces import TraceError
+    from fastmmu.traces import open as open_trace
+
+    path = tmp_path / name
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), format], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline() == "written\n"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert not path.exists()                                   # the final name appears only when the file is whole
+    (left,) = tmp_path.iterdir()                               # kill -9 leaves the temporary file, named as such
+    assert left.name.startswith(f".{name}.") and left.name.endswith(".partial")
+    if name == "host.fmt":                                     # and read anyway, it says it is truncated
+        with pytest.raises(TraceError) as info:
+            for _ in open_trace(left).chunks():
+                pass
+        assert str(info.value).endswith("truncated: the file ends after 5,000 accesses and 2 events without its "
+                                        "end record (was its writer stopped?)")
+
+
+def test_a_closed_host_trace_is_whole_and_a_failed_run_leaves_none(tmp_path: Path) -> None:
+    path = tmp_path / "host.fmt"
+    recorder = run("nested", path, "native")
+    options = ReadOptions(str(path))
+    with open(path, "rb") as stream:
+        assert sum(len(c) for c in read(stream, options)) == 13_000
+    assert options.stats.ended and not options.stats.writer_partial
+    assert len(recorder.seen()[0]) == 13_000
+    with pytest.raises(RuntimeError):
+        with HostTraceWriter(tmp_path / "failed.ramulator.txt", "ramulator") as writer:
+            build(scenario(), "shadow").run(on_batch=writer.on_batch)
+            raise RuntimeError("the run failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["host.fmt"]

@@ -127,7 +127,7 @@ def test_header_metadata_and_sniff() -> None:
     data = written([], {"command": "fastmmu trace record -- ls", "source_format": "lackey"})
     assert sniff(data[:16]) and not sniff(b"FMMUTRC2") and not sniff(b"")
     header = native.read_header(io.BytesIO(data))
-    assert header.version == 1 and header.size == len(data) and header.size % 8 == 0
+    assert header.version == 2 and header.size == len(data) - END_SIZE and header.size % 8 == 0
     assert header.metadata["command"] == "fastmmu trace record -- ls"
     assert header.metadata["source_format"] == "lackey"
     assert header.metadata["producer"].startswith("fastmmu ")
@@ -210,13 +210,15 @@ def test_a_file_written_from_the_specification_reads_back() -> None:
 def test_the_documented_hex_example_is_what_the_writer_writes() -> None:
     """the README's native trace format shows these bytes; keep the two in step."""
     data = written([SwitchProcess(1), (np.array([0x7F00_0000_1000], dtype=np.uint64), 1)], {"producer": "doc"})
-    assert data.hex(" ", 8) == ("464d4d5554524331 0100000012000000 7b2270726f647563 6572223a22646f63 "
-                                "227d000000000000 0100000000000081 00100000007f0002")
+    assert data.hex(" ", 8) == ("464d4d5554524331 0200000012000000 7b2270726f647563 6572223a22646f63 "
+                                "227d000000000000 0100000000000081 00100000007f0002 0000000000008087 "
+                                "0100000000000000 0100000000000000")
 
 
 # -- bad input: the file, the byte offset, the offending word ---------------------------
 
-HEADER = written([])  # 16 fixed bytes, the producer's metadata, zero padding to a multiple of 8
+END_SIZE = 24        # the end record: its word and two operands
+HEADER = written([])[:-END_SIZE]  # 16 fixed bytes, the producer's metadata, zero padding to a multiple of 8
 FIRST = len(HEADER)
 
 
@@ -232,6 +234,20 @@ def event(kind: int, operands: int, argument: int = 0) -> bytes:
     return word(1 << 63 | kind << 56 | operands << 54 | argument)
 
 
+def end(accesses: int, events: int, flags: int = 0) -> bytes:
+    return event(7, 2, flags) + word(accesses) + word(events)
+
+
+def read_until_error(data: bytes, **options: object) -> tuple[list[int], TraceError]:
+    """The addresses delivered before the reader raised, and its error."""
+    delivered: list[int] = []
+    opts = ReadOptions("t.fmt", **options)  # type: ignore[arg-type]
+    with pytest.raises(TraceError) as info:
+        for chunk in read(io.BytesIO(data), opts, block_words=4):
+            delivered += chunk.addresses.tolist()
+    return delivered, info.value
+
+
 def failure(data: bytes, **options: object) -> str:
     with pytest.raises(TraceError) as info:
         read_all(data, **options)  # type: ignore[arg-type]
@@ -244,8 +260,8 @@ def failure(data: bytes, **options: object) -> str:
     (b"ustar\0\0\0", "t.fmt: byte 0: not a native trace: expected magic b'FMMUTRC1': 'ustar\\x00\\x00\\x00'"),
     (b"FMMU", "t.fmt: byte 4: truncated header: 4 of 16 bytes"),
     (NATIVE_MAGIC + struct.pack("<I", 1), "t.fmt: byte 12: truncated header: 12 of 16 bytes"),
-    (NATIVE_MAGIC + struct.pack("<II", 2, 0), "t.fmt: byte 8: unsupported version 2 (this fastmmu reads version "
-                                              "1): '02000000'"),
+    (NATIVE_MAGIC + struct.pack("<II", 3, 0), "t.fmt: byte 8: unsupported version 3 (this fastmmu reads versions "
+                                              "1 and 2): '03000000'"),
     (NATIVE_MAGIC + struct.pack("<II", 1, 10) + b"{}", "t.fmt: byte 18: truncated header: metadata of 10 bytes "
                                                         "(+6 padding) ends at byte 32, the file at 18"),
     (NATIVE_MAGIC + struct.pack("<II", 1, 1 << 30), "t.fmt: byte 12: metadata length 1073741824 is implausible "
@@ -286,14 +302,16 @@ BAD_RECORDS = [
 
 @pytest.mark.parametrize(("bad", "message"), BAD_RECORDS)
 def test_bad_records_are_fatal_with_offset_and_word(bad: bytes, message: str) -> None:
-    data = HEADER + access(0x10) + bad + access(0x20)
+    data = HEADER + access(0x10) + bad + access(0x20) + end(2, 0)
     assert failure(data) == f"t.fmt: {message}"
+    delivered, error = read_until_error(data)
+    assert delivered == [0x10] and str(error) == f"t.fmt: {message}"   # the record before it is kept
 
 
 @pytest.mark.parametrize(("bad", "message"), BAD_RECORDS)
 @pytest.mark.parametrize("block_words", [4, 1 << 20])
 def test_skip_bad_counts_and_resynchronises(bad: bytes, message: str, block_words: int) -> None:
-    data = HEADER + access(0x10) + bad + event(1, 0, 9) + access(0x20, 1)
+    data = HEADER + access(0x10) + bad + event(1, 0, 9) + access(0x20, 1) + end(3, 2)
     addresses, kinds, events, options = read_all(data, skip_bad=True, block_words=block_words)
     assert addresses.tolist() == [0x10, 0x20] and kinds.tolist() == [0, 1]
     assert events == [(1, SwitchProcess(9))]
@@ -302,7 +320,7 @@ def test_skip_bad_counts_and_resynchronises(bad: bytes, message: str, block_word
 
 
 def test_operand_words_with_bit_63_are_not_events() -> None:
-    data = HEADER + event(2, 1) + word(0xFFFF_FFFF_FFFF_FFFF) + access(0x30)
+    data = HEADER + event(2, 1) + word(0xFFFF_FFFF_FFFF_FFFF) + access(0x30) + end(1, 1)
     _, _, events, _ = read_all(data, block_words=4)
     assert events == [(0, SwitchCr3(0xFFFF_FFFF_FFFF_FFFF))]
 
@@ -322,9 +340,81 @@ def test_truncated_records(tail: bytes, message: str, block_words: int) -> None:
     assert addresses.tolist() == [0x10] and events == [] and options.stats.bad_records == 1
 
 
+# -- the end record: a whole file says so --------------------------------------------------
+
+def test_a_file_without_its_end_record_is_truncated_after_every_record_is_delivered() -> None:
+    data = HEADER + access(0x10) + event(1, 0, 4) + access(0x20)
+    message = (f"t.fmt: byte {FIRST + 24}: truncated: the file ends after 2 accesses and 1 events without its end "
+               "record (was its writer stopped?)")
+    delivered, error = read_until_error(data)
+    assert delivered == [0x10, 0x20] and str(error) == message
+    addresses, _, events, options = read_all(data, skip_bad=True)
+    assert addresses.tolist() == [0x10, 0x20] and options.stats.bad_records == 1 and not options.stats.ended
+
+
+@pytest.mark.parametrize(("tail", "message"), [
+    (end(2, 0), "the end record counts 2 accesses and 0 events, the file holds 1 and 0 (records lost or added)"),
+    (end(1, 1), "the end record counts 1 accesses and 1 events, the file holds 1 and 0 (records lost or added)"),
+    (end(1, 0, 2), "reserved flag bits set in the end record (1 partial)"),
+])
+def test_an_end_record_that_does_not_match(tail: bytes, message: str) -> None:
+    data = HEADER + access(0x10) + tail
+    delivered, error = read_until_error(data)
+    assert delivered == [0x10] and str(error).startswith(f"t.fmt: byte {FIRST + 8}: {message}: '0x87")
+    assert read_all(data, skip_bad=True)[3].stats.bad_records == 1
+
+
+@pytest.mark.parametrize("after", [access(0x20), b"\0", end(1, 0)])
+def test_data_after_the_end_record_is_fatal(after: bytes) -> None:
+    data = HEADER + access(0x10) + end(1, 0) + after
+    message = f"t.fmt: byte {FIRST + 32}: data after the end record (two traces joined, or a corrupt file)"
+    assert failure(data) == message and failure(data, skip_bad=True) == message
+
+
+def test_the_partial_flag_and_a_clean_end_are_reported() -> None:
+    whole = read_all(HEADER + access(0x10) + end(1, 0))[3].stats
+    assert whole.ended and not whole.writer_partial
+    partial = read_all(HEADER + access(0x10) + end(1, 0, 1))[3].stats
+    assert partial.ended and partial.writer_partial
+    out = io.BytesIO()
+    with NativeWriter(out) as writer:
+        writer.write_accesses(np.array([0x1000], dtype=np.uint64), 0)
+        writer.close(partial=True)
+    assert out.getvalue().endswith(end(1, 0, 1))
+
+
+def test_a_version_1_file_needs_no_end_record() -> None:
+    data = spec_writer([("access", 0x1000, 0), ("event", 1, 3)], {"producer": "old"})
+    addresses, _, events, options = read_all(data)
+    assert addresses.tolist() == [0x1000] and events == [(1, SwitchProcess(3))] and not options.stats.ended
+    type7 = spec_writer([("event", 7, 0, 1, 0)], {})   # type 7 is not the end record in version 1
+    assert failure(type7) == f"t.fmt: byte {len(type7) - 24}: unknown event type 7: '0x8780000000000000'"
+
+
+def test_a_writer_to_a_path_leaves_nothing_unless_it_finishes(tmp_path: Path) -> None:
+    path = tmp_path / "t.fmt.gz"
+    with pytest.raises(RuntimeError):
+        with NativeWriter(path) as writer:
+            writer.write_accesses(np.arange(10, dtype=np.uint64), 0)
+            raise RuntimeError("the producer failed")
+    assert list(tmp_path.iterdir()) == []
+    writer = NativeWriter(path)
+    writer.write_accesses(np.arange(10, dtype=np.uint64), 0)
+    (temporary,) = tmp_path.iterdir()                      # written under a temporary name until closed
+    assert temporary.name.startswith(".t.fmt.gz.") and temporary.name.endswith(".partial")
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+    with NativeWriter(path) as writer:
+        writer.write_accesses(np.arange(10, dtype=np.uint64), 0)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.fmt.gz"]
+    import gzip
+
+    assert read_all(gzip.decompress(path.read_bytes()))[0].tolist() == list(range(10))
+
+
 def test_many_bad_records_are_all_counted() -> None:
     bad = access(0, 3)
-    data = HEADER + (access(0x10) + bad) * 1000
+    data = HEADER + (access(0x10) + bad) * 1000 + end(2000, 0)
     addresses, _, _, options = read_all(data, skip_bad=True, chunk_records=64, block_words=100)
     assert len(addresses) == 1000 and options.stats.bad_records == 1000
 
@@ -393,6 +483,8 @@ def test_the_writer_in_the_documentation_works(tmp_path: Path) -> None:
     path = tmp_path / "t.fmt"
     namespace["write_trace"](path, [("event", 1, 1), ("access", 0x7F00_0000_1000, 1),
                                     ("event", 4, 1, 0x1000, 0x2000), ("access", -8, 0)], {"producer": "doc"})
-    addresses, kinds, events, _ = read_all(path.read_bytes())
+    addresses, kinds, events, options = read_all(path.read_bytes())
     assert addresses.tolist() == [0x7F00_0000_1000, 0xFFFF_FFFF_FFFF_FFF8] and kinds.tolist() == [1, 0]
     assert events == [(0, SwitchProcess(1)), (1, MapRegion(0x1000, 0x2000, writable=True))]
+    assert options.stats.ended and native.read_header(io.BytesIO(path.read_bytes())).version == 2
+    assert not list(tmp_path.glob(".*"))   # written under a temporary name, renamed at the end

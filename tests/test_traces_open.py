@@ -8,6 +8,7 @@ import gzip
 import importlib.util
 import lzma
 import os
+import re
 import sys
 
 import numpy as np
@@ -133,8 +134,21 @@ def test_a_truncated_champsim_record_names_its_offset(tmp_path, name, size, fmt)
 def test_wrong_magic_for_a_forced_native_trace(tmp_path):
     path = tmp_path / "t.fmmu"
     path.write_bytes(b"FMMUTRC9" + bytes(56))
-    assert "not a native fastmmu trace: wrong magic (expected b'FMMUTRC1'): 'FMMUTRC9'" in str(
-        error_of(path, format="native"))
+    assert str(error_of(path, format="native")) == (
+        f"{path}: byte 0: not a native fastmmu trace: wrong magic (expected b'FMMUTRC1'); it looks like a champsim "
+        "trace (leave the format out to detect it): 'FMMUTRC9'")
+    lackey = os.path.join(DATA, "sample.lackey")
+    assert str(error_of(lackey, format="native")).startswith(
+        f"{lackey}: byte 0: not a native fastmmu trace: wrong magic (expected b'FMMUTRC1'); it looks like a lackey "
+        "trace (leave the format out to detect it): ")
+
+
+def test_format_names_and_their_aliases():
+    lackey = os.path.join(DATA, "sample.lackey")
+    assert traces.open(lackey, "valgrind").format == "lackey" and traces.open(lackey, " LACKEY ").format == "lackey"
+    assert traces.format_name("dinero") == "din" and traces.format_name("champsim_cloudsuite") == \
+        "champsim-cloudsuite" and traces.format_name("pin") is None
+    assert list(traces.FORMATS) == [f.name for f in traces.TRACE_FORMATS]
 
 
 @pytest.mark.parametrize("compression", [None, "gzip", "xz"])
@@ -171,20 +185,24 @@ def test_an_unreadable_file(tmp_path, monkeypatch):
 def test_undetectable_text(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_bytes(b"hello world\nsecond line\n")
-    assert str(error_of(path)) == (f"{path}:1: cannot tell the trace format (pass format=, one of: native, "
-                                   "lackey, din, champsim, champsim-cloudsuite): 'hello world'")
+    assert str(error_of(path)) == (f"{path}:1: cannot tell the trace format (tried native, lackey, din, champsim, "
+                                   "champsim-cloudsuite; name one with format= or --format); its first line is: "
+                                   "'hello world'")
 
 
 def test_undetectable_binary(tmp_path):
     path = tmp_path / "noise.bin"
     path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes() + bytes(8))
     error = error_of(path)
-    assert error.offset == 0 and "cannot tell the trace format" in str(error)
+    assert error.offset == 0 and str(error) == (
+        f"{path}: byte 0: cannot tell the trace format (tried native, lackey, din, champsim, champsim-cloudsuite; "
+        f"name one with format= or --format): binary data starting {path.read_bytes()[:16].hex(' ')}")
 
 
 def test_an_unknown_format_name_lists_the_known_ones():
-    with pytest.raises(TraceError, match="unknown trace format 'pin' \\(known: native, lackey, din, champsim, "
-                                         "champsim-cloudsuite\\)"):
+    with pytest.raises(TraceError, match=re.escape("unknown trace format 'pin' (known: native (fmt, fastmmu), lackey "
+                                                   "(valgrind), din (dinero), champsim, champsim-cloudsuite "
+                                                   "(champsim_cloudsuite, cloudsuite))")):
         traces.open(os.path.join(DATA, "sample.lackey"), format="pin")
 
 
@@ -200,3 +218,50 @@ def test_corrupt_compressed_data(tmp_path, compression):
 def test_bad_chunk_records():
     with pytest.raises(ValueError, match="chunk_records must be a positive int"):
         traces.open(os.path.join(DATA, "sample.lackey"), chunk_records=0)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "xz"] + (["zstd"] if HAVE_ZSTD else []))
+def test_data_that_fails_part_way_is_delivered_up_to_there(tmp_path, compression):
+    """A stream cut after 3 MiB of decompressed text: every whole line before the cut is delivered
+    (at most the last MiB read is lost), then a TraceError naming the records read."""
+    line = b" L 7f0000001000,8\n"
+    data = compress(compression, line * (3 * (1 << 20) // len(line) + 500))
+    path = tmp_path / "cut.lackey"
+    path.write_bytes(data[: len(data) * 3 // 4])
+    trace = traces.open(path)
+    delivered = 0
+    with pytest.raises(TraceError) as info:
+        for chunk in trace.chunks():
+            delivered += len(chunk)
+    assert isinstance(info.value, traces.base.StreamError)
+    assert delivered > 1 << 16 and delivered == trace.stats.records
+    assert re.fullmatch(re.escape(f"{path}: corrupt or truncated {compression} data after {delivered:,} records (")
+                        + r".+" + re.escape("); every record before it was read"), str(info.value))
+
+
+def test_a_read_error_of_a_plain_file_is_a_trace_error(tmp_path, monkeypatch):
+    path = tmp_path / "t.lackey"
+    path.write_bytes(b" L 1000,8\n" * 10)
+    trace = traces.open(path)
+    real_open = builtins.open
+
+    class Failing:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def readinto(self, view):
+            raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: Failing(real_open(file, *a, **k)))
+    with pytest.raises(TraceError, match=re.escape(f"{path}: cannot read it after 0 records (Input/output error); "
+                                                   "every record before it was read")):
+        list(trace.chunks())

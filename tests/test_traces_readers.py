@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -274,3 +275,41 @@ def test_a_real_valgrind_lackey_trace(tmp_path):
     assert np.count_nonzero(kinds == FETCH) == counts["I"]
     assert np.count_nonzero(kinds == READ) == counts["L"]
     assert np.count_nonzero(kinds == WRITE) == counts["S"] + counts["M"]
+
+
+# -- addresses that do not fit (address_bits: a conversion to the native format's 57 bits) -------
+
+WIDE = 0x1FFF_FFFF_FFFF_FFF0
+
+
+@pytest.mark.parametrize("fmt, text, line", [
+    ("lackey", "==1== x\n L 1000,8\n\n S 2000,4\n L 1ffffffffffffff0,8\n L 3000,8\n", 5),
+    ("din", "0 1000\n3 0\n1 2000\n0 0x1ffffffffffffff0 a comment\n2 3000\n", 4),
+])
+def test_a_text_record_too_wide_for_address_bits_names_its_line(tmp_path, fmt, text, line):
+    path = tmp_path / f"t.{fmt}"
+    path.write_text(text)
+    trace = traces.open(path, fmt, address_bits=57)
+    delivered = []
+    with pytest.raises(TraceError) as info:
+        for chunk in trace.chunks():
+            delivered += chunk.addresses.tolist()
+    shown = text.splitlines()[line - 1]
+    assert str(info.value) == (f"{path}:{line}: address {WIDE:#x} does not fit in 57 bits (the native format holds "
+                               f"canonical addresses of 5-level paging): {shown!r}")
+    assert delivered == [0x1000, 0x2000]                     # the records before it are delivered
+    skipping = traces.open(path, fmt, skip_bad=True, address_bits=57)
+    assert concatenated(skipping.chunks())[0] == [0x1000, 0x2000, 0x3000] and skipping.stats.bad_records == 1
+    assert WIDE in concatenated(traces.open(path, fmt).chunks())[0]   # without address_bits: any 64-bit address
+
+
+def test_a_champsim_operand_too_wide_names_its_record(tmp_path):
+    records = np.zeros(3, dtype=champsim.STANDARD)
+    records["ip"] = [0x400000, 0x400004, 0x400008]
+    records["source_memory"][1, 2] = WIDE
+    path = tmp_path / "t.champsim"
+    path.write_bytes(records.tobytes())
+    with pytest.raises(TraceError, match=re.escape(f"{path}: byte 64: address {WIDE:#x} does not fit in 57 bits")):
+        list(traces.open(path, "champsim", address_bits=57).chunks())
+    skipping = traces.open(path, "champsim", skip_bad=True, address_bits=57)
+    assert concatenated(skipping.chunks())[0] == [0x400000, 0x400004, 0x400008] and skipping.stats.bad_records == 1

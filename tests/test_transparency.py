@@ -16,8 +16,11 @@ a fresh machine and compares, against native:
 
 The cases cover memory pressure (the clock evicts), scattered and contiguous
 backing, on-demand allocation, map/unmap churn, several processes per VM and
-two VMs, PCIDs on and off, guest huge pages, TLBs on and off, a tiny shadow
-cache, eager and lazy EPTs and 2 MiB EPT pages.
+two VMs, PCIDs on and off, guest huge pages (over contiguous and scattered
+host frames), a self-referencing root through which the kernel reads its
+tables, TLBs on and off, a tiny shadow cache, eager and lazy EPTs and 2 MiB
+EPT pages.  Besides the mappings, every entry of every table reachable from
+each root is compared (upper-level accessed flags included).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 import pytest
 from deadlines import deadline
 
-from fastmmu.arch import PTE
+from fastmmu.arch import ADDR_MASK, PTE
 from fastmmu.comparison import build
 from fastmmu.config import Config
 from fastmmu.hypervisor.machine import Machine
@@ -62,6 +65,8 @@ class Experience:
     guest_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     ends: dict[tuple[str, int], tuple[bool, str]] = field(default_factory=dict)
     accesses: list[int] = field(default_factory=list)
+    self_mapped: int = 0  # accesses through PML4 slot SELF (the kernel reading its tables)
+    tables: dict[tuple[str, str, int], dict[tuple[int, int], int]] = field(default_factory=dict)
     terminated: dict[str, str | None] = field(default_factory=dict)
     exits: dict[str, dict[str, int]] = field(default_factory=dict)
     hypervisor: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -72,6 +77,27 @@ def guest_view(vm: Any, process: Any) -> dict[int, tuple[int, int]]:
     return {va: (gpa, flags & FLAGS) for va, (gpa, flags) in vm.guest.mappings(process).items()}
 
 
+def guest_tables(vm: Any, process: Any) -> dict[tuple[int, int], int]:
+    """Every present entry of every table reachable from the process's root, as the guest reads it
+    ((table gfn, index) -> entry): upper-level accessed flags, self-references and all."""
+    levels = vm.guest_config.levels
+    seen: dict[tuple[int, int], int] = {}
+    todo, visited = [(process.root, levels)], set()
+    while todo:
+        table, level = todo.pop()
+        if (table, level) in visited:
+            continue
+        visited.add((table, level))
+        for index in range(512):
+            entry = vm.mode.peek_pte(table, index)
+            if not entry & PTE.P:
+                continue
+            seen[(table, index)] = entry
+            if level > 1 and not entry & PTE.PS:
+                todo.append(((entry & ADDR_MASK) >> 12, level - 1))
+    return seen
+
+
 def observe(machine: Machine, stops: tuple[int, ...] = ()) -> Experience:
     """Run ``machine`` to the end (pausing at each of ``stops`` accesses to look at the mappings)."""
     seen = Experience()
@@ -80,6 +106,7 @@ def observe(machine: Machine, stops: tuple[int, ...] = ()) -> Experience:
     def on_batch(vm: Any, process: Any, addresses: np.ndarray, kinds: np.ndarray, host: np.ndarray,
                  start: int, stop: int) -> None:
         chunks[(vm.name, process.pid)].append(host[start:stop].copy())
+        seen.self_mapped += int(np.count_nonzero((addresses[start:stop] >> np.uint64(39)) & np.uint64(511) == SELF))
 
     for vm in machine.vms.values():
         guest = vm.guest
@@ -88,6 +115,7 @@ def observe(machine: Machine, stops: tuple[int, ...] = ()) -> Experience:
         def exit_hook(process: Any, reason: str = "exit", *, _vm: Any = vm, _exit: Any = original_exit) -> None:
             if process.alive:  # the last look at its tables before they are torn down
                 seen.mappings[(_vm.name, "exit", process.pid)] = guest_view(_vm, process)
+                seen.tables[(_vm.name, "exit", process.pid)] = guest_tables(_vm, process)
             _exit(process, reason)
 
         guest.exit = exit_hook
@@ -101,6 +129,7 @@ def observe(machine: Machine, stops: tuple[int, ...] = ()) -> Experience:
                 for pid, process in vm.guest.processes.items():
                     if process.alive:
                         seen.mappings[(vm.name, f"stop{n}", pid)] = guest_view(vm, process)
+                        seen.tables[(vm.name, f"stop{n}", pid)] = guest_tables(vm, process)
         result = machine.run(on_batch=on_batch)
     assert not result.partial
     seen.accesses.append(result.stats["accesses"])
@@ -114,6 +143,7 @@ def observe(machine: Machine, stops: tuple[int, ...] = ()) -> Experience:
             seen.ends[(vm.name, pid)] = (process.alive, process.exit_reason)
             if process.alive:
                 seen.mappings[(vm.name, "end", pid)] = guest_view(vm, process)
+                seen.tables[(vm.name, "end", pid)] = guest_tables(vm, process)
     seen.host = {key: np.concatenate(parts) for key, parts in chunks.items()}
     return seen
 
@@ -138,6 +168,15 @@ def assert_same_experience(mode: str, got: Experience, native: Experience) -> No
                           if mine.get(va) != expected.get(va))
             pytest.fail(f"{mode}: mappings of {key} differ at {len(diff)} pages, "
                         f"(va, {mode}, native): {[(hex(v), m, n) for v, m, n in diff[:4]]}")
+    assert got.tables.keys() == native.tables.keys(), f"{mode}: the table snapshots taken"
+    for key, expected_tables in native.tables.items():
+        mine_tables = got.tables[key]
+        if mine_tables != expected_tables:
+            diff = sorted((slot, mine_tables.get(slot), expected_tables.get(slot))
+                          for slot in set(mine_tables) | set(expected_tables)
+                          if mine_tables.get(slot) != expected_tables.get(slot))
+            pytest.fail(f"{mode}: tables of {key} differ at {len(diff)} entries, ((gfn, index), {mode}, native): "
+                        f"{[(s, hex(a or 0), hex(b or 0)) for s, a, b in diff[:4]]}")
     assert got.host.keys() == native.host.keys(), f"{mode}: processes that made accesses"
     for key, expected in native.host.items():
         mine = got.host[key]
@@ -160,6 +199,7 @@ class Case:
     hypervisor: dict[str, Any] = field(default_factory=dict)
     guest: dict[str, Any] = field(default_factory=dict)
     stops: tuple[int, ...] = ()
+    prepare: Any = None  # machine -> None: what the guest kernels do before the run (e.g. their self-maps)
 
 
 def pressure(seed: int) -> Scenario:
@@ -200,6 +240,73 @@ def huge(seed: int) -> Scenario:
     ])])
 
 
+def huge_scattered(seed: int) -> Scenario:
+    """The huge scenario over scattered frames: the guest's 2 MiB pages are not one host run."""
+    scenario = huge(seed)
+    for spec in scenario.vms:
+        spec.backing = "scattered"
+    return scenario
+
+
+SELF = 5  # the PML4 slot of the self-map
+SELF_VA = SELF << 39 | SELF << 30 | SELF << 21 | SELF << 12  # the PML4 itself, as a page
+
+
+def through_self_map(va: int, times: int) -> int:
+    """The linear address of the table ``times`` levels above ``va``'s page, seen through the self-map."""
+    for _ in range(times):
+        va = SELF << 39 | (va >> 9) & ((1 << 39) - 1) & ~0xFFF
+    return va
+
+
+def self_map(seed: int) -> Scenario:
+    """Windows' self-map: each root holds an entry pointing at itself, and the kernel reads its page
+    tables (and the root) as pages through it, between its processes' own accesses."""
+    rng = np.random.default_rng(seed)
+    heap = B1 + (rng.integers(0, 600, 4_000, dtype=np.uint64) << np.uint64(12))
+    touched = np.unique(heap)
+    tables = [through_self_map(int(va), times) for va in touched[::37] for times in (1, 2, 3)] + [SELF_VA]
+    views = np.array(tables * 8, dtype=np.uint64)
+    rng.shuffle(views)
+    mixed = np.concatenate([heap[2_000:], views])
+    rng.shuffle(mixed)
+    kinds = (rng.random(len(mixed)) < 0.3).astype(np.uint8)
+    kinds[np.isin(mixed, views)] = 0  # reads of the tables (the simulator carries no data to write)
+    program = StepList([Mmap(B1, 600 << 12), Accesses(heap[:2_000], (rng.random(2_000) < 0.3).astype(np.uint8)),
+                        Accesses(mixed, kinds)])
+    return Scenario([VMSpec("windows", memory="6MiB", backing="scattered", seed=seed, processes=[
+        ProcessSpec("explorer", program),
+        ProcessSpec("svchost", Uniform(pages=300, n=3_000, writes=0.4, seed=seed + 1, base=B2)),
+    ])])
+
+
+def self_map_huge(seed: int) -> Scenario:
+    """The self-map with guest 2 MiB pages over contiguous frames: a page directory read as a page
+    table shows each 2 MiB entry as a 4 KiB page (its first frame)."""
+    scenario = self_map(seed)
+    for spec in scenario.vms:
+        spec.backing, spec.memory = "contiguous", "16MiB"
+    return scenario
+
+
+def add_self_maps(machine: Machine) -> None:
+    """Every guest kernel maps each process's root at PML4 slot SELF, and takes the entry out before
+    the process's tables are torn down (its kernel knows the slot is no region of the process)."""
+    for vm in machine.vms.values():
+        guest, port = vm.guest, vm.mode
+        for process in guest.processes.values():
+            port.write_pte(process.root, SELF, process.root << 12 | int(PTE.P | PTE.RW | PTE.US))
+        original_exit = guest.exit
+
+        def exit_without_self_map(process: Any, reason: str = "exit", *, _port: Any = port,
+                                  _exit: Any = original_exit) -> None:
+            if process.alive:
+                _port.write_pte(process.root, SELF, 0)
+            _exit(process, reason)
+
+        guest.exit = exit_without_self_map
+
+
 def many(seed: int) -> Scenario:
     """One VM with five processes (more address spaces than a small shadow cache holds)."""
     return Scenario([VMSpec("busy", memory="16MiB", backing="scattered", seed=seed, processes=[
@@ -238,6 +345,16 @@ CASES = {
                          stops=(5_000,)), VARIATION, {"huge_pages", "evictions"}),
     "huge-notlb": (Case(huge, tlb="none", guest={"huge_pages": True, "quantum": 700}), VARIATION,
                    {"huge_pages", "evictions"}),
+    "huge-scattered": (Case(huge_scattered, guest={"huge_pages": True, "quantum": 700}, stops=(5_000,)), MAIN,
+                       {"huge_pages", "evictions", "splinters"}),
+    "huge-scattered-nopcid": (Case(huge_scattered, guest={"huge_pages": True, "quantum": 700, "pcid": False},
+                                   stops=(5_000,)), VARIATION, {"huge_pages", "evictions", "splinters"}),
+    "self-map": (Case(self_map, guest={"quantum": 900}, stops=(2_500, 2_500), prepare=add_self_maps), MAIN,
+                 {"evictions", "self_map"}),
+    "self-map-notlb": (Case(self_map, tlb="none", guest={"quantum": 900}, stops=(3_000,), prepare=add_self_maps),
+                       VARIATION, {"evictions", "self_map"}),
+    "self-map-huge": (Case(self_map_huge, guest={"quantum": 900, "huge_pages": True}, stops=(2_500,),
+                           prepare=add_self_maps), VARIATION, {"self_map", "huge_pages"}),
     "shadow-cache-2": (Case(many, hypervisor={"shadow_cache": 2}, guest={"quantum": 400}, stops=(4_000,)), VARIATION,
                        {"shadow_evictions"}),
     "shadow-cache-1": (Case(many, hypervisor={"shadow_cache": 1}, guest={"quantum": 400}, stops=(4_000,)),
@@ -264,6 +381,10 @@ def facts(runs: dict[str, Experience]) -> set[str]:
         seen.add("no_ept_violations")
     if any(hv["shadow_cache_evictions"] for hv in runs["shadow"].hypervisor.values()):
         seen.add("shadow_evictions")
+    if runs["native"].self_mapped:
+        seen.add("self_map")
+    if any(hv.get("splinters_built") for hv in runs["native"].hypervisor.values()):
+        seen.add("splinters")  # guest large pages given to the hardware in pieces
     if any(stats["pt_writes"] > stats["page_faults"] + stats["evictions"] for stats in native):
         seen.add("tables_freed")  # page-table entries cleared beyond faults and evictions: munmap and exit
     return seen
@@ -273,7 +394,13 @@ def run_case(case: Case, seed: int) -> dict[str, Experience]:
     config = Config.from_dict({"machine": {"host_memory": "4GiB", "tlb": case.tlb}, "hypervisor": case.hypervisor,
                                "guest": case.guest})
     scenario = case.scenario(seed)
-    return {mode: observe(build(scenario, mode, config, record_faults=True), case.stops) for mode in MODES}
+    runs = {}
+    for mode in MODES:
+        machine = build(scenario, mode, config, record_faults=True)
+        if case.prepare is not None:
+            case.prepare(machine)
+        runs[mode] = observe(machine, case.stops)
+    return runs
 
 
 @pytest.mark.parametrize(("case", "seed"), [(name, seed) for name, (_, seeds, _) in CASES.items() for seed in seeds])

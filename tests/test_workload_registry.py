@@ -41,15 +41,18 @@ def test_working_sets_move_from_phase_to_phase_keeping_what_they_are_told():
     assert np.array_equal(accesses(again), accesses(WorkingSets(pages=4096, n=8000, phases=4, set_pages=64,
                                                                 keep=0.5, seed=5)))
     with pytest.raises(ValueError, match="room for each phase's new pages"):
-        list(WorkingSets(pages=100, n=10, set_pages=60).steps())       # 60 + 60 new pages > 100
+        WorkingSets(pages=100, n=10, set_pages=60)                     # 60 + 60 new pages > 100
     assert len(list(WorkingSets(pages=100, n=10, set_pages=60, keep=0.5).steps())) > 1   # 60 + 30 fit
 
 
 def test_strided_touches_a_new_page_every_access_until_it_wraps():
     pages = accesses(strided(pages=100, n=250)) >> np.uint64(12)
     assert len(np.unique(pages[:100])) == 100 and np.array_equal(pages[:100], pages[100:200])
-    steps = list(Strided(pages=8, n=8, stride=2 << 20).steps())
+    steps = list(Strided(pages=1024, n=4, stride=1 << 20).steps())
     assert isinstance(steps[0], Mmap) and len(np.unique(accesses(Strided(pages=1024, n=4, stride=1 << 20)))) == 4
+    with pytest.raises(ValueError, match="^strided: stride: expected a multiple of 8 from 8 to the region's 32768 "
+                                         "bytes, got 2097152$"):   # would touch one address over and over
+        Strided(pages=8, n=8, stride=2 << 20)
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))
@@ -69,6 +72,20 @@ def test_values_on_the_command_line():
     assert program_from_spec(parse_workload("uniform:pages=1e3,n=2_000")).n == 2000
     with pytest.raises(ConfigError, match=r"--workload\.n: expected int, got '1.5'"):
         program_from_spec(parse_workload("zipf:pages=4,n=1.5"), "--workload")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("zipf:pages=0,n=10k", "zipf: pages: expected an integer in [1, 2**26], got 0"),
+    ("strided:pages=100,n=1k,stride=0", "strided: stride: expected a multiple of 8 from 8 to the region's "
+                                        "409600 bytes, got 0"),
+    ("zipf:pages=100,n=1k,writes=2", "zipf: writes: expected a number in [0, 1], got 2.0"),
+    ("zipf:pages=100,n=1k,alpha=-1", "zipf: alpha: expected a number > 0, got -1.0"),
+    ("churn:pages=8,n=10,rounds=0", "churn: rounds: expected an integer >= 1, got 0"),
+])
+def test_a_spec_gets_the_constructors_message_after_its_key(text, message):
+    with pytest.raises(ConfigError) as caught:
+        program_from_spec(parse_workload(text), "--workload")
+    assert str(caught.value) == f"--workload: {message}"
 
 
 def test_a_mix_is_one_vm_with_a_process_per_program():
@@ -94,3 +111,21 @@ def test_scenario_files_are_checked_key_by_key():
     ):
         with pytest.raises(ConfigError, match=re.escape(message) if "(" in message else message):
             scenario_from_dict(data)
+
+
+def test_two_vms_with_one_name_are_rejected():
+    from fastmmu.hypervisor.machine import Machine
+
+    machine = Machine("1GiB")
+    machine.create_vm("32MiB", "shadow", name="web")
+    with pytest.raises(ConfigError, match=r"^vm.name: this machine already has a VM named 'web' "):
+        machine.create_vm("32MiB", "shadow", name="web")
+    machine.create_vm("32MiB", "nested")                     # vm2: the default name of the second VM
+    with pytest.raises(ConfigError, match=r"^vm.name: this machine already has a VM named 'vm2' "):
+        machine.create_vm("32MiB", "nested", name="vm2")
+    assert [vm.name for vm in machine.vms.values()] == ["web", "vm2"]
+    zipf_spec = {"generator": "zipf", "pages": 8, "n": 10}
+    with pytest.raises(ConfigError, match=re.escape("workload.vms[2].name: 'a' is already the name of "
+                                                    "workload.vms[0]; VM names must be unique")):
+        scenario_from_dict({"vms": [{"name": "a", "processes": [zipf_spec]}, {"name": "b", "processes": [zipf_spec]},
+                                    {"name": "a", "processes": [zipf_spec]}]})

@@ -110,11 +110,76 @@ def test_a_long_program_comes_in_chunks(cls):
     assert [len(s) for s in batches(cls(pages=64, n=0, seed=1))] == []
 
 
-@pytest.mark.parametrize("cls", [Zipf, Uniform, Sequential, Churn])
-@pytest.mark.parametrize("pages, n", [(0, 10), (-1, 10), (10, -1)])
-def test_bad_sizes_are_rejected(cls, pages, n):
-    with pytest.raises(ValueError, match="pages must be positive and n non-negative"):
-        list(cls(pages=pages, n=n).steps())
+# Every parameter of every generator, out of range: the exact message (the CLI prints the same after
+# "--workload: ", see test_workload_registry).
+BAD_PARAMETERS = [
+    ("zipf", dict(pages=0, n=10), "zipf: pages: expected an integer in [1, 2**26], got 0"),
+    ("zipf", dict(pages=-1, n=10), "zipf: pages: expected an integer in [1, 2**26], got -1"),
+    ("zipf", dict(pages=(1 << 26) + 1, n=10), "zipf: pages: expected an integer in [1, 2**26], got 67108865"),
+    ("zipf", dict(pages=10, n=-1), "zipf: n: expected an integer >= 0, got -1"),
+    ("zipf", dict(pages=10, n=2.5), "zipf: n: expected an integer >= 0, got 2.5"),
+    ("zipf", dict(pages=10, n=10, alpha=-1), "zipf: alpha: expected a number > 0, got -1"),
+    ("zipf", dict(pages=10, n=10, alpha=0), "zipf: alpha: expected a number > 0, got 0"),
+    ("zipf", dict(pages=10, n=10, alpha=float("inf")), "zipf: alpha: expected a number > 0, got inf"),
+    ("zipf", dict(pages=10, n=10, writes=2), "zipf: writes: expected a number in [0, 1], got 2"),
+    ("zipf", dict(pages=10, n=10, writes=-0.1), "zipf: writes: expected a number in [0, 1], got -0.1"),
+    ("zipf", dict(pages=10, n=10, seed=-1), "zipf: seed: expected an integer >= 0, got -1"),
+    ("zipf", dict(pages=10, n=10, base=0x1001), "zipf: base: expected a multiple of 4096 (a page boundary), "
+                                                "got 0x1001"),
+    ("zipf", dict(pages=10, n=10, base=-4096), "zipf: base: expected an integer >= 0, got -0x1000"),
+    ("zipf", dict(pages=10, n=10, chunk=0), "zipf: chunk: expected an integer in [1, 2**26], got 0"),
+    ("zipf", dict(pages=10, n=10, seed="1"), "zipf: seed: expected an integer >= 0, got '1'"),
+    ("zipf", dict(pages=True, n=10), "zipf: pages: expected an integer in [1, 2**26], got True"),
+    ("uniform", dict(pages=0, n=10), "uniform: pages: expected an integer >= 1, got 0"),
+    ("uniform", dict(pages=1 << 44, n=10), "uniform: pages: expected a region that ends by 0x100000000000000 "
+                                           "(the lower canonical half of 5-level paging) from base 0x100000000000, "
+                                           "got 17592186044416"),
+    ("uniform", dict(pages=10, n=10, writes=1.5), "uniform: writes: expected a number in [0, 1], got 1.5"),
+    ("sequential", dict(pages=4, n=10, stride=0), "sequential: stride: expected a multiple of 8 from 8 to the "
+                                                  "region's 16384 bytes, got 0"),
+    ("sequential", dict(pages=4, n=10, stride=12), "sequential: stride: expected a multiple of 8 from 8 to the "
+                                                   "region's 16384 bytes, got 12"),
+    ("sequential", dict(pages=4, n=10, stride=16392), "sequential: stride: expected a multiple of 8 from 8 to "
+                                                      "the region's 16384 bytes, got 16392"),
+    ("strided", dict(pages=100, n=1000, stride=0), "strided: stride: expected a multiple of 8 from 8 to the "
+                                                   "region's 409600 bytes, got 0"),
+    ("working_sets", dict(pages=100, n=10, phases=0), "working_sets: phases: expected an integer >= 1, got 0"),
+    ("working_sets", dict(pages=100, n=10, set_pages=0), "working_sets: set_pages: expected an integer >= 1, "
+                                                         "got 0"),
+    ("working_sets", dict(pages=100, n=10, keep=1.5), "working_sets: keep: expected a number in [0, 1], got 1.5"),
+    ("working_sets", dict(pages=100, n=10, set_pages=60), "working_sets: pages: expected room for each phase's "
+                                                          "new pages: at least set_pages + the pages not kept = 120 "
+                                                          "(phases=4, set_pages=60, keep=0.0), got 100"),
+    ("churn", dict(pages=0, n=10), "churn: pages: expected an integer >= 1, got 0"),
+    ("churn", dict(pages=10, n=10, rounds=0), "churn: rounds: expected an integer >= 1, got 0"),
+    ("churn", dict(pages=10, n=10, writes=7), "churn: writes: expected a number in [0, 1], got 7"),
+]
+
+
+@pytest.mark.parametrize("name, params, message", BAD_PARAMETERS)
+def test_every_generator_parameter_is_checked_when_it_is_made(name, params, message):
+    from fastmmu.workloads import GENERATORS
+
+    with pytest.raises(ValueError) as caught:
+        GENERATORS[name](**params)
+    assert str(caught.value) == message
+
+
+def test_parameters_on_their_bounds_are_accepted_and_made_plain_ints():
+    program = Zipf(pages=np.int64(1), n=1e3, alpha=1e-9, writes=1, seed=0, chunk=1 << 26)
+    assert (program.pages, program.n, program.writes) == (1, 1000, 1.0)
+    assert type(program.pages) is int and type(program.n) is int and type(program.writes) is float
+    assert Sequential(pages=1, n=1, stride=4096).stride == 4096          # the whole region
+    assert Uniform(pages=(1 << 44) - (DEFAULT_BASE >> 12), n=1).pages == (1 << 44) - (DEFAULT_BASE >> 12)
+
+
+def test_a_scan_of_a_huge_stride_has_no_overflow():
+    """offsets are (i * stride) mod the region, exactly, even where i * stride passes 2**64."""
+    pages, stride = 1 << 40, (1 << 52) - 8
+    program = Sequential(pages=pages, n=5000, stride=stride, chunk=3000, base=0)
+    addresses = np.concatenate([s.addresses for s in program.steps() if isinstance(s, Accesses)])
+    expected = [(i * stride) % (pages << 12) for i in range(5000)]
+    assert addresses.tolist() == expected
 
 
 def test_the_lowercase_helpers_build_the_generators():

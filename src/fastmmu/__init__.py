@@ -1,10 +1,30 @@
 """fastmmu: a fast simulator of x86-64 memory virtualization.
 
-Everything a user touches is importable from here.  The compiled core
-(``HostMemory``, ``TLB``, ``MMU``, the walkers) is loaded on first use, so
-that ``fastmmu info`` can still explain a broken or missing build instead of
-failing on import.  ``fastmmu.reference`` holds the pure-Python twin of every
-compiled structure.
+One workload runs under each way a hypervisor virtualizes memory (native,
+brute-force trap-and-emulate, shadow paging, nested paging/EPT), and fastmmu
+reports what each costs: TLB misses, page walks and their memory references,
+guest page faults, VM exits by reason, estimated cycles and the overhead
+versus native.
+
+Main entry points (everything here is importable from ``fastmmu``):
+
+- ``compare(scenario, modes="all")``: every mode on one workload, a ``Comparison``
+  (``.table()``, ``.to_json()``, ``.to_csv()``): what ``fastmmu compare`` prints;
+- ``Machine(host_memory=...)``, ``Machine.create_vm(memory, mode)``, ``VM.spawn``,
+  ``Machine.run()``: build and run machines by hand, a ``RunResult`` each run;
+- ``workloads``: generators (``zipf``, ``uniform``, ``sequential``, ``strided``,
+  ``working_sets``, ``churn``), ``TraceProgram``, ``Scenario``/``VMSpec``/``mix``;
+- ``traces``: ``traces.open(path)`` reads lackey, din, ChampSim and native
+  traces (gz/xz/zstd), ``traces.native.NativeWriter`` writes the native format;
+- ``Config`` (``.from_dict``, ``.with_overrides``): every setting, as ``--config`` and ``--set``;
+- ``explain(machine, vm, process, va)``: one translation, reference by reference;
+- the core on its own: ``HostMemory``, ``PageTable``, ``EptTable``, ``walk``,
+  ``walk_nested``, ``TLB``, ``MMU`` (batch translation, GIL released).
+
+The compiled core is loaded on first use, so that ``fastmmu info`` can still
+explain a broken or missing build instead of failing on import.
+``fastmmu.reference`` holds the pure-Python twin of every compiled structure
+(for the tests; never a fallback).
 """
 
 from __future__ import annotations
@@ -65,6 +85,11 @@ _LAZY = {
 _SUBPACKAGES = ("workloads", "traces", "hypervisor", "guest", "reference", "plots", "observers")
 
 
+def __dir__() -> list[str]:
+    """What ``dir(fastmmu)`` and ``help(fastmmu)`` list: the public API, loaded or not yet."""
+    return sorted(set(globals()) | set(__all__) | set(_SUBPACKAGES))
+
+
 def __getattr__(name: str) -> Any:
     if name in _SUBPACKAGES:
         return import_module(f"fastmmu.{name}")
@@ -81,5 +106,6 @@ __all__ = [
     "CostModel", "CpuState", "EptConfig", "EptTable", "ExitQual", "Explanation", "FrameKind", "GuestConfig",
     "HostMemory", "HypervisorConfig", "MMU", "Machine", "MemType", "MemoryExhausted", "PFErr", "PageTable",
     "Reference", "RunResult", "Status", "TLB", "TLBConfig", "VMEntryFailure", "VMTerminated", "Walk", "__version__",
-    "compare", "explain", "explain_in_scenario", "walk", "walk_ept", "walk_nested", "traces", "workloads",
+    "compare", "explain", "explain_in_scenario", "walk", "walk_ept", "walk_nested", "traces", "workloads", "hypervisor",
+    "guest", "plots", "observers",
 ]

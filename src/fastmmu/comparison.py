@@ -83,10 +83,24 @@ class Comparison:
         """Why a program stopped the comparison early (a malformed trace, say), or None."""
         return next((r.error for r in self.results.values() if r.error), None)
 
-    def terminations(self) -> list[str]:
-        """'mode: vm: reason' for every VM a mode had to stop."""
-        return [f"{mode}: {vm['name']}: {vm['terminated']}" for mode, r in self.results.items()
-                for vm in r.stats["vms"] if vm["terminated"]]
+    @property
+    def stopped(self) -> bool:
+        """Whether a mode stopped a process before its program ended (killed, or its VM stopped)."""
+        return any(r.stopped for r in self.results.values())
+
+    def notes(self) -> list[str]:
+        """The lines under the table: every process a mode stopped (where, why, at which access of
+        its program), and each overhead that is not over the whole run (``*``: over the common
+        prefix of the input; ``-``: left out).  Modes with the same note share its line."""
+        grouped: dict[str, list[str]] = {}
+        for mode, r in self.results.items():
+            for note in r.stop_notes():
+                grouped.setdefault(f"stopped: {{}}: {note}", []).append(mode)
+            if mode != "native" and r.overhead_basis not in ("whole run", "baseline"):
+                mark = "-" if r.overhead is None else "*"
+                grouped.setdefault(f"{mark} {{}}: vs native {r.overhead_basis.replace(mode, 'this mode')}",
+                                   []).append(mode)
+        return [line.format(", ".join(modes)) for line, modes in grouped.items()]
 
     def rows(self) -> list[dict[str, Any]]:
         return [r.summary() for r in self.results.values()]
@@ -102,7 +116,8 @@ class Comparison:
                           _count(row["walks"]), f"{row['refs_per_walk']:.1f}", _count(row["guest_page_faults"]),
                           _count(row["vm_exits"]), top, _count(round(row["cycles"])),
                           "baseline" if row["mode"] == "native" else
-                          ("-" if overhead is None else f"{overhead + 1:.2f}x")))
+                          ("-" if overhead is None else f"{overhead + 1:.2f}x"
+                           + ("*" if row["overhead_basis"] != "whole run" else ""))))
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         text = []
         for k, line in enumerate(lines):
@@ -110,11 +125,11 @@ class Comparison:
             text.append("  ".join(cells).rstrip())
             if k == 0:
                 text.append("  ".join("-" * w for w in widths))
-        return "\n".join(text)
+        return "\n".join(text + self.notes())
 
     def to_dict(self) -> dict[str, Any]:
         return {"partial": self.partial, "interrupted": self.interrupted, "error": self.error,
-                "terminations": self.terminations(),
+                "stopped": [{"mode": mode, **entry} for mode, r in self.results.items() for entry in r.stopped],
                 "scenario": self.scenario.to_dict(), "config": self.config.to_dict(),
                 "rows": self.rows(), "results": {m: r.to_dict() for m, r in self.results.items()}}
 

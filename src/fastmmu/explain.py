@@ -684,7 +684,7 @@ def _next_step(vm: VM, process: Process, t: Translation) -> str:
     if mode.name == "shadow":
         from fastmmu.hypervisor.guestwalk import software_walk
 
-        guest = software_walk(mode.peek_pte, lambda *_: None, mode.cpu_state(mode.cr3), t.va, t.access,
+        guest = software_walk(mode.peek_pte, lambda *_: None, mode.cpu_state(mode.cr3 or 0), t.va, t.access,
                               vm.machine.mem.maxphyaddr)
         if guest.status == Status.OK:
             return "hidden fault exit: the guest's own tables allow the access; the hypervisor walks them, " \

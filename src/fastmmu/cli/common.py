@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any, NoReturn
 
+# Exit statuses (the README's "Errors and exit statuses" lists them too; keep the two in step).
 EXIT_OK = 0
-EXIT_FAILURE = 1  # the run itself failed (e.g. the compiled core does not load)
-EXIT_USAGE = 2  # the user's input was wrong
+EXIT_FAILURE = 1  # the run itself failed (the compiled core does not load; a traced program failed)
+EXIT_USAGE = 2  # the user's input was wrong: one line on stderr; part way through a run, what ran is kept
+EXIT_PARTIAL = 3  # the run finished but part of its input did not run (a process killed, a VM stopped):
+                  # the results are printed and written, marked partial
 EXIT_INTERRUPTED = 130  # Ctrl-C: what was done is written, marked partial
 
 
@@ -18,11 +20,11 @@ class UserError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors read ``fastmmu: error: ...`` in every sub-command."""
+    """An ArgumentParser whose errors are one line, ``fastmmu: error: ...``, in every sub-command
+    (the usage is one ``--help`` away, and the line says so)."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"fastmmu: error: {message}\n")
+        self.exit(EXIT_USAGE, f"fastmmu: error: {message} (see '{self.prog} --help')\n")
 
 
 def size_arg(text: str) -> int:
@@ -44,6 +46,16 @@ def add_command(subparsers: Any, name: str, summary: str, example: str) -> argpa
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def check_output_file(path: str, option: str) -> None:
+    """Before any work: ``path`` (given as ``option``) can be written as a file."""
+    from fastmmu.traces.output import OutputError, check_output_path
+
+    try:
+        check_output_path(path, option)
+    except OutputError as exc:
+        raise UserError(str(exc)) from None
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
@@ -94,7 +106,7 @@ def read_config_file(path: str) -> dict[str, Any]:
             data = json.loads(raw)
         else:
             data = tomllib.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError say where
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError and TOMLDecodeError say where
         raise UserError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a table of settings at the top level")

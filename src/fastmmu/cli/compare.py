@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from typing import Any
 from fastmmu.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PARTIAL,
     EXIT_USAGE,
     UserError,
     add_command,
@@ -114,16 +116,19 @@ class _Watch:
         for traces in self.traces:
             traces.on_machine(machine)
 
-    def close(self) -> None:
+    def close(self, *, partial: bool) -> list[Any]:
+        """Finish every trace file (the last one's end record flagged ``partial`` if its run was cut
+        short); the paths written."""
         self.bar.close()
         for traces in self.traces:
-            traces.close()
+            traces.close(partial=partial)
+        return [path for traces in self.traces for path in traces.paths]
 
 
 def _simulate(args: argparse.Namespace, modes: list[str] | str,
-              run: Callable[[Any, list[str], Any, _Watch], Any]) -> tuple[Any, Any, Any, float]:
+              run: Callable[[Any, list[str], Any, _Watch], Any]) -> tuple[Any, Any, Any, float, list[Any]]:
     """Check everything, then ``run(scenario, modes, config, watch)``: (config, scenario, its outcome,
-    when it started)."""
+    when it started, the trace files written)."""
     from fastmmu.settings import ConfigError
     from fastmmu.traces.base import TraceError
 
@@ -132,13 +137,15 @@ def _simulate(args: argparse.Namespace, modes: list[str] | str,
     if not args.json:
         print(f"workload: {scenario.description}", flush=True)
     started = time.perf_counter()
+    cut_short = True   # until the run returns: an exception leaves the trace files flagged partial
     try:
         outcome = run(scenario, chosen, config, watch)
+        cut_short = bool(outcome.interrupted or outcome.error)
     except (ConfigError, TraceError) as exc:
         raise UserError(str(exc)) from None
     finally:
-        watch.close()
-    return config, scenario, outcome, started
+        traces = watch.close(partial=cut_short)
+    return config, scenario, outcome, started, traces
 
 
 def _run_compare(args: argparse.Namespace) -> int:
@@ -148,17 +155,18 @@ def _run_compare(args: argparse.Namespace) -> int:
         return compare(scenario, modes, config, max_accesses=args.max_accesses, on_batch=watch.on_batch,
                        on_mode=watch.start_mode, timeline_every=watch.timeline_every, on_machine=watch.on_machine)
 
-    config, scenario, comparison, started = _simulate(args, args.modes, run)
+    config, scenario, comparison, started, traces = _simulate(args, args.modes, run)
+    written = []
     if args.output:
-        write_results(args.output, comparison.to_dict(), comparison.to_csv(), resolved_config(config, scenario),
-                      comparison, args.plot)
+        written = write_results(args.output, comparison.to_dict(), comparison.to_csv(),
+                                resolved_config(config, scenario), comparison, args.plot) + traces
     if args.json:
         print(comparison.to_json())
     else:
         print()
         print(comparison.table())
-        _report_end(comparison.terminations(), comparison.partial, comparison.interrupted, args.output, started)
-    return _status(comparison.interrupted, comparison.error)
+        _report_end(comparison.partial, comparison.interrupted, written, started)
+    return _status(comparison.interrupted, comparison.error, comparison.stopped)
 
 
 def _run_one(args: argparse.Namespace) -> int:
@@ -171,26 +179,29 @@ def _run_one(args: argparse.Namespace) -> int:
         return run_mode(scenario, mode, config, max_accesses=args.max_accesses, on_batch=watch.on_batch,
                         timeline_every=watch.timeline_every, on_machine=watch.on_machine)
 
-    config, scenario, result, started = _simulate(args, mode, run)
+    config, scenario, result, started, traces = _simulate(args, mode, run)
     data = {"partial": result.partial, "interrupted": result.interrupted, "error": result.error,
-            "scenario": scenario.to_dict(), "config": config.to_dict(), "result": result.to_dict()}
+            "stopped": result.stopped, "scenario": scenario.to_dict(), "config": config.to_dict(),
+            "result": result.to_dict()}
+    written = []
     if args.output:
-        write_results(args.output, data, results_csv([result]), resolved_config(config, scenario))
+        written = write_results(args.output, data, results_csv([result]), resolved_config(config, scenario)) + traces
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         print()
         print(run_report(result))
-        stopped = [f"{mode}: {vm['name']}: {vm['terminated']}" for vm in result.stats["vms"] if vm["terminated"]]
-        _report_end(stopped, result.partial, result.interrupted, args.output, started)
-    return _status(result.interrupted, result.error)
+        for note in result.stop_notes():
+            print(f"stopped: {note}")
+        _report_end(result.partial, result.interrupted, written, started)
+    return _status(result.interrupted, result.error, bool(result.stopped))
 
 
 def run_report(result: Any) -> str:
     """Everything one run cost, readable: the summary, then counts, exits and cycles by cause."""
     s, tlb, guest, hv = result.stats, result.stats["tlb"], result.stats["guest"], result.stats["hypervisor"]
     lines = [f"mode {result.mode}: {s['accesses']:,} accesses in {result.seconds:.1f} s",
-             f"  TLB        L1 hits {tlb['l1_hits']:,}, L2 hits {tlb['l2_hits']:,}, walks {tlb['walks']:,} "
+             f"  TLB        L1 hits {tlb['l1_hits']:,}, STLB hits {tlb['l2_hits']:,}, walks {tlb['walks']:,} "
              f"(miss rate {tlb['miss_rate']:.2%}, {tlb['references_per_walk']:.1f} references per walk)",
              f"  guest      page faults {guest['page_faults']:,}, page-table reads {guest['pt_reads']:,}, "
              f"writes {guest['pt_writes']:,}, context switches {guest['context_switches']:,}"]
@@ -207,21 +218,29 @@ def run_report(result: Any) -> str:
     return "\n".join(lines)
 
 
-def _report_end(stopped: list[str], partial: bool, interrupted: bool, output: str | None, started: float) -> None:
-    for line in stopped:
-        print(f"stopped: {line}")
+def _report_end(partial: bool, interrupted: bool, written: list[Any], started: float) -> None:
     if partial:
         print("partial: not every process ran to its end" + (" (interrupted)" if interrupted else ""))
-    if output:
-        print(f"results written to {output}/ (results.json, results.csv, config.json)")
+    if written:
+        folders = sorted({os.path.dirname(os.path.abspath(p)) for p in written})
+        print(f"results written to {', '.join(f + os.sep for f in folders)} "
+              f"({', '.join(os.path.basename(p) for p in written)})")
     print(f"cycles are estimates from the cost model (costs.*); took {time.perf_counter() - started:.1f} s",
           file=sys.stdout)
 
 
-def _status(interrupted: bool, error: str | None) -> int:
-    """130 after Ctrl-C; 2, with the error on stderr, when a program's input stopped the run (the
-    results so far are printed and written, marked partial); else 0."""
+def _status(interrupted: bool, error: str | None, stopped: bool) -> int:
+    """The exit status of a run that produced results (common.py lists them all): 130 after Ctrl-C;
+    2, with the error on stderr, when a program's input stopped the run; 3 when processes were
+    stopped before their program ended (the run finished, part of its input never ran); else 0.
+    The results so far are printed and written, marked partial, in every case."""
+    if interrupted:
+        return EXIT_INTERRUPTED
     if error:
         print(f"fastmmu: error: {error} (the results above stop there, marked partial)", file=sys.stderr)
         return EXIT_USAGE
-    return EXIT_INTERRUPTED if interrupted else EXIT_OK
+    if stopped:
+        print("fastmmu: partial: processes were stopped before their program ended (see 'stopped:' above)",
+              file=sys.stderr)
+        return EXIT_PARTIAL
+    return EXIT_OK

@@ -61,9 +61,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     print()
     print(f"one trace of {run['accesses']:,} Zipf-distributed accesses over {format_size(run['working_set'])} "
           f"of VM 1's memory, Skylake TLBs:")
-    print(f"{'mode':<8} {'L1 hit':>8} {'L2 hit':>8} {'walks':>10} {'refs/walk':>10} {'M accesses/s':>13}")
+    print(f"{'mode':<8} {'L1 hit':>8} {'STLB hit':>8} {'walks':>10} {'refs/walk':>10} {'M accesses/s':>13}")
     for mode in run["modes"]:
-        print(f"{mode['mode']:<8} {mode['l1_hit']:>8.2%} {mode['l2_hit']:>8.2%} {mode['walks']:>10,} "
+        print(f"{mode['mode']:<8} {mode['l1_hit']:>8.2%} {mode['stlb_hit']:>8.2%} {mode['walks']:>10,} "
               f"{mode['refs_per_walk']:>10.2f} {mode['maccesses_per_s']:>13.1f}")
     print("both modes reached the same host address for every access")
     print(f"took {result['seconds']:.2f} s")
@@ -207,7 +207,7 @@ def translation_demo(mem: Any, guest_frames: Any, *, accesses: int, seed: int) -
         modes.append({
             "mode": name,
             "l1_hit": l1["hits"] / accesses,
-            "l2_hit": l2["hits"] / max(1, l2["hits"] + l2["misses"]),
+            "stlb_hit": l2["hits"] / max(1, l2["hits"] + l2["misses"]),
             "walks": c["walks"],
             "refs_per_walk": c["walk_references"] / max(1, c["walks"]),
             "maccesses_per_s": accesses / seconds / 1e6,

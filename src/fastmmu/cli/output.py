@@ -17,18 +17,23 @@ from typing import Any
 
 from fastmmu.cli.common import UserError
 
+# The file suffix of each format --host-trace and --pte-trace write (traces/writers.py's FORMATS).
+TRACE_SUFFIX = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
+
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
+    from fastmmu.traces.writers import FORMATS as HOST_TRACE_FORMATS
+
     g = p.add_argument_group("output")
     g.add_argument("--json", action="store_true", help="print the full results as JSON instead of a table")
     g.add_argument("-o", "--output", metavar="DIR",
                    help="write results.json, results.csv and the resolved config.json into DIR")
     g.add_argument("--plot", action="store_true",
                    help="with -o: also write PNG charts (needs the plot extra: pip install 'fastmmu[plot]')")
-    g.add_argument("--host-trace", choices=("native", "ramulator", "dramsim3"), default=None,
+    g.add_argument("--host-trace", choices=HOST_TRACE_FORMATS, default=None,
                    help="with -o: also write each mode's host-physical address trace (host-<mode>.fmt, "
                         ".ramulator.txt or .dramsim3.txt) for DRAM and cache simulators")
-    g.add_argument("--pte-trace", choices=("native", "ramulator", "dramsim3"), default=None,
+    g.add_argument("--pte-trace", choices=HOST_TRACE_FORMATS, default=None,
                    help="with -o: also write each mode's PTE-access trace (pte-<mode>...): the host-physical "
                         "address of every page-table entry its walks read")
     g.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -78,13 +83,13 @@ def write_results(directory: str, results: dict[str, Any], csv_text: str, config
 
 
 def _write(path: Path, text: str) -> Path:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
+    from fastmmu.traces.output import open_output
+
+    with open_output(path) as out:   # whole or not at all: a temporary name, renamed when written
+        out.write(text.encode("utf-8"))
     return path
 
 
-TRACE_SUFFIX = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
 
 
 class ModeTraces:
@@ -97,12 +102,16 @@ class ModeTraces:
         self.paths: list[Path] = []
 
     def start_mode(self, mode: str, index: int) -> None:
+        from fastmmu.traces.output import OutputError
         from fastmmu.traces.writers import HostTraceWriter, PteTraceWriter
 
-        self.close()
+        self.close(partial=False)   # the mode before ran to its end (compare stops after a cut-short one)
         path = self.directory / f"{self.content}-{mode}{TRACE_SUFFIX[self.format]}"
         writer = PteTraceWriter if self.content == "pte" else HostTraceWriter
-        self.writer = writer(path, self.format, metadata={"mode": mode})
+        try:
+            self.writer = writer(path, self.format, metadata={"mode": mode})
+        except OutputError as exc:
+            raise UserError(str(exc)) from None
         self.paths.append(path)
 
     def on_machine(self, machine: Any) -> None:
@@ -113,7 +122,7 @@ class ModeTraces:
         if self.writer is not None:
             self.writer.on_batch(*args)
 
-    def close(self) -> None:
+    def close(self, *, partial: bool) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            writer.close(partial=partial)

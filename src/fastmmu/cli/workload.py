@@ -13,19 +13,20 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from fastmmu.cli.common import UserError, size_arg
 
 
 def add_workload_options(p: argparse.ArgumentParser) -> None:
+    from fastmmu.traces.source import formats_help
+
     g = p.add_argument_group("workload (default: the built-in scenario)")
     g.add_argument("--trace", action="append", default=[], metavar="FILE[@VM]",
                    help="replay a trace (lackey, din, ChampSim or native; gz/xz/zstd): one process per "
                         "trace (repeatable)")
     g.add_argument("--format", default=None, metavar="NAME",
-                   help="the traces' format, instead of detecting it: lackey, din, champsim, "
-                        "champsim-cloudsuite, native")
+                   help=f"the traces' format, instead of detecting it: {formats_help()}")
     g.add_argument("--stream", default=None, metavar="vmV/pidP",
                    help="replay only this stream of a multi-process native trace")
     g.add_argument("--skip-bad", action="store_true",
@@ -48,15 +49,17 @@ def load_scenario(args: argparse.Namespace, workload: dict[str, Any] | None) -> 
     from fastmmu.traces.base import TraceError
     from fastmmu.workloads.scenario import default_scenario, scenario_from_dict
 
-    if args.scale <= 0:
+    if not args.scale > 0 or args.scale == float("inf"):
         raise UserError(f"--scale: expected a positive number, got {args.scale}")
+    if args.seed < 0:
+        raise UserError(f"--seed: expected a non-negative number, got {args.seed}")
     if args.limit is not None and args.limit < 0:
         raise UserError(f"--limit: expected a non-negative number, got {args.limit}")
     try:
         if args.trace or args.workload:
             return _from_options(args)
-        if workload is not None:
-            return scenario_from_dict(workload)
+        if workload is not None:   # from --config FILE: its trace paths are relative to FILE's directory
+            return scenario_from_dict(workload, base=os.path.dirname(os.path.abspath(args.config)))
     except (ConfigError, TraceError) as exc:
         raise UserError(str(exc)) from None
     return default_scenario(scale=args.scale, seed=args.seed)
@@ -77,9 +80,8 @@ def _from_options(args: argparse.Namespace) -> Any:
     described = []
     for item in args.trace:
         path, vm_name = _target(item)
-        program = program_from_spec({"trace": path, "format": args.format, "stream": args.stream,
-                                     "skip_bad": args.skip_bad, "limit": args.limit}, "--trace")
-        assert isinstance(program, TraceProgram)
+        program = cast(TraceProgram, program_from_spec({"trace": path, "format": args.format, "stream": args.stream,
+                                                        "skip_bad": args.skip_bad, "limit": args.limit}, "--trace"))
         name = os.path.basename(path)
         streams = None
         if args.stream is None and (program.format or program.open().format) == "native":
@@ -93,8 +95,8 @@ def _from_options(args: argparse.Namespace) -> Any:
         described.append(name)
     for item in args.workload:
         text, vm_name = _target(item)
-        program = program_from_spec(parse_workload(text), "--workload")
-        vm(vm_name or "vm0").processes.append(ProcessSpec(text.split(":")[0], program))
+        generated = program_from_spec(parse_workload(text), "--workload")
+        vm(vm_name or "vm0").processes.append(ProcessSpec(text.split(":")[0], generated))
         described.append(text)
     return Scenario(list(vms.values()), description=", ".join(described))
 
@@ -104,4 +106,6 @@ def _target(item: str) -> tuple[str, str]:
     if "@" not in item or os.path.exists(item):
         return item, ""
     what, _, vm_name = item.rpartition("@")
+    if not vm_name.strip():
+        raise UserError(f"{item}: expected a VM name after '@' (e.g. {what}@vm1)")
     return what, vm_name

@@ -65,7 +65,8 @@ class VmEpt(EptTable):
                 self.map_frame(base)
                 continue
             table = self._table_at(base << 12, 1, create=True, table_flags=int(EPT.RWX))
-            assert table is not None
+            if table is None:  # with create=True it is made or an error is raised
+                raise RuntimeError(f"simulator bug: no EPT table for guest frame {base:#x}")
             if first is not None:  # contiguous: one run of entries
                 self.mem.write_run(table, count, first << 12 | _LEAF, 4096)
             else:

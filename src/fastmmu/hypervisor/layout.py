@@ -102,7 +102,8 @@ class VMMemory:
 
     def planned(self, gfn: int) -> int:
         """The host frame ``gfn`` has or will have (partitioned VMs), without backing it."""
-        assert self.base is not None
+        if self.base is None:
+            raise ValueError("planned: an overcommitted VM's frames are not planned; they are taken at first use")
         if self._perm is not None:
             return self.base + int(self._perm[gfn])
         return self.base + gfn
@@ -112,8 +113,7 @@ class VMMemory:
         if self._direct and 0 <= gfn < self.frames:  # the common case, first: contiguous and eager
             return self._base + gfn
         self.check(gfn)
-        if self._overcommit is not None:
-            assert self._backed is not None
+        if self._overcommit is not None and self._backed is not None:
             if self._backed[gfn]:  # frame 0 is a frame too: the flag, not the value, says backed
                 return int(self._overcommit[gfn])
             try:
@@ -132,6 +132,22 @@ class VMMemory:
             self.backed_frames += 1
         return frame
 
+    def hfns(self, gfn: int, count: int) -> np.ndarray:
+        """The host frames of guest frames [gfn, gfn + count), backing them now if they are not yet."""
+        self.check(gfn)
+        self.check(gfn + count - 1)
+        if self._overcommit is not None:
+            return np.array([self.hfn(g) for g in range(gfn, gfn + count)], dtype=np.uint64)
+        gfns = np.arange(gfn, gfn + count, dtype=np.uint64)
+        frames = np.uint64(self._base) + (self._perm[gfns].astype(np.uint64) if self._perm is not None else gfns)
+        if self._backed is not None:
+            todo = np.flatnonzero(~self._backed[gfn:gfn + count])
+            if len(todo):
+                self.mem.alloc_at(frames[todo], owner=self.owner, kind=FrameKind.DATA)  # type: ignore[attr-defined]
+                self._backed[gfn + todo] = True
+                self.backed_frames += len(todo)
+        return frames
+
     def is_backed(self, gfn: int) -> bool:
         return 0 <= gfn < self.frames and (self._backed is None or bool(self._backed[gfn]))
 
@@ -139,8 +155,7 @@ class VMMemory:
         """The guest frame a host frame backs, or None if it is not this VM's."""
         if self._overcommit is not None:
             return self._reverse.get(hfn)
-        assert self.base is not None
-        offset = hfn - self.base
+        offset = hfn - self._base
         if not 0 <= offset < self.frames:
             return None
         return int(self._inverse[offset]) if self._inverse is not None else offset
@@ -165,15 +180,13 @@ class VMMemory:
 
     def host_frames(self) -> np.ndarray:
         """Every host frame this VM holds now."""
-        if self._overcommit is not None:
-            assert self._backed is not None
+        if self._overcommit is not None and self._backed is not None:
             return self._overcommit[self._backed]
-        assert self.base is not None
         gfns = np.arange(self.frames, dtype=np.uint64) if self._backed is None else \
             np.flatnonzero(self._backed).astype(np.uint64)
         if self._perm is not None:
-            return np.uint64(self.base) + self._perm[gfns].astype(np.uint64)
-        return np.uint64(self.base) + gfns
+            return np.uint64(self._base) + self._perm[gfns].astype(np.uint64)
+        return np.uint64(self._base) + gfns
 
     def release(self) -> None:
         """Give every backed frame back to the host."""

@@ -27,6 +27,7 @@ from fastmmu.hypervisor.costs import EXIT_REASONS, CostModel
 from fastmmu.hypervisor.layout import HostExhausted, Partitions, VMMemory
 from fastmmu.hypervisor.modes import MODES, Mode, Outcome
 from fastmmu.hypervisor.result import RunResult
+from fastmmu.observers import chain
 from fastmmu.settings import ConfigError, check_size, from_dict
 from fastmmu.tlbconfig import TLBConfig
 from fastmmu.units import format_size
@@ -182,13 +183,14 @@ class Machine:
         check_mode(mode)
         config = VMConfig(memory=check_size(memory, "vm.memory"), backing=backing, allocation=allocation,
                           seed=seed, name=name)
+        taken = {vm.name for vm in self.vms.values()}
+        if (name or f"vm{self._next_id}") in taken:
+            raise ConfigError(f"vm.name: this machine already has a VM named {name or f'vm{self._next_id}'!r} "
+                              "(VM names are unique: results and traces name VMs by them)")
         guest_config = from_dict(GuestConfig, guest, "guest") if guest is not None else self.guest_defaults
         if guest_config.reserved >= config.memory:
             raise ConfigError(f"guest.reserved: {format_size(guest_config.reserved)} is not less than the VM's "
                               f"memory ({format_size(config.memory)})")
-        if mode in ("native", "brute_force") and guest_config.huge_pages and backing == "scattered":
-            raise ConfigError(f"guest.huge_pages: {mode} mode maps guest 2 MiB pages with host 2 MiB pages, "
-                              "which needs vm.backing=contiguous")
         frames = config.memory >> 12
         vm_id = self._next_id
         if self.hypervisor.overcommit:
@@ -275,6 +277,15 @@ class Machine:
         chosen = list(self.vms.values()) if vms is None else list(vms)
         self.mmu.reset_counters()
         before = {vm.id: (Counter(vm.exits), dict(vm.guest.stats)) for vm in chosen}
+        running = {vm.id: (vm.terminated, [p for p in vm.guest.processes.values() if p.alive and not p.done])
+                   for vm in chosen}
+        # accesses each process completed (over every run of this machine): where a stopped one stopped
+        done_by: Counter[tuple[int, int]] = self.__dict__.setdefault("process_accesses", Counter())
+
+        def count(vm: VM, process: Process, addresses: Any, kinds: Any, out: Any, start: int, stop: int) -> None:
+            done_by[vm.id, process.pid] += stop - start
+
+        hook = chain(count, on_batch)
         started = time.perf_counter()
         self._done = 0  # accesses completed: counted as they complete, so an interruption loses none
         partial, interrupted, error = False, False, None
@@ -289,13 +300,15 @@ class Machine:
                                                                             limit - self._done)
                     if budget <= 0:
                         break
-                    self._run_slice(vm, budget, on_batch)
+                    self._run_slice(vm, budget, hook)
             partial = limit >= 0 and any(vm.alive and vm.guest.runnable() for vm in chosen)
         except KeyboardInterrupt:
             partial = interrupted = True
         except ProgramError as exc:  # e.g. a malformed trace: keep what was done, say why it stopped
             partial, error = True, str(exc)
-        result = self._result(chosen, before, self._done, partial, time.perf_counter() - started)
+        stopped = _stopped(chosen, running, done_by)
+        result = self._result(chosen, before, self._done, partial or bool(stopped), time.perf_counter() - started,
+                              stopped)
         return replace(result, interrupted=interrupted, error=error) if interrupted or error else result
 
     def _run_slice(self, vm: VM, budget: int, on_batch: BatchHook | None) -> int:
@@ -367,7 +380,7 @@ class Machine:
     # -- results -----------------------------------------------------------------------
 
     def _result(self, vms: list[VM], before: dict[int, Any], accesses: int, partial: bool,
-                seconds: float) -> RunResult:
+                seconds: float, stopped: list[dict[str, Any]] | None = None) -> RunResult:
         counters = self.mmu.counters()
         tlb = {
             "lookups": counters["accesses"],
@@ -417,7 +430,37 @@ class Machine:
         breakdown = self.costs.estimate(stats)
         modes = sorted({vm.mode.name for vm in vms})
         return RunResult(mode=modes[0] if len(modes) == 1 else "+".join(modes), stats=stats,
-                         cycles=breakdown["total"], breakdown=breakdown, partial=partial, seconds=seconds)
+                         cycles=breakdown["total"], breakdown=breakdown, partial=partial, seconds=seconds,
+                         stopped=stopped or [])
+
+
+def _stopped(vms: list[VM], running: dict[int, tuple[str | None, list[Process]]],
+             done_by: Counter[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Every process that was running when the run began and was stopped during it before its
+    program ended: killed by its guest kernel (#GP, segfault, out of memory), or in a VM the
+    hypervisor stopped; and a VM stopped with no such process.  ``accesses``: how many of its
+    program's accesses completed, so the one it stopped at is number ``accesses + 1``."""
+    out: list[dict[str, Any]] = []
+    for vm in vms:
+        was_terminated, processes = running[vm.id]
+        vm_stopped = vm.terminated is not None and was_terminated is None
+        entries = []
+        for process in processes:
+            if process.done:
+                continue
+            if not process.alive:
+                reason = process.exit_reason
+            elif vm_stopped:
+                reason = f"its VM was stopped: {vm.terminated}"
+            else:
+                continue   # still running: a run cut short (max_accesses, Ctrl-C) says so itself
+            entries.append({"vm": vm.name, "process": process.name, "pid": process.pid, "reason": reason,
+                            "accesses": done_by[vm.id, process.pid]})
+        if vm_stopped and not entries:
+            entries.append({"vm": vm.name, "process": None, "pid": None, "reason": vm.terminated,
+                            "accesses": None})
+        out += entries
+    return out
 
 
 def process_kinds(process: Process, batch: Accesses) -> np.ndarray:
@@ -425,5 +468,4 @@ def process_kinds(process: Process, batch: Accesses) -> np.ndarray:
     if process.kinds_of is not batch:
         process.kinds_of, process.kinds = batch, user_kinds(batch.kinds)
         process.kinds.flags.writeable = False  # validated once by the MMU, not again at every resume
-    assert process.kinds is not None
-    return process.kinds
+    return process.kinds  # type: ignore[return-value]

@@ -20,9 +20,10 @@ from fastmmu.traces.base import (
     TraceStats,
     UnmapRegion,
 )
-from fastmmu.traces.source import FORMATS, Trace, open
+from fastmmu.traces.source import FORMATS, TRACE_FORMATS, Trace, TraceFormat, format_name, open
 
 __all__ = [
     "CHUNK_RECORDS", "FORMATS", "NATIVE_MAGIC", "Event", "Invlpg", "MapRegion", "ReadOptions", "SwitchCr3",
-    "SwitchProcess", "SwitchVM", "Trace", "TraceChunk", "TraceError", "TraceStats", "UnmapRegion", "open",
+    "SwitchProcess", "SwitchVM", "TRACE_FORMATS", "Trace", "TraceChunk", "TraceError", "TraceFormat", "TraceStats",
+    "UnmapRegion", "format_name", "open",
 ]

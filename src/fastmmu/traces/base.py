@@ -44,6 +44,23 @@ class TraceError(ProgramError, ValueError):
         super().__init__(where + detail)
 
 
+class StreamError(TraceError):
+    """The data under a reader failed part way (corrupt or truncated compressed data, a read error).
+
+    ``fill`` records in ``bytes_before`` what it had read of its block before the failure; the
+    reader delivers the whole records among them, then raises ``at(records)``: the same error
+    saying how many records were read in all."""
+
+    def __init__(self, path: str, what: str, detail: str, records: int | None = None) -> None:
+        self.what, self.detail, self.records = what, detail, records
+        self.bytes_before = 0
+        where = "at its start" if records is None else f"after {records:,} records"
+        super().__init__(path, f"{what} {where} ({detail}); every record before it was read")
+
+    def at(self, records: int) -> StreamError:
+        return StreamError(self.path, self.what, self.detail, records)
+
+
 # -- guest-OS events (the native format carries them; text formats have none) ----------
 
 @dataclass(frozen=True)
@@ -110,6 +127,8 @@ class TraceStats:
     bad_records: int = 0
     bytes_read: int = 0    # of the file as stored (compressed bytes for a compressed file)
     bytes_total: int = 0   # its size; 0 when unknown (a pipe)
+    ended: bool = False    # a native trace's end record was read (version 2)
+    writer_partial: bool = False  # ... and it says its writer stopped before its input ended
 
 
 @dataclass
@@ -118,6 +137,9 @@ class ReadOptions:
     skip_bad: bool = False
     chunk_records: int = CHUNK_RECORDS
     stats: TraceStats = field(default_factory=TraceStats)
+    # a record whose address is not a sign-extended value of this many bits is bad (text and
+    # ChampSim readers; 57 for a conversion to the native format); None: any 64-bit address
+    address_bits: int | None = None
 
 
 class FormatReader(Protocol):
@@ -127,17 +149,22 @@ class FormatReader(Protocol):
 
 
 def fill(stream: BinaryIO, view: memoryview) -> int:
-    """Read into ``view`` until it is full or the stream ends; how many bytes came."""
+    """Read into ``view`` until it is full or the stream ends; how many bytes came.  A
+    ``StreamError`` says in ``bytes_before`` how many bytes of ``view`` came before it."""
     got = 0
     readinto = getattr(stream, "readinto", None)
-    while got < len(view):
-        if readinto is not None:
-            n = readinto(view[got:])
-        else:
-            data = stream.read(len(view) - got)
-            n = len(data)
-            view[got:got + n] = data
-        if not n:
-            break
-        got += n
+    try:
+        while got < len(view):
+            if readinto is not None:
+                n = readinto(view[got:])
+            else:
+                data = stream.read(len(view) - got)
+                n = len(data)
+                view[got:got + n] = data
+            if not n:
+                break
+            got += n
+    except StreamError as error:
+        error.bytes_before = got
+        raise
     return got

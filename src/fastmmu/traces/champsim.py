@@ -39,8 +39,8 @@ from typing import BinaryIO
 import numpy as np
 
 from fastmmu.arch import Access
-from fastmmu.traces.base import ReadOptions, TraceChunk, TraceError, fill
-from fastmmu.traces.text import BLOCK_BYTES
+from fastmmu.traces.base import ReadOptions, StreamError, TraceChunk, TraceError, fill
+from fastmmu.traces.text import BLOCK_BYTES, fits_signed
 
 STANDARD = np.dtype({
     "names": ["ip", "is_branch", "branch_taken", "destination_registers", "source_registers",
@@ -84,7 +84,11 @@ def read_records(stream: BinaryIO, options: ReadOptions, layout: np.dtype) -> It
     view = block.data
     offset = 0     # of block[0] in the (decompressed) file
     while True:
-        got = fill(stream, view)
+        broken = None
+        try:
+            got = fill(stream, view)
+        except StreamError as error:   # the data fails from here: the whole records before it are read first
+            broken, got = error, error.bytes_before
         whole = got // size
         if whole:
             instructions = block[: whole * size].view(layout)
@@ -96,10 +100,27 @@ def read_records(stream: BinaryIO, options: ReadOptions, layout: np.dtype) -> It
             present[:, 0] = True          # the fetch is there even at ip 0
             addresses = matrix[present]   # row-major: each instruction's records stay in order
             kinds = np.broadcast_to(column_kinds, matrix.shape)[present]
+            failure = None
+            if options.address_bits is not None:
+                wide = ~fits_signed(addresses, options.address_bits)
+                if wide.any() and options.skip_bad:
+                    options.stats.bad_records += int(wide.sum())
+                    addresses, kinds = addresses[~wide], kinds[~wide]
+                elif wide.any():
+                    first = int(np.argmax(wide))
+                    row = int(np.nonzero(present)[0][first])
+                    failure = TraceError(options.path, f"address {int(addresses[first]):#x} does not fit in "
+                                         f"{options.address_bits} bits (the native format holds canonical "
+                                         "addresses of 5-level paging)", offset=offset + row * size)
+                    addresses, kinds = addresses[:first], kinds[:first]
             options.stats.records += len(addresses)
             for start in range(0, len(addresses), options.chunk_records):
                 end = start + options.chunk_records
                 yield TraceChunk(addresses[start:end], kinds[start:end])
+            if failure is not None:
+                raise failure
+        if broken is not None:
+            raise broken.at(options.stats.records)
         if got < len(view):
             if got % size:
                 tail = offset + whole * size

@@ -9,14 +9,16 @@ enough that a C, Rust or Python tool writes it with a dozen lines
 
 Layout (all integers little-endian):
 
-- header: ``NATIVE_MAGIC`` (8 bytes), version (u32, 1), metadata length N
+- header: ``NATIVE_MAGIC`` (8 bytes), version (u32, 2), metadata length N
   (u32), N bytes of UTF-8 JSON (an object), zero bytes up to a multiple of 8;
 - then 64-bit words.  Bit 63 clear: an access; bits 0-56 are the virtual
   address as a 57-bit two's-complement value (bit 56 is sign-extended, so
   both halves of the LA57 and 4-level canonical spaces fit), bits 57-58 the
   kind (READ 0, WRITE 1, FETCH 2; 3 is reserved), bits 59-62 are reserved (0).
   Bit 63 set: an event; bits 56-62 its type, bits 54-55 how many operand
-  words follow it (raw 64-bit values), bits 0-53 an inline argument.
+  words follow it (raw 64-bit values), bits 0-53 an inline argument;
+- last, the end record (version 2): the writer closed the file, and says how
+  many accesses and events it wrote.
 
 =====  ==============  ========  ===========================  =================
 type   event           operands  inline argument              operand words
@@ -27,20 +29,32 @@ type   event           operands  inline argument              operand words
 4      MapRegion       2         flags: 1 W, 2 X, 4 huge      base, length
 5      UnmapRegion     2         0                            base, length
 6      Invlpg          1         0                            va
+7      end (v2)        2         flags: 1 partial             accesses, events
 =====  ==============  ========  ===========================  =================
 
 Any other type is reserved.  Because an event word says how many operand
 words follow, a reader can step over an event it cannot decode, which is how
 ``skip_bad`` resynchronises.
 
+The end record is what tells a whole file from one whose writer was killed:
+a version-2 file without it is truncated (a ``TraceError`` naming the file
+and the records read, after every record before it has been delivered).
+Its partial flag says the writer stopped before its own input ended (Ctrl-C
+during ``trace convert``): the file is whole, its source was not.  Version-1
+files (written before the end record existed) are read as before: without
+an end record, a truncated one cannot be told from a whole one.
+
 Errors.  Always fatal, even with ``skip_bad``: an empty file, a wrong magic,
 an unsupported version, a truncated or unreadable header (metadata that is
-not a UTF-8 JSON object, padding that is not zero).  Skipped and counted as
-bad records under ``skip_bad`` (else fatal): an access word with reserved
-bits set or kind 3; an event word of an unknown type, with the wrong operand
-count for its type, or with reserved argument bits set (the event and its
-declared operand words are skipped); a truncated last record (a partial word,
-or an event whose operand words are missing at the end of the file).
+not a UTF-8 JSON object, padding that is not zero), data after the end
+record.  Skipped and counted as bad records under ``skip_bad`` (else fatal):
+an access word with reserved bits set or kind 3; an event word of an unknown
+type, with the wrong operand count for its type, or with reserved argument
+bits set (the event and its declared operand words are skipped); a truncated
+last record (a partial word, or an event whose operand words are missing at
+the end of the file); a missing end record (version 2), and an end record
+whose counts differ from the records read.  Every record before a fatal one
+is delivered first.
 """
 
 from __future__ import annotations
@@ -50,7 +64,7 @@ import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 
@@ -60,6 +74,7 @@ from fastmmu.traces.base import (
     Invlpg,
     MapRegion,
     ReadOptions,
+    StreamError,
     SwitchCr3,
     SwitchProcess,
     SwitchVM,
@@ -68,9 +83,10 @@ from fastmmu.traces.base import (
     UnmapRegion,
     fill,
 )
-from fastmmu.traces.output import PathLike, open_output
+from fastmmu.traces.output import AtomicOutput, PathLike, open_output
 
-VERSION = 1
+VERSION = 2                              # what the writer writes: with the end record
+VERSIONS = (1, 2)                        # what the reader reads (1: before the end record existed)
 HEADER = struct.Struct("<8sII")          # magic, version, metadata length
 MAX_METADATA = 1 << 24                   # a longer metadata block means a corrupt header
 WORD = 8
@@ -91,9 +107,11 @@ OPERANDS_SHIFT = 54
 OPERANDS_MASK = 3
 ARGUMENT_MASK = (1 << OPERANDS_SHIFT) - 1
 
-SWITCH_PROCESS, SWITCH_CR3, SWITCH_VM, MAP_REGION, UNMAP_REGION, INVLPG = 1, 2, 3, 4, 5, 6
+SWITCH_PROCESS, SWITCH_CR3, SWITCH_VM, MAP_REGION, UNMAP_REGION, INVLPG, END = 1, 2, 3, 4, 5, 6, 7
 OPERANDS = {SWITCH_PROCESS: 0, SWITCH_CR3: 1, SWITCH_VM: 0, MAP_REGION: 2, UNMAP_REGION: 2, INVLPG: 1}
+OPERANDS_V2 = {**OPERANDS, END: 2}
 MAP_WRITABLE, MAP_EXECUTABLE, MAP_HUGE = 1, 2, 4
+END_PARTIAL = 1   # the end record's flag: the writer stopped before its input ended
 MAX_EVENT_WORDS = 1 + OPERANDS_MASK
 
 BLOCK_WORDS = 1 << 20   # words decoded per numpy pass (8 MiB)
@@ -135,9 +153,9 @@ def read_header(stream: BinaryIO, path: str = "<stream>") -> Header:
     if len(fixed) < HEADER.size:
         raise TraceError(path, f"truncated header: {len(fixed)} of {HEADER.size} bytes", offset=len(fixed))
     _, version, length = HEADER.unpack(fixed)
-    if version != VERSION:
-        raise TraceError(path, f"unsupported version {version} (this fastmmu reads version {VERSION})", offset=8,
-                         text=fixed[8:12].hex())
+    if version not in VERSIONS:
+        raise TraceError(path, f"unsupported version {version} (this fastmmu reads versions "
+                               f"{' and '.join(map(str, VERSIONS))})", offset=8, text=fixed[8:12].hex())
     if length > MAX_METADATA:
         raise TraceError(path, f"metadata length {length} is implausible (at most {MAX_METADATA}): corrupt header",
                          offset=12, text=fixed[12:16].hex())
@@ -152,7 +170,7 @@ def read_header(stream: BinaryIO, path: str = "<stream>") -> Header:
                          text=rest[length:].hex())
     try:
         metadata = json.loads(rest[:length].decode("utf-8")) if length else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:   # (deep nesting: a hostile file)
         raise TraceError(path, f"metadata is not UTF-8 JSON ({exc})", offset=HEADER.size,
                          text=rest[:length]) from None
     if not isinstance(metadata, dict):
@@ -178,6 +196,7 @@ def read(stream: BinaryIO, options: ReadOptions, *, block_words: int = BLOCK_WOR
     """The trace's accesses and events in chunks of at most ``options.chunk_records`` accesses.
 
     Decodes ``block_words`` words per numpy pass; Python runs once per event, never per access.
+    Every record before a bad one is delivered before the ``TraceError``.
     """
     if block_words < MAX_EVENT_WORDS:
         raise ValueError(f"block_words: at least {MAX_EVENT_WORDS} (the longest event), got {block_words}")
@@ -191,28 +210,52 @@ def read(stream: BinaryIO, options: ReadOptions, *, block_words: int = BLOCK_WOR
     kept = 0             # bytes carried over at the start of ``buffer`` (an unfinished record)
     offset = header.size  # file offset of buffer[0]
     while True:
-        filled = kept + fill(stream, memoryview(buffer)[kept:])
-        stats.bytes_read += filled - kept
+        failure = None
+        try:
+            got = fill(stream, memoryview(buffer)[kept:])
+        except StreamError as error:   # the data fails from here: the whole records before it are read first
+            failure, got = error, error.bytes_before
+        filled = kept + got
+        stats.bytes_read += got
         at_end = filled < len(buffer)
         whole = filled - filled % WORD
         words = np.frombuffer(buffer, dtype="<u8", count=whole // WORD)
-        addresses, kinds, events, used = _decode(words, offset, options)
-        stats.records += len(addresses)
-        stats.events += len(events)
-        yield from chunks.add(addresses, kinds, events)
-        leftover = filled - used * WORD
+        decoded = _decode(words, offset, options, header.version)
+        stats.records += len(decoded.addresses)
+        stats.events += len(decoded.events)
+        yield from chunks.add(decoded.addresses, decoded.kinds, decoded.events)
+        if decoded.error is not None:
+            yield from chunks.finish()
+            raise decoded.error
+        if failure is not None:
+            yield from chunks.finish()
+            raise failure.at(stats.records)
+        if decoded.end is not None:
+            yield from chunks.finish()
+            trailing = filled - decoded.used * WORD
+            if not trailing and not at_end:
+                trailing = fill(stream, memoryview(bytearray(WORD)))
+            if trailing:
+                raise TraceError(options.path, "data after the end record (two traces joined, or a corrupt file)",
+                                 offset=offset + decoded.used * WORD)
+            _check_end(decoded.end, options)
+            return
+        leftover = filled - decoded.used * WORD
         if at_end:
-            if leftover:
+            yield from chunks.finish()
+            if leftover:   # (which is why the end record is missing too: one failure, counted once)
                 what = "a 64-bit word" if leftover < WORD else "an event's operand words"
-                _bad(options, offset + used * WORD, f"truncated record: the file ends inside {what}",
-                     bytes(buffer[used * WORD:filled]).hex())
-            break
-        buffer[:leftover] = buffer[used * WORD:filled]
-        kept, offset = leftover, offset + used * WORD
-    yield from chunks.finish()
+                _bad(options, offset + decoded.used * WORD, f"truncated record: the file ends inside {what}",
+                     bytes(buffer[decoded.used * WORD:filled]).hex())
+            elif header.version >= 2:
+                _bad(options, offset + filled, f"truncated: the file ends after {stats.records:,} accesses and "
+                     f"{stats.events:,} events without its end record (was its writer stopped?)", None)
+            return
+        buffer[:leftover] = buffer[decoded.used * WORD:filled]
+        kept, offset = leftover, offset + decoded.used * WORD
 
 
-def _bad(options: ReadOptions, offset: int, message: str, text: str | bytes) -> None:
+def _bad(options: ReadOptions, offset: int, message: str, text: str | bytes | None) -> None:
     """A bad record: counted and skipped under ``skip_bad``, else fatal."""
     if not options.skip_bad:
         raise TraceError(options.path, message, offset=offset, text=text)
@@ -223,22 +266,32 @@ def _hex(word: int) -> str:
     return f"{word:#018x}"
 
 
-def _decode(words: np.ndarray, offset: int,
-            options: ReadOptions) -> tuple[np.ndarray, np.ndarray, list[tuple[int, Event]], int]:
-    """Decode whole records of ``words`` (at file ``offset``): addresses, kinds, events at their
-    access index, and how many words were used (an event whose operands are not all here waits for
-    the next block)."""
+@dataclass
+class _Decoded:
+    addresses: np.ndarray
+    kinds: np.ndarray
+    events: list[tuple[int, Event]]  # at their access index
+    used: int                        # words decoded; an event whose operands are not all here waits
+    end: tuple[int, int, list[int]] | None = None  # the end record: (file offset, word, operands)
+    error: TraceError | None = None  # the first bad record (not skipping): the records before it are kept
+
+
+def _decode(words: np.ndarray, offset: int, options: ReadOptions, version: int) -> _Decoded:
+    """Decode whole records of ``words`` (at file ``offset``), up to the end record or the first
+    bad record (which, unless skipped, comes back as ``error``)."""
     top = (words >> _TOP_SHIFT).astype(np.uint8)
     if len(top) and int(top.max()) <= 2:  # the common case: accesses only, all valid
-        return _addresses(words), top, [], len(words)
+        return _Decoded(_addresses(words), top, [], len(words))
+    known = OPERANDS_V2 if version >= 2 else OPERANDS
     is_event = top >= _EVENT_TOP
     is_access = ~is_event
     bad = is_access & (top > 2)
-    event_at = np.flatnonzero(is_event)
     events: list[tuple[int, Event]] = []
     used = len(words)
+    end = None
+    error: tuple[int, TraceError] | None = None
     position = 0  # the first word not yet known to be an access or an operand
-    for index in event_at:
+    for index in np.flatnonzero(is_event):
         at = int(index)
         if at < position:  # an operand word of the previous event that happens to have bit 63 set
             continue
@@ -252,22 +305,54 @@ def _decode(words: np.ndarray, offset: int,
         is_access[at + 1:at + 1 + count] = False
         bad[at + 1:at + 1 + count] = False
         position = at + 1 + count
-        event = _event(word, operands, offset + at * WORD, options)
-        if event is not None:
-            events.append((at, event))
-    if used < len(words):
-        is_access[used:] = False
-        bad[used:] = False
-    if bad.any():
-        for index in np.flatnonzero(bad):
-            at = int(index)
-            _bad(options, offset + at * WORD, _access_error(int(words[at])), _hex(int(words[at])))
+        problem = _event_problem(word, known)
+        if problem is not None:
+            if not options.skip_bad:
+                error = (at, TraceError(options.path, problem, offset=offset + at * WORD, text=_hex(word)))
+                used = at
+                break
+            options.stats.bad_records += 1
+            continue
+        if (word >> TYPE_SHIFT) & TYPE_MASK == END:
+            end = (offset + at * WORD, word, operands)
+            used = position
+            break
+        events.append((at, _event(word, operands)))
+    is_access[used:] = False
+    bad[used:] = False
+    bad_at = np.flatnonzero(bad)
+    if len(bad_at):
+        if options.skip_bad:
+            options.stats.bad_records += len(bad_at)
+        elif error is None or int(bad_at[0]) < error[0]:
+            first = int(bad_at[0])
+            error = (first, TraceError(options.path, _access_error(int(words[first])), offset=offset + first * WORD,
+                                       text=_hex(int(words[first]))))
         is_access &= ~bad
+    if error is not None:   # keep what precedes the bad record, drop the rest
+        cut = error[0]
+        is_access[cut:] = False
+        events = [(at, event) for at, event in events if at < cut]
+        used, end = cut, None
     placed: list[tuple[int, Event]] = []
     if events:
         before = np.cumsum(is_access)  # at an event word: the accesses before it (it is not one)
         placed = [(int(before[at]), event) for at, event in events]
-    return _addresses(words[is_access]), top[is_access], placed, used
+    return _Decoded(_addresses(words[is_access]), top[is_access], placed, used, end,
+                    error[1] if error is not None else None)
+
+
+def _check_end(end: tuple[int, int, list[int]], options: ReadOptions) -> None:
+    """The end record: its flags, and its counts against what was read (when nothing was skipped)."""
+    offset, word, (accesses, events) = end
+    stats = options.stats
+    stats.ended = True
+    stats.writer_partial = bool(word & END_PARTIAL)
+    if word & ARGUMENT_MASK & ~END_PARTIAL:
+        _bad(options, offset, "reserved flag bits set in the end record (1 partial)", _hex(word))
+    elif not stats.bad_records and (accesses, events) != (stats.records, stats.events):
+        _bad(options, offset, f"the end record counts {accesses:,} accesses and {events:,} events, the file holds "
+                              f"{stats.records:,} and {stats.events:,} (records lost or added)", _hex(word))
 
 
 def _addresses(words: np.ndarray) -> np.ndarray:
@@ -282,31 +367,33 @@ def _access_error(word: int) -> str:
     return "reserved bits 59-62 set in an access record"
 
 
-def _event(word: int, operands: list[int], offset: int, options: ReadOptions) -> Event | None:
-    """The event ``word`` and its ``operands`` encode; None if bad and skipped."""
+def _event_problem(word: int, known: dict[int, int]) -> str | None:
+    """What is wrong with an event word (types ``known`` with their operand counts), or None."""
     kind = (word >> TYPE_SHIFT) & TYPE_MASK
     count = (word >> OPERANDS_SHIFT) & OPERANDS_MASK
     argument = word & ARGUMENT_MASK
-    if kind not in OPERANDS:
-        _bad(options, offset, f"unknown event type {kind}", _hex(word))
-        return None
-    if count != OPERANDS[kind]:
-        _bad(options, offset, f"event type {kind} takes {OPERANDS[kind]} operand words, the record says {count}",
-             _hex(word))
-        return None
+    if kind not in known:
+        return f"unknown event type {kind}"
+    if count != known[kind]:
+        return f"event type {kind} takes {known[kind]} operand words, the record says {count}"
+    if kind == MAP_REGION and argument & ~(MAP_WRITABLE | MAP_EXECUTABLE | MAP_HUGE):
+        return "reserved flag bits set in a map event (1 W, 2 X, 4 huge)"
+    if argument and kind in (SWITCH_CR3, UNMAP_REGION, INVLPG):
+        return f"reserved argument bits set in an event of type {kind} (must be 0)"
+    return None
+
+
+def _event(word: int, operands: list[int]) -> Event:
+    """The event a valid event ``word`` (not the end record) and its ``operands`` encode."""
+    kind = (word >> TYPE_SHIFT) & TYPE_MASK
+    argument = word & ARGUMENT_MASK
     if kind == SWITCH_PROCESS:
         return SwitchProcess(argument)
     if kind == SWITCH_VM:
         return SwitchVM(argument)
     if kind == MAP_REGION:
-        if argument & ~(MAP_WRITABLE | MAP_EXECUTABLE | MAP_HUGE):
-            _bad(options, offset, "reserved flag bits set in a map event (1 W, 2 X, 4 huge)", _hex(word))
-            return None
         return MapRegion(operands[0], operands[1], writable=bool(argument & MAP_WRITABLE),
                          executable=bool(argument & MAP_EXECUTABLE), huge=bool(argument & MAP_HUGE))
-    if argument:
-        _bad(options, offset, f"reserved argument bits set in an event of type {kind} (must be 0)", _hex(word))
-        return None
     if kind == SWITCH_CR3:
         return SwitchCr3(operands[0])
     if kind == UNMAP_REGION:
@@ -365,8 +452,11 @@ class _ChunkBuilder:
 class NativeWriter:
     """Writes a native trace to a path (compressed by its suffix: .gz, .xz, .zst) or a binary stream.
 
-    A context manager; ``close`` flushes (and closes a file it opened).  Every call checks its
-    input completely before writing anything, so a rejected call leaves no half-written record.
+    A path is written under a temporary name and renamed into place by ``close()``, after the end
+    record: a killed writer leaves nothing under the final name.  A stream gets the end record at
+    ``close()``; without it (``abort()``, or a killed writer) it reads back as truncated.  As a
+    context manager, a clean exit closes and an exception aborts.  Every call checks its input
+    completely before writing anything, so a rejected call leaves no half-written record.
 
     >>> import io, numpy as np
     >>> out = io.BytesIO()
@@ -385,26 +475,28 @@ class NativeWriter:
         info: dict[str, Any] = {"producer": f"fastmmu {__version__}"}
         info.update(metadata or {})
         header = encode_header(info)  # (a bad metadata block fails before a file is created)
-        self._owns = isinstance(target, (str, os.PathLike))
-        out = open_output(target) if isinstance(target, (str, os.PathLike)) else target
-        self._out: BinaryIO | None = out
+        self._file: AtomicOutput | None = open_output(target) if isinstance(target, (str, os.PathLike)) else None
+        self._out: BinaryIO | AtomicOutput | None = self._file if self._file is not None else cast(BinaryIO, target)
         try:
-            out.write(header)
+            self._stream().write(header)
         except BaseException:
-            self.close()
+            self.abort()
             raise
 
     def __enter__(self) -> NativeWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
     @property
     def closed(self) -> bool:
         return self._out is None
 
-    def _stream(self) -> BinaryIO:
+    def _stream(self) -> BinaryIO | AtomicOutput:
         if self._out is None:
             raise ValueError("write to a closed NativeWriter")
         return self._out
@@ -419,10 +511,9 @@ class NativeWriter:
             raise ValueError(f"addresses: expected integers, got dtype {addresses.dtype}")
         addresses = addresses.reshape(-1).astype(np.uint64, copy=False)
         kinds = _check_kinds(kinds, len(addresses))
-        high = addresses >> np.uint64(ADDRESS_BITS - 1)  # bits 56-63: all 0 or all 1 if it fits
-        wide = (high != 0) & (high != np.uint64(0xFF))
-        if wide.any():
-            at = int(np.argmax(wide))
+        wide = np.flatnonzero(~fits_native(addresses))
+        if len(wide):
+            at = int(wide[0])
             raise ValueError(f"addresses: {int(addresses[at]):#x} at index {at} does not fit in 57 bits "
                              "(bits 56-63 must all be equal: a canonical LA57 address)")
         mask, shift = np.uint64(ADDRESS_MASK), np.uint64(KIND_SHIFT)
@@ -440,14 +531,41 @@ class NativeWriter:
     def flush(self) -> None:
         self._stream().flush()
 
-    def close(self) -> None:
-        out, self._out = self._out, None
+    def close(self, *, partial: bool = False) -> None:
+        """Write the end record (``partial``: the input was not all written, e.g. Ctrl-C) and finish
+        the file: a path is renamed into place, a stream the caller gave is flushed, not closed."""
+        out = self._out
         if out is None:
             return
-        if self._owns:
-            out.close()
-        else:
-            out.flush()
+        try:
+            out.write(encode_end(self.records, self.events, partial=partial))
+            if self._file is not None:
+                self._file.commit()
+            else:
+                out.flush()
+        except BaseException:
+            self.abort()
+            raise
+        self._out = self._file = None
+
+    def abort(self) -> None:
+        """Stop without the end record: a path's temporary file is removed; a stream is left as it
+        is, and reads back as truncated."""
+        file, self._out, self._file = self._file, None, None
+        if file is not None:
+            file.discard()
+
+
+def fits_native(addresses: np.ndarray) -> np.ndarray:
+    """Per address (uint64): does it fit the format's 57 bits (bits 56-63 all equal)?"""
+    high = np.asarray(addresses, dtype=np.uint64) >> np.uint64(ADDRESS_BITS - 1)
+    return (high == 0) | (high == np.uint64(0xFF))
+
+
+def encode_end(accesses: int, events: int, *, partial: bool = False) -> bytes:
+    """The end record of a file of ``accesses`` accesses and ``events`` events."""
+    word = TAG_EVENT | END << TYPE_SHIFT | OPERANDS_V2[END] << OPERANDS_SHIFT | (END_PARTIAL if partial else 0)
+    return struct.pack("<3Q", word, accesses, events)
 
 
 def _check_kinds(kinds: np.ndarray | int, count: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fastmmu.traces.base import ReadOptions, TraceChunk, TraceError, fill
+from fastmmu.traces.base import ReadOptions, StreamError, TraceChunk, TraceError, fill
 
 BLOCK_BYTES = 1 << 24
 NEWLINE = 0x0A
@@ -38,9 +38,13 @@ def read_lines(stream: BinaryIO, options: ReadOptions, parse: Parser, expected: 
     lines_before = 0   # lines of the file before block[0]
     addresses, kinds, filled = _new_chunk(options.chunk_records)
     while True:
-        got = fill(stream, view[carry:block_bytes])
+        broken = None
+        try:
+            got = fill(stream, view[carry:block_bytes])
+        except StreamError as exc:   # the data fails from here: the whole lines before it are read first
+            broken, got = exc, exc.bytes_before
         length = carry + got
-        if got == 0:
+        if got == 0 and broken is None:
             if length == 0:
                 break
             block[length] = NEWLINE        # the last line had no newline: it is still a line
@@ -49,14 +53,20 @@ def read_lines(stream: BinaryIO, options: ReadOptions, parse: Parser, expected: 
         while True:
             parsed = parse(block[pos:length], addresses[filled:], kinds[filled:], skip_bad=options.skip_bad)
             consumed, records, lines, skipped, bad, error = parsed
-            pos += consumed
+            failure = None
+            if options.address_bits is not None and records:
+                records, failure = _drop_wide(block, pos, length, parse, addresses, kinds, filled, records,
+                                              lines_before, options)
+            if failure is None:
+                pos += consumed
+                lines_before += lines
             filled += records
-            lines_before += lines
             stats.records += records
             stats.skipped_lines += skipped
             stats.bad_records += bad
-            if error >= 0:   # the records before it are delivered first: work done is never lost
-                failure = _bad_line(options.path, block[pos:length], lines_before + 1, expected)
+            if failure is not None or error >= 0:  # the records before it are delivered first: work done is kept
+                if failure is None:
+                    failure = _bad_line(options.path, block[pos:length], lines_before + 1, expected)
                 if filled:
                     yield TraceChunk(addresses[:filled].copy(), kinds[:filled].copy())
                 raise failure
@@ -65,6 +75,10 @@ def read_lines(stream: BinaryIO, options: ReadOptions, parse: Parser, expected: 
                 addresses, kinds, filled = _new_chunk(options.chunk_records)
                 continue
             break      # only a partial line (or nothing) is left in the block
+        if broken is not None:
+            if filled:
+                yield TraceChunk(addresses[:filled].copy(), kinds[:filled].copy())
+            raise broken.at(stats.records)
         carry = length - pos
         if got == 0:
             break
@@ -79,6 +93,44 @@ def read_lines(stream: BinaryIO, options: ReadOptions, parse: Parser, expected: 
 def _new_chunk(records: int) -> tuple[np.ndarray, np.ndarray, int]:
     # Fresh arrays per chunk: a consumer may keep a chunk while the next one is read.
     return np.empty(records, dtype=np.uint64), np.empty(records, dtype=np.uint8), 0
+
+
+def _drop_wide(block: np.ndarray, pos: int, length: int, parse: Parser, addresses: np.ndarray, kinds: np.ndarray,
+               filled: int, records: int, lines_before: int, options: ReadOptions) -> tuple[int, TraceError | None]:
+    """Records just parsed (``records`` from ``filled``) whose address does not fit in
+    ``options.address_bits`` bits (sign-extended) are bad: skipped and counted under ``skip_bad``
+    (the records kept, and the error None), else the records before the first one are kept and
+    its ``TraceError`` (with its line, found by parsing the block again up to it) is returned."""
+    new = addresses[filled:filled + records]
+    wide = ~fits_signed(new, options.address_bits or 64)
+    if not wide.any():
+        return records, None
+    if options.skip_bad:
+        keep = ~wide
+        kept = int(keep.sum())
+        addresses[filled:filled + kept] = new[keep]
+        kinds[filled:filled + kept] = kinds[filled:filled + records][keep]
+        options.stats.bad_records += records - kept
+        return kept, None
+    first = int(np.argmax(wide))
+    scratch_addresses, scratch_kinds = np.empty(first + 1, dtype=np.uint64), np.empty(first + 1, dtype=np.uint8)
+    upto = parse(block[pos:length], scratch_addresses, scratch_kinds)   # up to and including that record
+    line_end = pos + upto[0] - 1                                        # its newline
+    earlier = np.flatnonzero(block[pos:line_end] == NEWLINE)
+    start = pos + int(earlier[-1]) + 1 if len(earlier) else pos
+    text = bytes(block[start:line_end]).rstrip(b"\r")
+    error = TraceError(options.path, f"address {int(new[first]):#x} does not fit in {options.address_bits} bits "
+                                     f"(the native format holds canonical addresses of 5-level paging)",
+                       line=lines_before + upto[2], text=text)
+    return first, error
+
+
+def fits_signed(addresses: np.ndarray, bits: int) -> np.ndarray:
+    """Per uint64 address: is it a ``bits``-bit two's-complement value (bits ``bits-1``..63 equal)?"""
+    if bits >= 64:
+        return np.ones(len(addresses), dtype=bool)
+    high = addresses >> np.uint64(bits - 1)
+    return (high == 0) | (high == np.uint64((1 << (65 - bits)) - 1))
 
 
 def _bad_line(path: str, rest: np.ndarray, line: int, expected: str) -> TraceError:

@@ -37,9 +37,9 @@ import numpy as np
 from fastmmu.arch import Access
 from fastmmu.traces.base import SwitchProcess, SwitchVM
 from fastmmu.traces.native import NativeWriter
-from fastmmu.traces.output import PathLike, open_output
+from fastmmu.traces.output import AtomicOutput, PathLike, open_output
 
-FORMATS = ("native", "ramulator", "dramsim3")
+FORMATS = ("native", "ramulator", "dramsim3")  # what --host-trace and --pte-trace offer
 BUFFER_RECORDS = 1 << 16
 
 _DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -153,19 +153,23 @@ class HostTraceWriter:
         self._vm: int | None = None
         self._pid: int | None = None
         self._native: NativeWriter | None = None
-        self._text: BinaryIO | None = None
-        self._owns = False
+        self._text: BinaryIO | AtomicOutput | None = None
+        self._file: AtomicOutput | None = None   # a path's file, written under a temporary name
         if format == "native":
             self._native = NativeWriter(target, {"content": "host-physical addresses", **(metadata or {})})
+        elif isinstance(target, (str, os.PathLike)):
+            self._text = self._file = open_output(target)
         else:
-            self._owns = isinstance(target, (str, os.PathLike))
-            self._text = open_output(target) if isinstance(target, (str, os.PathLike)) else target
+            self._text = target
 
     def __enter__(self) -> HostTraceWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
     def on_batch(self, vm: Any, process: Any, addresses: np.ndarray, kinds: np.ndarray,
                  host_addresses: np.ndarray, start: int, stop: int) -> None:
@@ -204,7 +208,8 @@ class HostTraceWriter:
             self._native.write_accesses(addresses, kinds)
             self.records += len(addresses)
             return
-        assert self._text is not None, "write to a closed HostTraceWriter"
+        if self._text is None:
+            raise ValueError("write to a closed HostTraceWriter")
         block = len(self._addresses)
         for start in range(0, len(addresses), block):  # formatted in bounded blocks
             part = slice(start, start + block)
@@ -219,21 +224,33 @@ class HostTraceWriter:
         elif self._text is not None:
             self._text.flush()
 
-    def close(self) -> None:
-        """Write what is buffered and close (a stream given by the caller is flushed, not closed)."""
+    def close(self, *, partial: bool = False) -> None:
+        """Write what is buffered and finish the file: a path is renamed into place (a native
+        trace after its end record, flagged ``partial`` if the run was cut short), a stream the
+        caller gave is flushed, not closed."""
         if self._native is None and self._text is None:
             return
         try:
             self._flush_buffer()
-        finally:
             if self._native is not None:
-                self._native.close()
+                self._native.close(partial=partial)
+            elif self._file is not None:
+                self._file.commit()
             elif self._text is not None:
-                if self._owns:
-                    self._text.close()
-                else:
-                    self._text.flush()
-            self._native = self._text = None
+                self._text.flush()
+        except BaseException:
+            self.abort()
+            raise
+        self._native = self._text = self._file = None
+
+    def abort(self) -> None:
+        """Stop without finishing: a path's temporary file is removed, nothing appears under its name."""
+        native, file = self._native, self._file
+        self._native = self._text = self._file = None
+        if native is not None:
+            native.abort()
+        if file is not None:
+            file.discard()
 
 
 class PteTraceWriter(HostTraceWriter):
@@ -259,11 +276,11 @@ class PteTraceWriter(HostTraceWriter):
         self._last = (vm, process)
         self._drain(vm.machine.mmu, vm, process)
 
-    def close(self) -> None:
+    def close(self, *, partial: bool = False) -> None:
         """Also the references of walks no completed access followed (a last fault, say)."""
         if self._mmu is not None and self._last is not None and (self._native or self._text):
             self._drain(self._mmu, *self._last)
-        super().close()
+        super().close(partial=partial)
 
     def _drain(self, mmu: Any, vm: Any, process: Any) -> None:
         references = mmu.take_references()

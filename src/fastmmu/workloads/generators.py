@@ -4,6 +4,11 @@ Every generator maps its own region first (``Mmap``), then yields its
 accesses in chunks of at most ``chunk`` so that a long program never sits in
 memory whole.  The same parameters give the same accesses, every time.
 
+Every parameter is checked when a generator is made (``param`` declares its
+range, ``check_params`` enforces it): a ValueError names the generator, the
+parameter, what it takes and the value given, e.g. ``zipf: alpha: expected a
+number > 0, got -1``.  ``--workload`` and config files report the same text.
+
 >>> from fastmmu.workloads import zipf
 >>> program = zipf(pages=1024, n=10_000, seed=1)
 >>> steps = list(program.steps())
@@ -13,8 +18,12 @@ memory whole.  The same parameters give the same accesses, every time.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -22,11 +31,89 @@ from fastmmu.workloads.program import Accesses, Mmap, Munmap, Step
 
 DEFAULT_BASE = 0x0000_1000_0000_0000
 CHUNK = 1 << 20
+USER_TOP = 1 << 56         # the top of the lower canonical half of LA57: a generator's region ends below it
+MAX_TABLE_PAGES = 1 << 26  # zipf and working_sets hold a table per page: 512 MiB of it at most
+MAX_CHUNK = 1 << 26
 
 
-def _check(pages: int, n: int) -> None:
-    if pages <= 0 or n < 0:
-        raise ValueError(f"pages must be positive and n non-negative, got pages={pages}, n={n}")
+# -- parameters ----------------------------------------------------------------------------
+
+
+def param(description: str, *, kind: type = int, low: float | None = None, high: float | None = None,
+          low_open: bool = False, default: Any = dataclasses.MISSING) -> Any:
+    """A generator parameter: what it is and its range, which ``check_params`` enforces."""
+    return dataclasses.field(default=default, metadata={"description": description, "kind": kind, "low": low,
+                                                        "high": high, "low_open": low_open})
+
+
+def generator_name(program: object) -> str:
+    """``WorkingSets`` -> ``working_sets``: the name ``--workload`` and the registry use."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(program).__name__).lower()
+
+
+def expected_range(meta: Any) -> str:
+    """What a parameter takes, in words: "an integer >= 1", "a number in [0, 1]", "a number > 0"."""
+    what = "an integer" if meta["kind"] is int else "a number"
+    low, high = meta["low"], meta["high"]
+    if low is not None and high is not None:
+        return f"{what} in {'(' if meta['low_open'] else '['}{_bound(low)}, {_bound(high)}]"
+    if low is not None:
+        return f"{what} {'>' if meta['low_open'] else '>='} {_bound(low)}"
+    return what
+
+
+def _bound(value: float) -> str:
+    if isinstance(value, int) and value >= 1 << 20 and value & (value - 1) == 0:
+        return f"2**{value.bit_length() - 1}"
+    return f"{value:g}"
+
+
+def fail(program: object, name: str, expected: str, value: Any) -> NoReturn:
+    shown = f"{value:#x}" if name == "base" and isinstance(value, int) else repr(value)
+    raise ValueError(f"{generator_name(program)}: {name}: expected {expected}, got {shown}")
+
+
+def check_params(program: Any) -> None:
+    """Every ``param`` of ``program`` has its type and lies in its range; numpy scalars and whole
+    floats (``n=1e6``) become plain ints."""
+    for f in dataclasses.fields(program):
+        meta = f.metadata
+        if "kind" not in meta:
+            continue
+        given = getattr(program, f.name)
+        if isinstance(given, bool) or not isinstance(given, (int, float, np.integer, np.floating)):
+            fail(program, f.name, expected_range(meta), given)
+        value: float = float(given)
+        if not math.isfinite(value) or (meta["kind"] is int and not value.is_integer()):
+            fail(program, f.name, expected_range(meta), given)
+        if meta["kind"] is int:
+            value = int(given)
+        low, high = meta["low"], meta["high"]
+        if (low is not None and (value <= low if meta["low_open"] else value < low)) \
+                or (high is not None and value > high):
+            fail(program, f.name, expected_range(meta), given)
+        object.__setattr__(program, f.name, value)
+
+
+def check_region(program: object, base: int, length: int, pages: int) -> None:
+    """[base, base + length) starts on a page and ends by ``USER_TOP`` (``pages`` sized it)."""
+    if base % 4096:
+        fail(program, "base", "a multiple of 4096 (a page boundary)", base)
+    if base + length > USER_TOP:
+        fail(program, "pages", f"a region that ends by {USER_TOP:#x} (the lower canonical half of 5-level "
+                               f"paging) from base {base:#x}", pages)
+
+
+PAGES = "pages in its region"
+N = "accesses"
+WRITES = "the share of accesses that are writes"
+SEED = "the seed of its random choices"
+BASE = "the virtual address its region starts at (page-aligned)"
+CHUNK_DOC = "accesses per batch it yields"
+STRIDE = "bytes between accesses: a multiple of 8, at most the region"
+
+
+# -- helpers -------------------------------------------------------------------------------
 
 
 def _kinds(rng: np.random.Generator, count: int, writes: float) -> np.ndarray:
@@ -50,21 +137,40 @@ def _on_pages(base: int, pages: np.ndarray, rng: np.random.Generator, writes: fl
     return Accesses(np.uint64(base) + (pages << np.uint64(12)) + _offsets(rng, count), _kinds(rng, count, writes))
 
 
+def _scan_offsets(start: int, count: int, stride: int, span: int) -> np.ndarray:
+    """``(i * stride) % span`` for i in [start, start + count), exactly: products are taken in
+    blocks short enough never to pass 2**64, each block's first offset in Python integers."""
+    out = np.empty(count, dtype=np.uint64)
+    block = max(1, min(count, ((1 << 64) - 1) // stride))
+    steps = (np.arange(block, dtype=np.uint64) * np.uint64(stride)) % np.uint64(span)
+    for at in range(0, count, block):
+        size = min(block, count - at)
+        out[at:at + size] = (np.uint64((start + at) * stride % span) + steps[:size]) % np.uint64(span)
+    return out
+
+
+# -- the generators ------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Zipf:
     """Accesses to ``pages`` pages with Zipf-distributed popularity (exponent ``alpha``); the
     popular pages are spread over the region by a seeded permutation."""
 
-    pages: int
-    n: int
-    alpha: float = 1.0
-    writes: float = 0.3
-    seed: int = 0
-    base: int = DEFAULT_BASE
-    chunk: int = CHUNK
+    pages: int = param(PAGES, low=1, high=MAX_TABLE_PAGES)
+    n: int = param(N, low=0)
+    alpha: float = param("the Zipf exponent: larger is more skewed", kind=float, low=0.0, low_open=True,
+                         default=1.0)
+    writes: float = param(WRITES, kind=float, low=0.0, high=1.0, default=0.3)
+    seed: int = param(SEED, low=0, default=0)
+    base: int = param(BASE, low=0, default=DEFAULT_BASE)
+    chunk: int = param(CHUNK_DOC, low=1, high=MAX_CHUNK, default=CHUNK)
+
+    def __post_init__(self) -> None:
+        check_params(self)
+        check_region(self, self.base, self.pages << 12, self.pages)
 
     def steps(self) -> Iterator[Step]:
-        _check(self.pages, self.n)
         yield Mmap(self.base, self.pages << 12)
         rng = np.random.default_rng(self.seed)
         weights = 1.0 / np.arange(1, self.pages + 1, dtype=np.float64) ** self.alpha
@@ -80,15 +186,18 @@ class Zipf:
 class Uniform:
     """Accesses spread evenly over ``pages`` pages."""
 
-    pages: int
-    n: int
-    writes: float = 0.3
-    seed: int = 0
-    base: int = DEFAULT_BASE
-    chunk: int = CHUNK
+    pages: int = param(PAGES, low=1)
+    n: int = param(N, low=0)
+    writes: float = param(WRITES, kind=float, low=0.0, high=1.0, default=0.3)
+    seed: int = param(SEED, low=0, default=0)
+    base: int = param(BASE, low=0, default=DEFAULT_BASE)
+    chunk: int = param(CHUNK_DOC, low=1, high=MAX_CHUNK, default=CHUNK)
+
+    def __post_init__(self) -> None:
+        check_params(self)
+        check_region(self, self.base, self.pages << 12, self.pages)
 
     def steps(self) -> Iterator[Step]:
-        _check(self.pages, self.n)
         yield Mmap(self.base, self.pages << 12)
         rng = np.random.default_rng(self.seed)
         for count in _chunks(self.n, self.chunk):
@@ -99,24 +208,27 @@ class Uniform:
 class Sequential:
     """Passes over ``pages`` pages in order, ``stride`` bytes apart (a scan or a strided sweep)."""
 
-    pages: int
-    n: int
-    stride: int = 64
-    writes: float = 0.0
-    seed: int = 0
-    base: int = DEFAULT_BASE
-    chunk: int = CHUNK
+    pages: int = param(PAGES, low=1)
+    n: int = param(N, low=0)
+    stride: int = param(STRIDE, default=64)
+    writes: float = param(WRITES, kind=float, low=0.0, high=1.0, default=0.0)
+    seed: int = param(SEED, low=0, default=0)
+    base: int = param(BASE, low=0, default=DEFAULT_BASE)
+    chunk: int = param(CHUNK_DOC, low=1, high=MAX_CHUNK, default=CHUNK)
+
+    def __post_init__(self) -> None:
+        check_params(self)
+        check_region(self, self.base, self.pages << 12, self.pages)
+        if self.stride < 8 or self.stride % 8 or self.stride > self.pages << 12:
+            fail(self, "stride", f"a multiple of 8 from 8 to the region's {self.pages << 12} bytes", self.stride)
 
     def steps(self) -> Iterator[Step]:
-        _check(self.pages, self.n)
-        if self.stride <= 0 or self.stride % 8:
-            raise ValueError(f"stride: expected a positive multiple of 8 bytes, got {self.stride}")
         yield Mmap(self.base, self.pages << 12)
         rng = np.random.default_rng(self.seed)
         span = self.pages << 12
         for start in range(0, self.n, self.chunk):  # (the start matters here: the scan goes on)
             count = min(self.chunk, self.n - start)
-            offsets = (np.arange(start, start + count, dtype=np.uint64) * np.uint64(self.stride)) % np.uint64(span)
+            offsets = _scan_offsets(start, count, self.stride, span)
             yield Accesses(np.uint64(self.base) + offsets, _kinds(rng, count, self.writes))
 
 
@@ -125,7 +237,7 @@ class Strided(Sequential):
     """A sweep ``stride`` bytes apart, by default one access per page: every access a new page,
     the pattern that defeats a TLB (and, with a stride of 2 MiB, the paging-structure caches)."""
 
-    stride: int = 4096
+    stride: int = param(STRIDE, default=4096)
 
 
 @dataclass(frozen=True)
@@ -134,24 +246,29 @@ class WorkingSets:
     pages drawn from a region of ``pages``; ``keep`` is the share of a set carried over from the
     phase before (0: each phase moves to new pages, 1: one set throughout)."""
 
-    pages: int
-    n: int
-    phases: int = 4
-    set_pages: int = 256
-    keep: float = 0.0
-    writes: float = 0.3
-    seed: int = 0
-    base: int = DEFAULT_BASE
-    chunk: int = CHUNK
+    pages: int = param(PAGES, low=1, high=MAX_TABLE_PAGES)
+    n: int = param(N, low=0)
+    phases: int = param("how many phases", low=1, default=4)
+    set_pages: int = param("pages in each phase's working set", low=1, default=256)
+    keep: float = param("the share of a set carried over to the next phase", kind=float, low=0.0, high=1.0,
+                        default=0.0)
+    writes: float = param(WRITES, kind=float, low=0.0, high=1.0, default=0.3)
+    seed: int = param(SEED, low=0, default=0)
+    base: int = param(BASE, low=0, default=DEFAULT_BASE)
+    chunk: int = param(CHUNK_DOC, low=1, high=MAX_CHUNK, default=CHUNK)
+
+    def __post_init__(self) -> None:
+        check_params(self)
+        check_region(self, self.base, self.pages << 12, self.pages)
+        kept = int(round(self.keep * self.set_pages))
+        needed = self.set_pages + (self.set_pages - kept if self.phases > 1 else 0)
+        if self.pages < needed:
+            fail(self, "pages", f"room for each phase's new pages: at least set_pages + the pages not kept = "
+                                f"{needed} (phases={self.phases}, set_pages={self.set_pages}, keep={self.keep})",
+                 self.pages)
 
     def steps(self) -> Iterator[Step]:
-        _check(self.pages, self.n)
         kept = int(round(self.keep * self.set_pages))
-        if self.phases <= 0 or self.set_pages <= 0 or not 0.0 <= self.keep <= 1.0 \
-                or self.pages < self.set_pages + (self.set_pages - kept if self.phases > 1 else 0):
-            raise ValueError(f"working sets: expected phases > 0, 0 <= keep <= 1 and room for each phase's new "
-                             f"pages (pages >= set_pages + the pages not kept), got pages={self.pages}, "
-                             f"phases={self.phases}, set_pages={self.set_pages}, keep={self.keep}")
         yield Mmap(self.base, self.pages << 12)
         rng = np.random.default_rng(self.seed)
         current = rng.choice(self.pages, self.set_pages, replace=False).astype(np.uint64)
@@ -170,21 +287,27 @@ class Churn:
     """Map/unmap churn: ``rounds`` times, map a region of ``pages`` pages, touch it with ``n``
     accesses, unmap it.  Each round builds and frees page tables."""
 
-    pages: int
-    n: int
-    rounds: int = 10
-    writes: float = 0.5
-    seed: int = 0
-    base: int = DEFAULT_BASE
+    pages: int = param(PAGES, low=1)
+    n: int = param("accesses in each round", low=0)
+    rounds: int = param("how many map, touch, unmap rounds", low=1, default=10)
+    writes: float = param(WRITES, kind=float, low=0.0, high=1.0, default=0.5)
+    seed: int = param(SEED, low=0, default=0)
+    base: int = param(BASE, low=0, default=DEFAULT_BASE)
+
+    def __post_init__(self) -> None:
+        check_params(self)
+        length = self.pages << 12
+        # the rounds cycle through four places, 2 MiB apart: the last one ends highest
+        check_region(self, self.base, 3 * (length + (2 << 20)) + length, self.pages)
 
     def steps(self) -> Iterator[Step]:
-        _check(self.pages, self.n)
         rng = np.random.default_rng(self.seed)
         length = self.pages << 12
         for round_ in range(self.rounds):
             base = self.base + (round_ % 4) * (length + (2 << 20))
             yield Mmap(base, length)
-            yield _on_pages(base, rng.integers(0, self.pages, self.n, dtype=np.uint64), rng, self.writes)
+            for count in _chunks(self.n, CHUNK):
+                yield _on_pages(base, rng.integers(0, self.pages, count, dtype=np.uint64), rng, self.writes)
             yield Munmap(base, length)
 
 
@@ -193,6 +316,12 @@ class Phases:
     """Programs run one after the other in one process (their regions must not overlap)."""
 
     programs: tuple[object, ...]
+
+    def __post_init__(self) -> None:
+        for i, program in enumerate(self.programs):
+            if not callable(getattr(program, "steps", None)):
+                raise ValueError(f"phases: programs[{i}]: expected a program (an object with steps()), "
+                                 f"got {type(program).__name__}")
 
     def steps(self) -> Iterator[Step]:
         for program in self.programs:

@@ -15,11 +15,21 @@ Mistakes raise ``ConfigError`` naming the key, with a "did you mean".
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from fastmmu.settings import ConfigError, suggest
-from fastmmu.workloads.generators import Churn, Phases, Sequential, Strided, Uniform, WorkingSets, Zipf
+from fastmmu.workloads.generators import (
+    Churn,
+    Phases,
+    Sequential,
+    Strided,
+    Uniform,
+    WorkingSets,
+    Zipf,
+    expected_range,
+)
 from fastmmu.workloads.program import Program
 from fastmmu.workloads.replay import TraceProgram
 
@@ -46,13 +56,19 @@ def parse_workload(text: str, key: str = "--workload") -> dict[str, Any]:
     return spec
 
 
-def program_from_spec(spec: Mapping[str, Any], key: str = "program") -> Program:
-    """The program a spec mapping describes (a generator or a trace)."""
+def program_from_spec(spec: Mapping[str, Any], key: str = "program", *, base: str | None = None) -> Program:
+    """The program a spec mapping describes (a generator or a trace).  A relative trace path is
+    relative to ``base`` (the directory of the config file that names it), else to the current one."""
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{key}: expected a table such as {{generator = \"zipf\", pages = 4096, n = 100000}} "
                           f"or {{trace = \"FILE\"}}, got {type(spec).__name__}")
     if "trace" in spec:
-        return _build(TraceProgram, {k: v for k, v in spec.items() if k != "trace"} | {"path": spec["trace"]},
+        path = spec["trace"]
+        if not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(f"{key}.trace: expected a file name, got {path!r}")
+        if base is not None:
+            path = os.path.join(base, os.fspath(path))   # (an absolute path stays as it is)
+        return _build(TraceProgram, {k: v for k, v in spec.items() if k != "trace"} | {"path": os.fspath(path)},
                       key, "trace")
     name = spec.get("generator")
     if name not in GENERATORS:
@@ -66,7 +82,8 @@ def program_to_spec(program: Program) -> dict[str, Any]:
     """The spec mapping of a program built by ``program_from_spec`` (others: their repr)."""
     if isinstance(program, TraceProgram):
         fields = dataclasses.asdict(program)
-        return {"trace": fields.pop("path"), **fields}
+        # absolute: a config.json written by `compare -o` runs again from any directory
+        return {"trace": os.path.abspath(fields.pop("path")), **fields}
     for name, cls in GENERATORS.items():
         if type(program) is cls:
             return {"generator": name, **dataclasses.asdict(program)}  # type: ignore[call-overload]
@@ -90,9 +107,12 @@ def describe_generators() -> list[dict[str, Any]]:
     """Every generator: its name, what it does and its parameters with their defaults."""
     out = []
     for name, cls in GENERATORS.items():
-        params = {f.name: (None if f.default is dataclasses.MISSING else f.default)
-                  for f in dataclasses.fields(cls)}
-        out.append({"name": name, "doc": " ".join((cls.__doc__ or "").split()), "parameters": params})
+        fields = dataclasses.fields(cls)
+        params = {f.name: (None if f.default is dataclasses.MISSING else f.default) for f in fields}
+        takes = {f.name: f"{expected_range(f.metadata)}: {f.metadata['description']}" for f in fields
+                 if "kind" in f.metadata}
+        out.append({"name": name, "doc": " ".join((cls.__doc__ or "").split()), "parameters": params,
+                    "takes": takes})
     return out
 
 

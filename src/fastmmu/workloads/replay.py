@@ -52,7 +52,13 @@ class TraceProgram:
             raise ValueError(f"region_shift: expected 12 (4 KiB) .. 39 (512 GiB), got {self.region_shift}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit: expected a non-negative number of accesses, got {self.limit}")
-        self.open()
+        trace = self.open()
+        if self.stream is not None:   # one pass over the trace: a stream it lacks would replay nothing
+            streams = trace_streams(trace)
+            if self.stream not in streams:
+                have = ", ".join(f"{label} ({count:,} records)" for label, count in sorted(streams.items()))
+                raise ValueError(f"stream: {self.path} has no stream {self.stream!r}; its streams are "
+                                 f"{have or 'none (it holds no records)'}")
 
     def open(self) -> Any:
         from fastmmu.traces import open as open_trace

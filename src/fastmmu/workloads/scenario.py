@@ -62,8 +62,9 @@ def mix(programs: Mapping[str, Program], *, vm: str = "vm0", memory: int | str =
                     description=description or "a mix of " + ", ".join(programs))
 
 
-def scenario_from_dict(data: Mapping[str, Any], key: str = "workload") -> Scenario:
+def scenario_from_dict(data: Mapping[str, Any], key: str = "workload", *, base: str | None = None) -> Scenario:
     """A scenario from a mapping (a config file's ``[workload]`` table, or ``Scenario.to_dict()``).
+    Relative trace paths are relative to ``base`` (the config file's directory) when given.
 
     ``{"vms": [{"name": "web", "memory": "512MiB", "processes": [{"name": "db", "generator": "zipf",
     "pages": 4096, "n": 100000}, {"name": "sort", "trace": "sort.lackey.gz"}]}]}``
@@ -82,6 +83,7 @@ def scenario_from_dict(data: Mapping[str, Any], key: str = "workload") -> Scenar
         raise ConfigError(f"{key}.vms: expected a non-empty list of VMs")
     vm_keys = ("name", "memory", "backing", "allocation", "seed", "processes")
     vms = []
+    named: dict[str, int] = {}
     for i, vm in enumerate(vms_data):
         where = f"{key}.vms[{i}]"
         if not isinstance(vm, Mapping):
@@ -97,8 +99,14 @@ def scenario_from_dict(data: Mapping[str, Any], key: str = "workload") -> Scenar
             name = process.get("name", f"p{j}") if isinstance(process, Mapping) else ""
             program_spec = {k: v for k, v in process.items() if k != "name"} if isinstance(process, Mapping) \
                 else process
-            specs.append(ProcessSpec(str(name), program_from_spec(program_spec, f"{where}.processes[{j}]")))
-        vms.append(VMSpec(str(vm.get("name", f"vm{i}")), memory=vm.get("memory", "1GiB"),
+            specs.append(ProcessSpec(str(name), program_from_spec(program_spec, f"{where}.processes[{j}]",
+                                                                  base=base)))
+        name = str(vm.get("name", f"vm{i}"))
+        if name in named:
+            raise ConfigError(f"{where}.name: {name!r} is already the name of {key}.vms[{named[name]}]; "
+                              "VM names must be unique")
+        named[name] = i
+        vms.append(VMSpec(name, memory=vm.get("memory", "1GiB"),
                           backing=vm.get("backing", "contiguous"), allocation=vm.get("allocation", "eager"),
                           seed=vm.get("seed", 0), processes=specs))
     return Scenario(vms, description=str(data.get("description", "")))

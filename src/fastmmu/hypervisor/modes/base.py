@@ -10,6 +10,13 @@ A mode is one VM's memory virtualization.  It plays two roles:
   the batch run loop (a page fault, an EPT violation, a trapped frame), and
   ``destroy`` returns everything the mode allocated.
 
+The port's public methods live here, once for every mode: they check their
+arguments (``fastmmu.guest.port`` says what a bad one gets), count the exit
+when the mode's class says the instruction exits (``cr3_exits``,
+``invalidation_exits``), give the guest kernel the #GP(0) an operand would
+raise on hardware (the VM is stopped with the reason), and only then call the
+mode's hook (``_read_pte``, ``_write_pte``, ``_load_cr3``, ``_invlpg``, ...).
+
 A new mode is one module with a ``Mode`` subclass, registered in
 ``fastmmu.hypervisor.modes.MODES``.  Its class docstring states what traps,
 what the hardware walks, what the hypervisor keeps, and what a VM switch costs.
@@ -21,13 +28,19 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from fastmmu.arch import Status
+from fastmmu.arch import CR3_NOFLUSH, Status, is_canonical
 from fastmmu.batch import BatchResult
 from fastmmu.cpu import CpuState, EptConfig
+from fastmmu.guest.port import ENTRIES, check_frame, check_slot, check_u64
+from fastmmu.translation import Walk
 
 if TYPE_CHECKING:
     from fastmmu.guest.os import Process
     from fastmmu.hypervisor.machine import VM
+
+MAX_PCID = 4095
+PIECE = 4096
+LARGE_2M = 2 << 20
 
 
 class Outcome(Enum):
@@ -39,12 +52,36 @@ class Outcome(Enum):
     TERMINATED = "terminated"  # the VM was stopped
 
 
+def fault_record(result: BatchResult) -> Walk:
+    """The fault record of a stopped batch (the core gives one with every stop)."""
+    if result.fault is None:
+        raise RuntimeError(f"simulator bug: the batch stopped with {result.status.name} and no fault record")
+    return result.fault
+
+
+def invpcid_fault(kind: int, pcid: int, va: int, pcide: bool, levels: int) -> str | None:
+    """Why INVPCID with these operands raises #GP(0) on hardware (SDM Vol. 2, INVPCID), or None."""
+    if kind > 3:
+        return f"type {kind} is not 0..3"
+    if pcid > MAX_PCID:
+        return f"descriptor {pcid:#x} sets reserved bits 63:12"
+    if kind <= 1 and pcid and not pcide:
+        return f"type {kind} names PCID {pcid} while CR4.PCIDE=0"
+    if kind == 0 and not is_canonical(va, levels):
+        return f"type 0 address {va:#x} is not canonical"
+    return None
+
+
 class Mode:
     """Base class: the guest port and the hypervisor hooks, with the shared defaults."""
 
     name = ""
     uses_vpid = False
     """Whether TLB entries are tagged with the VM's VPID, so that a VM switch keeps them."""
+    cr3_exits = False
+    """Whether MOV to CR3 exits to the hypervisor (``cr3_load``)."""
+    invalidation_exits = False
+    """Whether INVLPG and INVPCID exit to the hypervisor (``invlpg``)."""
     stale_walks = False
     """Set when cached walks may be wrong: the run loop calls ``forget_cached_walks`` before it
     lets the hardware walk again."""
@@ -54,7 +91,8 @@ class Mode:
         self.mem = vm.machine.mem
         self.layout = vm.memory
         self.levels = vm.guest_config.levels
-        self.cr3 = 0  # the guest's CR3 (guest-physical root | PCID)
+        self.frames = vm.memory.frames
+        self.cr3: int | None = None  # the guest's CR3 (guest-physical root | PCID); None until it loads one
 
     # -- helpers -------------------------------------------------------------------
 
@@ -75,37 +113,122 @@ class Mode:
     def vpid(self) -> int:
         return self.vm.vpid if self.uses_vpid else 0
 
-    # -- the guest's port ----------------------------------------------------------
+    def flush_vm_translations(self) -> None:
+        """Drop every translation this VM has cached (its VPID's, or all without VPIDs)."""
+        mmu = self.vm.machine.mmu
+        if self.uses_vpid:
+            mmu.invvpid(1, vpid=self.vm.vpid)
+        else:
+            mmu.flush()
+
+    def invalidate_pieces(self, base: int, size: int, pcid: int | None = None) -> None:
+        """Drop every TLB entry of the guest page of ``size`` at ``base`` that the hardware caches in
+        pieces (SDM Vol. 3A 4.10.4.1: INVLPG of any address of a page invalidates all its entries):
+        each 4 KiB piece of a 2 MiB page (for ``pcid``, with INVPCID; else as INVLPG does), every
+        translation of the VM for a 1 GiB page (512 x 512 pieces: a superset, as the SDM allows)."""
+        if size > LARGE_2M:
+            self.flush_vm_translations()
+            return
+        mmu = self.hw()
+        if pcid is None:
+            for offset in range(0, size, PIECE):
+                mmu.invlpg(base + offset)
+        else:
+            for offset in range(0, size, PIECE):
+                mmu.invpcid(0, pcid=pcid, va=base + offset)
+
+    # -- the guest's port: checked here, once for every mode ----------------------------
 
     def new_table(self, gfn: int) -> None:
-        frame = self.layout.hfn(gfn)
-        self.mem.write_run(frame << 12, 512, 0, 0)
+        if type(gfn) is not int or not 0 <= gfn < self.frames:
+            gfn = check_frame(gfn, self.frames, "new_table")
+        self._new_table(gfn)
 
     def release_table(self, gfn: int) -> None:
-        pass
+        if type(gfn) is not int or not 0 <= gfn < self.frames:
+            gfn = check_frame(gfn, self.frames, "release_table")
+        self._release_table(gfn)
 
     def read_pte(self, table_gfn: int, index: int) -> int:
-        return self.mem.read(self.layout.hfn(table_gfn) << 12 | index << 3)
+        if type(index) is not int or not 0 <= index < ENTRIES or type(table_gfn) is not int \
+                or not 0 <= table_gfn < self.frames:
+            table_gfn, index = check_slot(table_gfn, index, self.frames, "read_pte")
+        return self._read_pte(table_gfn, index)
 
     def write_pte(self, table_gfn: int, index: int, value: int) -> None:
-        self.mem.write(self.layout.hfn(table_gfn) << 12 | index << 3, value)
+        if type(index) is not int or not 0 <= index < ENTRIES or type(table_gfn) is not int \
+                or not 0 <= table_gfn < self.frames:
+            table_gfn, index = check_slot(table_gfn, index, self.frames, "write_pte")
+        if type(value) is not int or value < 0 or value >> 64:
+            value = check_u64(value, "write_pte: value")
+        self._write_pte(table_gfn, index, value)
 
     def peek_pte(self, table_gfn: int, index: int) -> int:
         """The entry as the guest would read it, without any exit or side effect (inspection)."""
-        return self.read_pte(table_gfn, index)
+        if type(index) is not int or not 0 <= index < ENTRIES or type(table_gfn) is not int \
+                or not 0 <= table_gfn < self.frames:
+            table_gfn, index = check_slot(table_gfn, index, self.frames, "peek_pte")
+        return self._peek_pte(table_gfn, index)
 
     def load_cr3(self, value: int) -> None:
-        raise NotImplementedError
+        value = check_u64(value, "load_cr3")
+        if self.cr3_exits:
+            self.exit("cr3_load")  # the exit comes first; the hypervisor checks the value (KVM's kvm_set_cr3)
+        self.check_cr3(value)
+        self._load_cr3(value)
 
     def check_cr3(self, value: int) -> None:
         """MOV to CR3 with reserved bits set is a #GP in the guest kernel: the VM is stopped."""
-        if (value & ~(1 << 63)) >> self.mem.maxphyaddr or (value >> 63 and not self.vm.guest_config.pcid):
+        if (value & ~CR3_NOFLUSH) >> self.mem.maxphyaddr or (value & CR3_NOFLUSH and not self.vm.guest_config.pcid):
             self.vm.terminate(f"MOV to CR3 {value:#x} sets reserved bits (#GP in the guest kernel)")
 
     def invlpg(self, va: int) -> None:
-        self.hw().invlpg(va)
+        va = check_u64(va, "invlpg")
+        if self.invalidation_exits:
+            self.exit("invlpg")
+        if is_canonical(va, self.levels):  # else a no-op, as on hardware (and in KVM's emulation)
+            self._invlpg(va)
 
     def invpcid(self, kind: int, pcid: int = 0, va: int = 0) -> None:
+        kind = check_u64(kind, "invpcid: type")
+        pcid = check_u64(pcid, "invpcid: descriptor PCID")
+        va = check_u64(va, "invpcid: descriptor address")
+        if self.invalidation_exits:
+            # With INVPCID exiting ("INVLPG exiting" and "enable INVPCID"), the type and descriptor are
+            # checked by the instruction's execution, which the VM exit pre-empts (SDM Vol. 3C 26.1.1:
+            # only #UD, CPL and memory-operand faults come before the exit): the exit is taken, and the
+            # hypervisor finds the #GP and injects it, as KVM's kvm_handle_invpcid does.
+            self.exit("invlpg")
+        fault = invpcid_fault(kind, pcid, va, self.vm.guest_config.pcid, self.levels)
+        if fault is not None:
+            self.vm.terminate(f"INVPCID: {fault} (#GP(0) in the guest kernel)")
+        self._invpcid(kind, pcid, va)
+
+    # -- what each mode does behind the port (arguments checked) ------------------------
+
+    def _new_table(self, gfn: int) -> None:
+        frame = self.layout.hfn(gfn)
+        self.mem.write_run(frame << 12, 512, 0, 0)
+
+    def _release_table(self, gfn: int) -> None:
+        pass
+
+    def _read_pte(self, table_gfn: int, index: int) -> int:
+        return self.mem.read(self.layout.hfn(table_gfn) << 12 | index << 3)
+
+    def _write_pte(self, table_gfn: int, index: int, value: int) -> None:
+        self.mem.write(self.layout.hfn(table_gfn) << 12 | index << 3, value)
+
+    def _peek_pte(self, table_gfn: int, index: int) -> int:
+        return Mode._read_pte(self, table_gfn, index)
+
+    def _load_cr3(self, value: int) -> None:
+        raise NotImplementedError
+
+    def _invlpg(self, va: int) -> None:
+        self.hw().invlpg(va)
+
+    def _invpcid(self, kind: int, pcid: int, va: int) -> None:
         self.hw().invpcid(kind, pcid=pcid, va=va)
 
     # -- the hypervisor's hooks ----------------------------------------------------
@@ -125,8 +248,7 @@ class Mode:
 
     def on_fault(self, process: Process, result: BatchResult, va: int, access: int) -> Outcome:
         """A stop of the run loop at ``va``.  The default: page faults go to the guest."""
-        fault = result.fault
-        assert fault is not None
+        fault = fault_record(result)
         if result.status == Status.PAGE_FAULT:
             return self.deliver_page_fault(process, va, fault.error_code)
         if result.status == Status.GP:
@@ -149,6 +271,7 @@ class Mode:
 
     def mapped_frames(self) -> Iterator[tuple[str, int]]:
         """(structure, host frame) for every translation this mode keeps for the hardware: the
-        isolation tests check each frame belongs to the VM."""
+        isolation tests check each frame belongs to the VM.  Tables of the hypervisor's pool that
+        the hardware walks (shadow tables, EPT tables, hidden tables) are accounted to the VM
+        (``VM.hv_frames``) and not listed."""
         return iter(())
-

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from fastmmu.arch import Access, Status
 from fastmmu.batch import BatchResult
-from fastmmu.hypervisor.modes.base import Outcome
+from fastmmu.hypervisor.modes.base import Outcome, fault_record
 from fastmmu.hypervisor.modes.direct import DirectMode
 
 if TYPE_CHECKING:
@@ -22,38 +22,33 @@ class BruteForce(DirectMode):
       (the frames are marked as traps in host memory).
     - The hardware walks: the guest's tables, which the hypervisor keeps
       holding host addresses; it answers the guest's reads from its memory
-      layout (host frame -> guest frame) and converts every write.
-    - The hypervisor keeps: the VM's memory layout and which frames are page
-      tables at which level.
+      layout (host frame -> guest frame) and converts every write.  Guest
+      large pages over host frames that are not one aligned run are given to
+      the hardware in pieces (hidden tables in hypervisor frames).
+    - The hypervisor keeps: the VM's memory layout, the levels each frame is
+      a table at, the entries the hardware cannot be given as they are, and
+      the hidden tables.
     - VM switch: an exit that switches layouts; with no VPID, the TLBs are
       flushed.
+    - A hostile guest (``direct.py`` says what each entry becomes) gets the
+      hardware's faults, or its VM stopped with the reason: for memory beyond
+      the VM, for a #GP in its kernel (a CR3 value or INVPCID operand that
+      faults), and for an access through an entry its table's levels read two
+      ways that cannot share one real entry.
     """
 
     name = "brute_force"
     uses_vpid = False
+    cr3_exits = True
+    invalidation_exits = True
 
-    def read_pte(self, table_gfn: int, index: int) -> int:
+    def _read_pte(self, table_gfn: int, index: int) -> int:
         self.exit("pt_read")
-        return super().read_pte(table_gfn, index)
+        return super()._read_pte(table_gfn, index)
 
-    def peek_pte(self, table_gfn: int, index: int) -> int:
-        return super().read_pte(table_gfn, index)
-
-    def write_pte(self, table_gfn: int, index: int, value: int) -> None:
+    def _write_pte(self, table_gfn: int, index: int, value: int) -> None:
         self.exit("pt_write")
-        super().write_pte(table_gfn, index, value)
-
-    def load_cr3(self, value: int) -> None:
-        self.exit("cr3_load")
-        super().load_cr3(value)
-
-    def invlpg(self, va: int) -> None:
-        self.exit("invlpg")
-        super().invlpg(va)
-
-    def invpcid(self, kind: int, pcid: int = 0, va: int = 0) -> None:
-        self.exit("invlpg")
-        super().invpcid(kind, pcid, va)
+        super()._write_pte(table_gfn, index, value)
 
     def on_protect(self, frame: int) -> None:
         self.mem.set_trap(frame, True)
@@ -64,8 +59,7 @@ class BruteForce(DirectMode):
     def on_fault(self, process: Process, result: BatchResult, va: int, access: int) -> Outcome:
         if result.status != Status.TRAP:
             return super().on_fault(process, result, va, access)
-        assert result.fault is not None
-        frame = result.fault.host_address >> 12
+        frame = fault_record(result).host_address >> 12
         if frame in self.links or frame in self.roots:
             # a data access to a live page table: emulated (the simulator carries no data values)
             self.exit("pt_write" if access & Access.WRITE else "pt_read")
@@ -75,6 +69,6 @@ class BruteForce(DirectMode):
         return Outcome.DONE
 
     def destroy(self) -> None:
-        for frame in set(self.level_of) | self.roots:
+        for frame in set(self.links) | self.roots:
             if self.mem.is_trapped(frame):
                 self.mem.set_trap(frame, False)

@@ -9,7 +9,7 @@ from fastmmu.arch import EPT, Status
 from fastmmu.batch import BatchResult
 from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.hypervisor.ept import PAGE_FRAMES, VmEpt
-from fastmmu.hypervisor.modes.base import Mode, Outcome
+from fastmmu.hypervisor.modes.base import Mode, Outcome, fault_record
 
 if TYPE_CHECKING:
     from fastmmu.guest.os import Process
@@ -32,6 +32,11 @@ class Nested(Mode):
       (``hypervisor.ept = "lazy"``) or all at creation (``"eager"``).
     - VM switch: an exit and an EPTP switch; TLB entries are tagged with the
       VM's VPID (and EPT), so they survive.
+    - A hostile guest: the hardware walks whatever it writes, and every
+      guest-physical address it reaches goes through the EPT, which maps the
+      VM's own frames only; an address beyond the VM's memory stops the VM,
+      and so does a #GP in its kernel (a CR3 value or INVPCID operand that
+      faults).
     """
 
     name = "nested"
@@ -57,35 +62,31 @@ class Nested(Mode):
 
     # -- the guest's port: nothing traps, but memory the EPT lacks does ---------------
 
-    def new_table(self, gfn: int) -> None:
+    def _new_table(self, gfn: int) -> None:
         self._touch(gfn)
-        super().new_table(gfn)
+        super()._new_table(gfn)
 
-    def read_pte(self, table_gfn: int, index: int) -> int:
+    def _read_pte(self, table_gfn: int, index: int) -> int:
         self._touch(table_gfn)
-        return super().read_pte(table_gfn, index)
+        return super()._read_pte(table_gfn, index)
 
-    def peek_pte(self, table_gfn: int, index: int) -> int:
-        return Mode.read_pte(self, table_gfn, index)
-
-    def write_pte(self, table_gfn: int, index: int, value: int) -> None:
+    def _write_pte(self, table_gfn: int, index: int, value: int) -> None:
         self._touch(table_gfn)
-        super().write_pte(table_gfn, index, value)
+        super()._write_pte(table_gfn, index, value)
 
-    def load_cr3(self, value: int) -> None:
-        self.check_cr3(value)
+    def _load_cr3(self, value: int) -> None:
         self.cr3 = value & ~_CR3_NOFLUSH
         self.hw().mov_cr3(value)
 
     # -- the hardware side -------------------------------------------------------------
 
     def context(self) -> tuple[CpuState, EptConfig | None]:
-        return self.cpu_state(self.cr3), self.ept.config
+        # before the guest loads CR3 nothing runs; its reset value, 0, is as good as any
+        return self.cpu_state(self.cr3 if self.cr3 is not None else 0), self.ept.config
 
     def on_fault(self, process: Process, result: BatchResult, va: int, access: int) -> Outcome:
         if result.status == Status.EPT_VIOLATION:
-            assert result.fault is not None
-            gpa = result.fault.fault_address
+            gpa = fault_record(result).fault_address
             if gpa >> 12 >= self.layout.frames:
                 self.vm.terminate(f"access at {va:#x} to guest-physical address {gpa:#x}, beyond the VM's memory")
             self.exit("ept_violation")

@@ -69,19 +69,21 @@ class ShadowSpace:
         size = _PS if leaf_level > 1 else 0
         mem.write(table << 12 | ((va >> (12 + 9 * (leaf_level - 1))) & 511) << 3, frame << 12 | flags | size)
 
-    def unmap(self, va: int) -> bool:
+    def unmap(self, va: int) -> list[tuple[int, int]]:
         """Drop the leaf that maps ``va``, whatever its size, and every piece of the guest's large page
-        around ``va`` if it was mapped in pieces (INVLPG removes the whole page); True if any went."""
-        found = False
+        around ``va`` if it was mapped in pieces (INVLPG removes the whole page); the (base, size) of
+        each guest page dropped in pieces, whose pieces the TLBs may hold too."""
+        dropped = []
         for size, level in ((2 << 20, 1), (1 << 30, 2)):
             base = va & ~(size - 1)
             if self.pieces.get(base) == size:
                 del self.pieces[base]
+                dropped.append((base, size))
                 table = self._table_at(base, level)
                 if table is not None:
                     self.mode.mem.write_run(table << 12, 512, 0, 0)
-                    found = True
-        return self._unmap_leaf(va) or found
+        self._unmap_leaf(va)
+        return dropped
 
     def _table_at(self, va: int, level: int) -> int | None:
         """The frame of the table at ``level`` on ``va``'s path, if there is one."""
@@ -152,10 +154,18 @@ class Shadow(Mode):
       frames come from the hypervisor's pool and are accounted.
     - VM switch: an exit and a shadow-cache lookup; with no VPID, the TLBs are
       flushed.
+    - A hostile guest: shadow leaves are made from the hypervisor's software
+      walk and its layout only, so whatever the guest writes it gets the
+      walk's fault, a translation to its own frames, or its VM stopped for
+      memory it does not have or a #GP in its kernel (a CR3 value or INVPCID
+      operand that faults).  Self-referencing tables and large pages over
+      scattered frames are walked as the hardware walks them.
     """
 
     name = "shadow"
     uses_vpid = False
+    cr3_exits = True
+    invalidation_exits = True
 
     def __init__(self, vm: VM) -> None:
         super().__init__(vm)
@@ -175,9 +185,7 @@ class Shadow(Mode):
 
     # -- the guest's port (page-table reads and writes do not trap) -----------------
 
-    def load_cr3(self, value: int) -> None:
-        self.exit("cr3_load")
-        self.check_cr3(value)
+    def _load_cr3(self, value: int) -> None:
         pcide = self.vm.guest_config.pcid
         noflush = bool(value & CR3_NOFLUSH)
         value &= ~CR3_NOFLUSH
@@ -198,20 +206,22 @@ class Shadow(Mode):
         shadow_cr3 = space.root << 12 | (key[1] if pcide else 0)
         self.hw().mov_cr3(shadow_cr3 | (CR3_NOFLUSH if noflush and pcide else 0))
 
-    def invlpg(self, va: int) -> None:
-        self.exit("invlpg")
-        if self.current is not None:
-            self.current.unmap(va)
-        super().invlpg(va)
+    def _invlpg(self, va: int) -> None:
+        dropped = self.current.unmap(va) if self.current is not None else []
+        super()._invlpg(va)
+        for base, size in dropped:
+            self.invalidate_pieces(base, size)
 
-    def invpcid(self, kind: int, pcid: int = 0, va: int = 0) -> None:
-        self.exit("invlpg")
+    def _invpcid(self, kind: int, pcid: int, va: int) -> None:
+        dropped: set[tuple[int, int]] = set()
         for (_, space_pcid), space in self.cache.items():
             if kind == 0 and space_pcid == pcid:
-                space.unmap(va)
+                dropped.update(space.unmap(va))
             elif kind == 1 and space_pcid == pcid or kind in (2, 3):
                 space.clear()
-        super().invpcid(kind, pcid, va)
+        super()._invpcid(kind, pcid, va)
+        for base, size in sorted(dropped):
+            self.invalidate_pieces(base, size, pcid)
 
     # -- the shadow cache ------------------------------------------------------------
 
@@ -265,7 +275,7 @@ class Shadow(Mode):
             self.hits += 1
 
     def on_fault(self, process: Process, result: BatchResult, va: int, access: int) -> Outcome:
-        if result.status != Status.PAGE_FAULT or self.current is None:
+        if result.status != Status.PAGE_FAULT or self.current is None or self.cr3 is None:
             return super().on_fault(process, result, va, access)
         cpu = self.cpu_state(self.cr3)
         if self.physmap is not None:
@@ -278,7 +288,7 @@ class Shadow(Mode):
             self.exit("fault_injection")
             return self.deliver_page_fault(process, va, walk.error_code)
         if walk.status != Status.OK or gpa >> 12 >= self.layout.frames:
-            self.vm.terminate(f"access at {va:#x} reaches guest-physical address {gpa:#x}, beyond the VM's memory")
+            self.vm.terminate(f"access at {va:#x} to guest-physical address {gpa:#x}, beyond the VM's memory")
         self.exit("hidden_fault")
         attrs = walk.attrs
         flags = _P | (_US if attrs & _ATTR_U else 0) | (_NX if attrs & _ATTR_XD else 0)
@@ -299,9 +309,9 @@ class Shadow(Mode):
 
     def _guest_page_size(self, va: int) -> int:
         """The size of the guest page that maps ``va`` (its tables were just walked: they are sane)."""
-        table = (self.cr3 & ADDR_MASK) >> 12
+        table = ((self.cr3 or 0) & ADDR_MASK) >> 12
         for level in range(self.levels, 1, -1):
-            entry = Mode.read_pte(self, table, (va >> (12 + 9 * (level - 1))) & 511)
+            entry = Mode._read_pte(self, table, (va >> (12 + 9 * (level - 1))) & 511)
             if level <= 3 and entry & _PS:
                 return 1 << (12 + 9 * (level - 1))
             table = (entry & ADDR_MASK) >> 12
