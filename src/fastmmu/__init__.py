@@ -39,7 +39,7 @@ from fastmmu.tlbconfig import CacheGeometry, TLBConfig
 from fastmmu.translation import Reference, Walk
 
 if TYPE_CHECKING:
-    from fastmmu import traces, workloads
+    from fastmmu import guest, hypervisor, observers, plots, traces, workloads
     from fastmmu._core.memory import HostMemory, MemoryExhausted
     from fastmmu._core.mmu import MMU
     from fastmmu._core.paging import walk, walk_ept, walk_nested
