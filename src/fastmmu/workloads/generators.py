@@ -23,7 +23,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar, dataclass_transform
 
 import numpy as np
 
@@ -44,6 +44,16 @@ def param(description: str, *, kind: type = int, low: float | None = None, high:
     """A generator parameter: what it is and its range, which ``check_params`` enforces."""
     return dataclasses.field(default=default, metadata={"description": description, "kind": kind, "low": low,
                                                         "high": high, "low_open": low_open})
+
+
+_G = TypeVar("_G")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(dataclasses.field, param))
+def generator(cls: type[_G]) -> type[_G]:
+    """A generator's class: a frozen dataclass of ``param``s.  Declared as a dataclass transform so
+    that type checkers (and stubtest) know which parameters have defaults."""
+    return dataclass(frozen=True)(cls)
 
 
 def generator_name(program: object) -> str:
@@ -152,7 +162,7 @@ def _scan_offsets(start: int, count: int, stride: int, span: int) -> np.ndarray:
 # -- the generators ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@generator
 class Zipf:
     """Accesses to ``pages`` pages with Zipf-distributed popularity (exponent ``alpha``); the
     popular pages are spread over the region by a seeded permutation."""
@@ -182,7 +192,7 @@ class Zipf:
             yield _on_pages(self.base, order[ranks], rng, self.writes)
 
 
-@dataclass(frozen=True)
+@generator
 class Uniform:
     """Accesses spread evenly over ``pages`` pages."""
 
@@ -204,7 +214,7 @@ class Uniform:
             yield _on_pages(self.base, rng.integers(0, self.pages, count, dtype=np.uint64), rng, self.writes)
 
 
-@dataclass(frozen=True)
+@generator
 class Sequential:
     """Passes over ``pages`` pages in order, ``stride`` bytes apart (a scan or a strided sweep)."""
 
@@ -232,7 +242,7 @@ class Sequential:
             yield Accesses(np.uint64(self.base) + offsets, _kinds(rng, count, self.writes))
 
 
-@dataclass(frozen=True)
+@generator
 class Strided(Sequential):
     """A sweep ``stride`` bytes apart, by default one access per page: every access a new page,
     the pattern that defeats a TLB (and, with a stride of 2 MiB, the paging-structure caches)."""
@@ -240,7 +250,7 @@ class Strided(Sequential):
     stride: int = param(STRIDE, default=4096)
 
 
-@dataclass(frozen=True)
+@generator
 class WorkingSets:
     """Phased working sets: ``phases`` phases, each uniform over its own set of ``set_pages``
     pages drawn from a region of ``pages``; ``keep`` is the share of a set carried over from the
@@ -282,7 +292,7 @@ class WorkingSets:
                 yield _on_pages(self.base, current[rng.integers(0, self.set_pages, count)], rng, self.writes)
 
 
-@dataclass(frozen=True)
+@generator
 class Churn:
     """Map/unmap churn: ``rounds`` times, map a region of ``pages`` pages, touch it with ``n``
     accesses, unmap it.  Each round builds and frees page tables."""
@@ -311,7 +321,7 @@ class Churn:
             yield Munmap(base, length)
 
 
-@dataclass(frozen=True)
+@generator
 class Phases:
     """Programs run one after the other in one process (their regions must not overlap)."""
 
