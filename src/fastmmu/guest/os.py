@@ -81,6 +81,7 @@ class Process:
     current: Accesses | None = None
     position: int = 0
     done: bool = False
+    accesses_done: int = 0  # of its program, completed: where a process that was stopped stopped
     kinds_of: Accesses | None = None  # the batch whose user-mode kinds ``kinds`` holds (the run loop's)
     kinds: np.ndarray | None = None
 

@@ -27,7 +27,6 @@ from fastmmu.hypervisor.costs import EXIT_REASONS, CostModel
 from fastmmu.hypervisor.layout import HostExhausted, Partitions, VMMemory
 from fastmmu.hypervisor.modes import MODES, Mode, Outcome
 from fastmmu.hypervisor.result import RunResult
-from fastmmu.observers import chain
 from fastmmu.settings import ConfigError, check_size, from_dict
 from fastmmu.tlbconfig import TLBConfig
 from fastmmu.units import format_size
@@ -279,13 +278,6 @@ class Machine:
         before = {vm.id: (Counter(vm.exits), dict(vm.guest.stats)) for vm in chosen}
         running = {vm.id: (vm.terminated, [p for p in vm.guest.processes.values() if p.alive and not p.done])
                    for vm in chosen}
-        # accesses each process completed (over every run of this machine): where a stopped one stopped
-        done_by: Counter[tuple[int, int]] = self.__dict__.setdefault("process_accesses", Counter())
-
-        def count(vm: VM, process: Process, addresses: Any, kinds: Any, out: Any, start: int, stop: int) -> None:
-            done_by[vm.id, process.pid] += stop - start
-
-        hook = chain(count, on_batch)
         started = time.perf_counter()
         self._done = 0  # accesses completed: counted as they complete, so an interruption loses none
         partial, interrupted, error = False, False, None
@@ -300,13 +292,13 @@ class Machine:
                                                                             limit - self._done)
                     if budget <= 0:
                         break
-                    self._run_slice(vm, budget, hook)
+                    self._run_slice(vm, budget, on_batch)
             partial = limit >= 0 and any(vm.alive and vm.guest.runnable() for vm in chosen)
         except KeyboardInterrupt:
             partial = interrupted = True
         except ProgramError as exc:  # e.g. a malformed trace: keep what was done, say why it stopped
             partial, error = True, str(exc)
-        stopped = _stopped(chosen, running, done_by)
+        stopped = _stopped(chosen, running)
         result = self._result(chosen, before, self._done, partial or bool(stopped), time.perf_counter() - started,
                               stopped)
         return replace(result, interrupted=interrupted, error=error) if interrupted or error else result
@@ -357,6 +349,7 @@ class Machine:
                     on_batch(vm, process, addresses, kinds, out, index, result.stopped)
                 done += result.stopped - index
                 self._done += result.stopped - index
+                process.accesses_done += result.stopped - index
                 if result.complete:
                     index = count
                     break
@@ -369,6 +362,7 @@ class Machine:
                         on_batch(vm, process, addresses, kinds, out, index, index + 1)
                     index, done, retries = index + 1, done + 1, 0
                     self._done += 1
+                    process.accesses_done += 1
                 elif outcome is Outcome.RETRY:
                     retries += 1
                     if retries > MAX_RETRIES:
@@ -434,8 +428,7 @@ class Machine:
                          stopped=stopped or [])
 
 
-def _stopped(vms: list[VM], running: dict[int, tuple[str | None, list[Process]]],
-             done_by: Counter[tuple[int, int]]) -> list[dict[str, Any]]:
+def _stopped(vms: list[VM], running: dict[int, tuple[str | None, list[Process]]]) -> list[dict[str, Any]]:
     """Every process that was running when the run began and was stopped during it before its
     program ended: killed by its guest kernel (#GP, segfault, out of memory), or in a VM the
     hypervisor stopped; and a VM stopped with no such process.  ``accesses``: how many of its
@@ -455,7 +448,7 @@ def _stopped(vms: list[VM], running: dict[int, tuple[str | None, list[Process]]]
             else:
                 continue   # still running: a run cut short (max_accesses, Ctrl-C) says so itself
             entries.append({"vm": vm.name, "process": process.name, "pid": process.pid, "reason": reason,
-                            "accesses": done_by[vm.id, process.pid]})
+                            "accesses": process.accesses_done})
         if vm_stopped and not entries:
             entries.append({"vm": vm.name, "process": None, "pid": None, "reason": vm.terminated,
                             "accesses": None})
