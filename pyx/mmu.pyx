@@ -99,7 +99,7 @@ from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.tlbconfig import PSC_SHIFTS as _PSC_SHIFTS, TLBConfig, fill_target
 from fastmmu.translation import Walk
 
-__all__ = ["MMU"]
+__all__ = ["BUILD_DEBUG", "MMU"]
 
 _LEVEL_NAMES = ("l1i", "l1d", "l2")
 if _REFERENCE_DTYPE.itemsize != sizeof(ref_record_t):
@@ -900,3 +900,7 @@ cdef class MMU:
             "tlb_rights_drops": c.rights_drops,
             "structures": {name: t.stats() for name, t in self._structures},
         }
+
+
+# Whether this module was built with FASTMMU_CYTHON_DEBUG=1 (checks on): `fastmmu info` says so.
+BUILD_DEBUG = FASTMMU_DEBUG

@@ -60,7 +60,7 @@ globals().update({
 })
 
 __all__ = [
-    "TLB", "simulate", "POLICY_NAMES", "SIZE_NAMES",
+    "BUILD_DEBUG", "TLB", "simulate", "POLICY_NAMES", "SIZE_NAMES",
     "INV_MATCH_VPID", "INV_MATCH_PCID", "INV_MATCH_EPTAG", "INV_EPTAG_NONZERO", "INV_MATCH_ADDR",
     "INV_KEEP_GLOBAL", "INV_GLOBAL_ANY_PCID", "INV_SKIP_VPID0", "INV_FRACTURED", "TLB_ATTR_FRACTURED",
     "POLICY_LRU", "POLICY_PLRU", "POLICY_FIFO", "POLICY_RANDOM",
@@ -618,3 +618,7 @@ def simulate(addresses, levels, *, pcid=0, vpid=0, eptag=0, start_clock=None):
         level.clock = start + n
     hit_list = [hits[k] for k in range(nlevels)]
     return {"accesses": n, "hits": hit_list, "misses": n - sum(hit_list)}
+
+
+# Whether this module was built with FASTMMU_CYTHON_DEBUG=1 (checks on): `fastmmu info` says so.
+BUILD_DEBUG = FASTMMU_DEBUG

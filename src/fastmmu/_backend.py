@@ -14,7 +14,7 @@ import importlib.metadata
 import importlib.util
 import platform
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 # The compiled modules a complete build contains (pyx/<name>.pyx each).
@@ -38,10 +38,9 @@ class ModuleStatus:
     name: str  # "fastmmu._core.memory"
     state: str  # "loaded", "not built" or "broken"
     path: str | None = None  # the extension file, when loaded
-    debug: bool | None = None  # BUILD_DEBUG of the module; for one that does not say, that of the others
+    debug: bool | None = None  # BUILD_DEBUG of the module, when loaded
     error: str | None = None  # the import error, when not loaded
     fix: str | None = None  # what to do about it, when not loaded
-    debug_reported: bool | None = None  # whether ``debug`` is the module's own word (False: inferred)
 
 
 def module_status(short_name: str) -> ModuleStatus:
@@ -61,15 +60,8 @@ def module_status(short_name: str) -> ModuleStatus:
 
 
 def core_status() -> list[ModuleStatus]:
-    """The status of every compiled module, in build order.  One build compiles every module with
-    the same flags, so a loaded module that does not export BUILD_DEBUG gets the value the others
-    report (``debug_reported`` False) instead of an unknown."""
-    modules = [module_status(name) for name in CORE_MODULES]
-    reported = {m.debug for m in modules if m.state == "loaded" and m.debug is not None}
-    inferred = reported.pop() if len(reported) == 1 else None
-    return [replace(m, debug_reported=m.debug is not None,
-                    debug=m.debug if m.debug is not None else inferred) if m.state == "loaded" else m
-            for m in modules]
+    """The status of every compiled module, in build order."""
+    return [module_status(name) for name in CORE_MODULES]
 
 
 def _version() -> str:
@@ -91,7 +83,7 @@ def backend_report() -> dict[str, Any]:
     modules = core_status()
     by_name = {m.name.rsplit(".", 1)[1]: m for m in modules}
     memory_loaded = by_name["memory"].state == "loaded"
-    debug_flags = {m.debug for m in modules if m.state == "loaded" and m.debug_reported}
+    debug_flags = {m.debug for m in modules if m.state == "loaded" and m.debug is not None}
     if not debug_flags:
         build = "unknown"
     elif len(debug_flags) == 2:

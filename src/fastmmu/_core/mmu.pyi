@@ -1,6 +1,6 @@
 """Type stub of the compiled batch run loop (pyx/mmu.pyx)."""
 
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -13,7 +13,9 @@ from fastmmu.cpu import CpuState, EptConfig
 from fastmmu.tlbconfig import TLBConfig
 from fastmmu.translation import Walk
 
-__all__ = ["MMU"]
+__all__ = ["BUILD_DEBUG", "MMU"]
+
+BUILD_DEBUG: Final[bool]
 
 @disjoint_base
 class MMU:

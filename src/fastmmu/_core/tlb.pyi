@@ -1,13 +1,14 @@
 """Type stub of the compiled ``fastmmu._core.tlb`` (source: pyx/tlb.pyx, contract: tlb.pxd)."""
 
 from collections.abc import Sequence
-from typing import Any, Literal, TypedDict
+from typing import Any, Final, Literal, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import disjoint_base
 
 __all__ = [
+    "BUILD_DEBUG",
     "TLB",
     "simulate",
     "POLICY_NAMES",
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_SIZES",
 ]
 
+BUILD_DEBUG: Final[bool]
 INV_MATCH_VPID: int
 INV_MATCH_PCID: int
 INV_MATCH_EPTAG: int
