@@ -17,9 +17,6 @@ from typing import Any
 
 from fastmmu.cli.common import UserError
 
-# The file suffix of each format --host-trace and --pte-trace write (traces/writers.py's FORMATS).
-TRACE_SUFFIX = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
-
 
 def add_output_options(p: argparse.ArgumentParser) -> None:
     from fastmmu.traces.writers import FORMATS as HOST_TRACE_FORMATS
@@ -90,8 +87,6 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
-
-
 class ModeTraces:
     """One trace file per mode (``--host-trace``: ``host-<mode>``, ``--pte-trace``: ``pte-<mode>``):
     an ``on_batch`` hook that starts a new file as each mode starts (``start_mode``)."""
@@ -103,10 +98,10 @@ class ModeTraces:
 
     def start_mode(self, mode: str, index: int) -> None:
         from fastmmu.traces.output import OutputError
-        from fastmmu.traces.writers import HostTraceWriter, PteTraceWriter
+        from fastmmu.traces.writers import FORMATS, HostTraceWriter, PteTraceWriter
 
         self.close(partial=False)   # the mode before ran to its end (compare stops after a cut-short one)
-        path = self.directory / f"{self.content}-{mode}{TRACE_SUFFIX[self.format]}"
+        path = self.directory / f"{self.content}-{mode}{FORMATS[self.format]}"
         writer = PteTraceWriter if self.content == "pte" else HostTraceWriter
         try:
             self.writer = writer(path, self.format, metadata={"mode": mode})

@@ -39,7 +39,8 @@ from fastmmu.traces.base import SwitchProcess, SwitchVM
 from fastmmu.traces.native import NativeWriter
 from fastmmu.traces.output import AtomicOutput, PathLike, open_output
 
-FORMATS = ("native", "ramulator", "dramsim3")  # what --host-trace and --pte-trace offer
+# The formats these writers write, with the file suffix each is named with (--host-trace, --pte-trace).
+FORMATS = {"native": ".fmt", "ramulator": ".ramulator.txt", "dramsim3": ".dramsim3.txt"}
 BUFFER_RECORDS = 1 << 16
 
 _DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
