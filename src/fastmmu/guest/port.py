@@ -42,40 +42,40 @@ class GuestMemoryError(Exception):
     """The guest touched guest-physical memory its VM does not have."""
 
 
+def _integer(value: object, what: str, expected: str) -> int:
+    """``value`` as an int (anything with ``__index__`` but a bool); ValueError naming ``what`` otherwise."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise ValueError(f"{what}: expected {expected}, got {value!r}")
+    return int(value.__index__())  # type: ignore[attr-defined]
+
+
 def check_u64(value: object, what: str) -> int:
     """``value`` as a 64-bit register or entry value; ValueError (naming ``what``) otherwise."""
-    if type(value) is not int:
-        if isinstance(value, bool) or not hasattr(value, "__index__"):
-            raise ValueError(f"{what}: expected an integer, got {value!r}")
-        value = value.__index__()  # type: ignore[attr-defined]
-    if not 0 <= value <= U64:  # type: ignore[operator]
-        raise ValueError(f"{what}: {value:#x} is not a 64-bit value (0..2**64-1)")
-    return value  # type: ignore[return-value]
+    number = _integer(value, what, "an integer")
+    if not 0 <= number <= U64:
+        raise ValueError(f"{what}: {number:#x} is not a 64-bit value (0..2**64-1)")
+    return number
 
 
 def check_frame(gfn: object, frames: int, what: str) -> int:
     """``gfn`` as a frame of a VM of ``frames`` frames: ValueError when malformed, GuestMemoryError
     when beyond the VM."""
-    if type(gfn) is not int:
-        if isinstance(gfn, bool) or not hasattr(gfn, "__index__"):
-            raise ValueError(f"{what}: expected a guest frame number, got {gfn!r}")
-        gfn = gfn.__index__()  # type: ignore[attr-defined]
-    if gfn < 0:  # type: ignore[operator]
-        raise ValueError(f"{what}: guest frame {gfn} is negative")
-    if gfn >= frames:  # type: ignore[operator]
-        raise GuestMemoryError(f"{what}: guest frame {gfn:#x} is beyond the VM's memory ({frames:#x} frames)")
-    return gfn  # type: ignore[return-value]
+    frame = _integer(gfn, what, "a guest frame number")
+    if frame < 0:
+        raise ValueError(f"{what}: guest frame {frame} is negative")
+    if frame >= frames:
+        raise GuestMemoryError(f"{what}: guest frame {frame:#x} is beyond the VM's memory ({frames:#x} frames)")
+    return frame
 
 
 def check_slot(gfn: object, index: object, frames: int, what: str) -> tuple[int, int]:
     """A table frame and an entry index of it (0..511), checked as ``check_frame`` does."""
-    if type(index) is not int:
-        if isinstance(index, bool) or not hasattr(index, "__index__"):
-            raise ValueError(f"{what}: expected an entry index, got {index!r}")
-        index = index.__index__()  # type: ignore[attr-defined]
-    if not 0 <= index < ENTRIES:  # type: ignore[operator]
-        raise ValueError(f"{what}: entry index {index} is not 0..511")
-    return check_frame(gfn, frames, what), index  # type: ignore[return-value]
+    entry = _integer(index, what, "an entry index")
+    if not 0 <= entry < ENTRIES:
+        raise ValueError(f"{what}: entry index {entry} is not 0..511")
+    return check_frame(gfn, frames, what), entry
 
 
 class PagingPort(Protocol):
