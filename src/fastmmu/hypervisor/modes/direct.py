@@ -125,18 +125,24 @@ class Splinter:
             self.release()
             raise
 
-    def refresh(self, value: int) -> None:
-        """The guest rewrote its entry for the same page: its pieces get the entry's new rights."""
+    def _pieces(self) -> Iterator[tuple[int, int, int]]:
+        """(slot address, host frame, size in 4 KiB frames) of every piece; for a 1 GiB page the top
+        table's pointers to 4 KiB tables are not pieces."""
         mem = self.mode.mem
         for table in self.tables:
             row = mem.read_frame(table)
+            top_of_1g = self.level == 3 and table == self.tables[0]
             for index in map(int, np.flatnonzero(row & np.uint64(_P))):
                 entry = int(row[index])
-                if self.level == 3 and table == self.tables[0]:
-                    if entry & _PS:
-                        mem.write(table << 12 | index << 3, _leaf_2m(value, (entry & ADDR_MASK) >> 12))
+                if top_of_1g and not entry & _PS:
                     continue
-                mem.write(table << 12 | index << 3, _leaf_4k(value, (entry & ADDR_MASK) >> 12))
+                yield table << 12 | index << 3, (entry & ADDR_MASK) >> 12, 512 if top_of_1g else 1
+
+    def refresh(self, value: int) -> None:
+        """The guest rewrote its entry for the same page: its pieces get the entry's new rights."""
+        write = self.mode.mem.write
+        for slot, frame, size in list(self._pieces()):
+            write(slot, _leaf_2m(value, frame) if size > 1 else _leaf_4k(value, frame))
 
     def pointer(self, value: int) -> int:
         """The real entry: the guest's rights, pointing at the top hidden table."""
@@ -149,17 +155,11 @@ class Splinter:
 
     def leaf_frames(self) -> Iterator[int]:
         """The host frames the pieces map (a 2 MiB piece by its first and last frame)."""
-        mem = self.mode.mem
-        for table in self.tables:
-            row = mem.read_frame(table)
-            for index in map(int, np.flatnonzero(row & np.uint64(_P))):
-                entry = int(row[index])
-                frame = (entry & ADDR_MASK) >> 12
-                if self.level == 3 and table == self.tables[0]:
-                    if entry & _PS:
-                        yield frame & ~1
-                        yield (frame & ~1) + 511
-                    continue
+        for _, frame, size in self._pieces():
+            if size > 1:
+                yield frame & ~1
+                yield (frame & ~1) + size - 1
+            else:
                 yield frame
 
     def release(self) -> None:
