@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fastmmu.arch import CR3_NOFLUSH, Status, is_canonical
 from fastmmu.batch import BatchResult
@@ -112,6 +112,11 @@ class Mode:
 
     def vpid(self) -> int:
         return self.vm.vpid if self.uses_vpid else 0
+
+    def stop_beyond_memory(self, va: int, gpa: int) -> NoReturn:
+        """An access at ``va`` reached guest-physical address ``gpa``, which the VM does not have: it
+        is stopped, with the same words in every mode."""
+        self.vm.terminate(f"access at {va:#x} to guest-physical address {gpa:#x}, beyond the VM's memory")
 
     def flush_vm_translations(self) -> None:
         """Drop every translation this VM has cached (its VPID's, or all without VPIDs)."""

@@ -489,18 +489,16 @@ class DirectMode(Mode):
 
     def on_fault(self, process: Process, result: BatchResult, va: int, access: int) -> Outcome:
         if result.status == Status.PAGE_FAULT and self.unresolved and self.cr3 is not None:
-            return self._resolve(process, va, access)
+            return self._resolve(process, va, access, self.cr3)
         return super().on_fault(process, result, va, access)
 
-    def _resolve(self, process: Process, va: int, access: int) -> Outcome:
-        """A fault while entries the hardware cannot use exist: the guest's view decides."""
-        cr3 = self.cr3 if self.cr3 is not None else 0
+    def _resolve(self, process: Process, va: int, access: int, cr3: int) -> Outcome:
+        """A fault while entries the hardware cannot use exist: the guest's view (from ``cr3``) decides."""
         path: list[int] = []
 
         def read(gfn: int, index: int) -> int:
             if gfn >= self.frames:
-                self.vm.terminate(f"access at {va:#x} to guest-physical address {gfn << 12 | index << 3:#x}, "
-                                  "beyond the VM's memory")
+                self.stop_beyond_memory(va, gfn << 12 | index << 3)
             path.append(self.layout.hfn(gfn) << 9 | index)
             return self._view(path[-1])
 
@@ -511,8 +509,7 @@ class DirectMode(Mode):
             return self.vm.terminate(f"access at {va:#x}: the guest's walk ends in {walk.status.name}")
         gpa = walk.host_address
         if gpa >> 12 >= self.frames:
-            return self.vm.terminate(f"access at {va:#x} to guest-physical address {gpa:#x}, beyond the VM's "
-                                     "memory")
+            return self.stop_beyond_memory(va, gpa)
         for slot in path:
             state = self.special.get(slot)
             if state is None or state[1] == SPLINTER:

@@ -88,7 +88,7 @@ class Nested(Mode):
         if result.status == Status.EPT_VIOLATION:
             gpa = fault_record(result).fault_address
             if gpa >> 12 >= self.layout.frames:
-                self.vm.terminate(f"access at {va:#x} to guest-physical address {gpa:#x}, beyond the VM's memory")
+                self.stop_beyond_memory(va, gpa)
             self.exit("ept_violation")
             self.violations += 1
             self.ept.map_frame(gpa >> 12)

@@ -288,7 +288,7 @@ class Shadow(Mode):
             self.exit("fault_injection")
             return self.deliver_page_fault(process, va, walk.error_code)
         if walk.status != Status.OK or gpa >> 12 >= self.layout.frames:
-            self.vm.terminate(f"access at {va:#x} to guest-physical address {gpa:#x}, beyond the VM's memory")
+            self.stop_beyond_memory(va, gpa)
         self.exit("hidden_fault")
         attrs = walk.attrs
         flags = _P | (_US if attrs & _ATTR_U else 0) | (_NX if attrs & _ATTR_XD else 0)
