@@ -148,6 +148,21 @@ class FormatReader(Protocol):
     def __call__(self, stream: BinaryIO, options: ReadOptions) -> Iterator[TraceChunk]: ...
 
 
+def fits_signed(addresses: np.ndarray, bits: int) -> np.ndarray:
+    """Per uint64 address: is it a ``bits``-bit two's-complement value (bits ``bits-1``..63 equal)?"""
+    if bits >= 64:
+        return np.ones(len(addresses), dtype=bool)
+    high = np.asarray(addresses, dtype=np.uint64) >> np.uint64(bits - 1)
+    return (high == 0) | (high == np.uint64((1 << (65 - bits)) - 1))
+
+
+def wide_address(path: str, address: int, bits: int, *, line: int | None = None, offset: int | None = None,
+                 text: str | bytes | None = None) -> TraceError:
+    """The error of a record whose address does not fit in ``ReadOptions.address_bits``."""
+    return TraceError(path, f"address {address:#x} does not fit in {bits} bits (the native format holds "
+                            "canonical addresses of 5-level paging)", line=line, offset=offset, text=text)
+
+
 FILL_PIECE = 1 << 16  # bytes asked of the stream at a time
 
 

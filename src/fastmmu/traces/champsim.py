@@ -39,8 +39,8 @@ from typing import BinaryIO
 import numpy as np
 
 from fastmmu.arch import Access
-from fastmmu.traces.base import ReadOptions, StreamError, TraceChunk, TraceError, fill
-from fastmmu.traces.text import BLOCK_BYTES, fits_signed
+from fastmmu.traces.base import ReadOptions, StreamError, TraceChunk, TraceError, fill, fits_signed, wide_address
+from fastmmu.traces.text import BLOCK_BYTES
 
 STANDARD = np.dtype({
     "names": ["ip", "is_branch", "branch_taken", "destination_registers", "source_registers",
@@ -109,9 +109,8 @@ def read_records(stream: BinaryIO, options: ReadOptions, layout: np.dtype) -> It
                 elif wide.any():
                     first = int(np.argmax(wide))
                     row = int(np.nonzero(present)[0][first])
-                    failure = TraceError(options.path, f"address {int(addresses[first]):#x} does not fit in "
-                                         f"{options.address_bits} bits (the native format holds canonical "
-                                         "addresses of 5-level paging)", offset=offset + row * size)
+                    failure = wide_address(options.path, int(addresses[first]), options.address_bits,
+                                           offset=offset + row * size)
                     addresses, kinds = addresses[:first], kinds[:first]
             options.stats.records += len(addresses)
             for start in range(0, len(addresses), options.chunk_records):

@@ -82,6 +82,7 @@ from fastmmu.traces.base import (
     TraceError,
     UnmapRegion,
     fill,
+    fits_signed,
 )
 from fastmmu.traces.output import AtomicOutput, PathLike, open_output
 
@@ -511,7 +512,7 @@ class NativeWriter:
             raise ValueError(f"addresses: expected integers, got dtype {addresses.dtype}")
         addresses = addresses.reshape(-1).astype(np.uint64, copy=False)
         kinds = _check_kinds(kinds, len(addresses))
-        wide = np.flatnonzero(~fits_native(addresses))
+        wide = np.flatnonzero(~fits_signed(addresses, ADDRESS_BITS))
         if len(wide):
             at = int(wide[0])
             raise ValueError(f"addresses: {int(addresses[at]):#x} at index {at} does not fit in 57 bits "
@@ -554,12 +555,6 @@ class NativeWriter:
         file, self._out, self._file = self._file, None, None
         if file is not None:
             file.discard()
-
-
-def fits_native(addresses: np.ndarray) -> np.ndarray:
-    """Per address (uint64): does it fit the format's 57 bits (bits 56-63 all equal)?"""
-    high = np.asarray(addresses, dtype=np.uint64) >> np.uint64(ADDRESS_BITS - 1)
-    return (high == 0) | (high == np.uint64(0xFF))
 
 
 def encode_end(accesses: int, events: int, *, partial: bool = False) -> bytes:

@@ -14,7 +14,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fastmmu.traces.base import ReadOptions, StreamError, TraceChunk, TraceError, fill
+from fastmmu.traces.base import ReadOptions, StreamError, TraceChunk, TraceError, fill, fits_signed, wide_address
 
 BLOCK_BYTES = 1 << 24
 NEWLINE = 0x0A
@@ -119,18 +119,8 @@ def _drop_wide(block: np.ndarray, pos: int, length: int, parse: Parser, addresse
     earlier = np.flatnonzero(block[pos:line_end] == NEWLINE)
     start = pos + int(earlier[-1]) + 1 if len(earlier) else pos
     text = bytes(block[start:line_end]).rstrip(b"\r")
-    error = TraceError(options.path, f"address {int(new[first]):#x} does not fit in {options.address_bits} bits "
-                                     f"(the native format holds canonical addresses of 5-level paging)",
-                       line=lines_before + upto[2], text=text)
-    return first, error
-
-
-def fits_signed(addresses: np.ndarray, bits: int) -> np.ndarray:
-    """Per uint64 address: is it a ``bits``-bit two's-complement value (bits ``bits-1``..63 equal)?"""
-    if bits >= 64:
-        return np.ones(len(addresses), dtype=bool)
-    high = addresses >> np.uint64(bits - 1)
-    return (high == 0) | (high == np.uint64((1 << (65 - bits)) - 1))
+    return first, wide_address(options.path, int(new[first]), options.address_bits or 64, line=lines_before + upto[2],
+                               text=text)
 
 
 def _bad_line(path: str, rest: np.ndarray, line: int, expected: str) -> TraceError:
