@@ -223,7 +223,7 @@ def test_bad_chunk_records():
 @pytest.mark.parametrize("compression", ["gzip", "xz"] + (["zstd"] if HAVE_ZSTD else []))
 def test_data_that_fails_part_way_is_delivered_up_to_there(tmp_path, compression):
     """A stream cut after 3 MiB of decompressed text: every whole line before the cut is delivered
-    (at most the last piece the reader asked for, FILL_PIECE bytes, is lost), then a TraceError
+    (at most the last piece the reader asked for, _Checked.READ_BYTES bytes, is lost), then a TraceError
     naming the records read."""
     line = b" L 7f0000001000,8\n"
     data = compress(compression, line * (3 * (1 << 20) // len(line) + 500))
@@ -238,7 +238,7 @@ def test_data_that_fails_part_way_is_delivered_up_to_there(tmp_path, compression
             delivered += len(chunk)
     assert isinstance(info.value, traces.base.StreamError)
     assert delivered == trace.stats.records
-    assert recoverable - traces.base.FILL_PIECE // len(line) - 1 <= delivered <= recoverable
+    assert recoverable - source._Checked.READ_BYTES // len(line) - 1 <= delivered <= recoverable
     assert re.fullmatch(re.escape(f"{path}: corrupt or truncated {compression} data after {delivered:,} records (")
                         + r".+" + re.escape("); every record before it was read"), str(info.value))
 

@@ -163,25 +163,17 @@ def wide_address(path: str, address: int, bits: int, *, line: int | None = None,
                             "canonical addresses of 5-level paging)", line=line, offset=offset, text=text)
 
 
-FILL_PIECE = 1 << 16  # bytes asked of the stream at a time
-
-
 def fill(stream: BinaryIO, view: memoryview) -> int:
     """Read into ``view`` until it is full or the stream ends; how many bytes came.  A
-    ``StreamError`` says in ``bytes_before`` how many bytes of ``view`` came before it.
-
-    The stream is asked for ``FILL_PIECE`` bytes at a time: a decompressor that fails part way
-    through one large request loses what it had produced in it, so corrupt data found deep in a
-    block would cost the records before it (a cut 40k-record gzip trace read as 0 records)."""
+    ``StreamError`` says in ``bytes_before`` how many bytes of ``view`` came before it."""
     got = 0
     readinto = getattr(stream, "readinto", None)
     try:
         while got < len(view):
-            want = min(len(view) - got, FILL_PIECE)
             if readinto is not None:
-                n = readinto(view[got:got + want])
+                n = readinto(view[got:])
             else:
-                data = stream.read(want)
+                data = stream.read(len(view) - got)
                 n = len(data)
                 view[got:got + n] = data
             if not n:

@@ -314,9 +314,9 @@ class _Checked:
     """A decompressed stream whose failures are ``StreamError``s naming the file and what went
     wrong (the reader adds how many records it read).  It reads at most ``READ_BYTES`` per call, so
     that a failure loses at most that much decompressed data (a decompressor keeps nothing of a
-    read it fails part way)."""
+    read it fails part way: with 1 MiB, a cut 40k-record gzip trace read as 0 records)."""
 
-    READ_BYTES = 1 << 20
+    READ_BYTES = 1 << 16
 
     def __init__(self, stream: BinaryIO, path: str, compression: str | None, stats: TraceStats | None) -> None:
         self.stream, self.path, self.compression, self.stats = stream, path, compression, stats
