@@ -20,6 +20,7 @@ from fastmmu.hypervisor.config import check_mode, mode_names
 from fastmmu.hypervisor.machine import BatchHook, Machine
 from fastmmu.hypervisor.result import RunResult
 from fastmmu.observers import Timeline, chain
+from fastmmu.units import approx_count
 from fastmmu.workloads.scenario import Scenario, default_scenario
 
 
@@ -110,11 +111,12 @@ class Comparison:
                   "top exits", "cycles", "vs native")
         lines = [header]
         for row in self.rows():
-            top = ", ".join(f"{reason} {_count(n)}" for reason, n in row["top_exits"].items()) or "-"
+            top = ", ".join(f"{reason} {approx_count(n)}" for reason, n in row["top_exits"].items()) or "-"
             overhead = row["overhead"]
-            lines.append((row["mode"], _count(row["translations"]), f"{row['tlb_miss_rate']:.2%}",
-                          _count(row["walks"]), f"{row['refs_per_walk']:.1f}", _count(row["guest_page_faults"]),
-                          _count(row["vm_exits"]), top, _count(round(row["cycles"])),
+            lines.append((row["mode"], approx_count(row["translations"]), f"{row['tlb_miss_rate']:.2%}",
+                          approx_count(row["walks"]), f"{row['refs_per_walk']:.1f}",
+                          approx_count(row["guest_page_faults"]),
+                          approx_count(row["vm_exits"]), top, approx_count(round(row["cycles"])),
                           "baseline" if row["mode"] == "native" else
                           ("-" if overhead is None else f"{overhead + 1:.2f}x"
                            + ("*" if row["overhead_basis"] != "whole run" else ""))))
@@ -158,14 +160,6 @@ def results_csv(results: list[RunResult]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
-
-
-def _count(n: float) -> str:
-    n = float(n)
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{int(n)}"
 
 
 def compare(scenario: Scenario | None = None, modes: str | Iterable[str] = "all", config: Config | None = None,

@@ -1,4 +1,4 @@
-"""Sizes as people write them ("64GiB", "512 MiB", 4096) turned into bytes."""
+"""Sizes as people write them ("64GiB", "512 MiB", 4096) turned into bytes, and numbers rounded for reading."""
 
 from __future__ import annotations
 
@@ -51,3 +51,12 @@ def approx_size(nbytes: int) -> str:
         if nbytes >= factor:
             return f"{nbytes / factor:.1f}{suffix}"
     return f"{nbytes}B"
+
+
+def approx_count(n: float, unit_space: str = "") -> str:
+    """``n`` rounded for reading in decimal units ("2.3M", "18.8k", "512"): tables, progress, rates."""
+    n = float(n)
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f}{unit_space}{unit}"
+    return f"{int(n)}"

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from fastmmu.units import approx_count
+
 
 class ProgressBar:
     def __init__(self, modes: list[str], total: int | None, *, stream: TextIO | None = None,
@@ -40,7 +42,7 @@ class ProgressBar:
         now = time.perf_counter() if now is None else now
         elapsed = max(now - self.started, 1e-9)
         rate = self.done / elapsed
-        text = f"{self.mode} [{self.index + 1}/{len(self.modes)}] {_count(self.done)}"
+        text = f"{self.mode} [{self.index + 1}/{len(self.modes)}] {approx_count(self.done)}"
         if self.total:
             fraction = min(self.done / self.total, 1.0)
             filled = int(fraction * 20)
@@ -48,9 +50,10 @@ class ProgressBar:
             eta = _clock((self.total - self.done) / rate) if settled and self.done < self.total else \
                 ("0:00:00" if self.done >= self.total else "-:--:--")
             text = (f"{self.mode} [{self.index + 1}/{len(self.modes)}] [{'#' * filled}{'.' * (20 - filled)}] "
-                    f"{_count(self.done)}/~{_count(self.total)} accesses  {_count(rate)}/s  ETA {eta}")
+                    f"{approx_count(self.done)}/~{approx_count(self.total)} accesses  {approx_count(rate)}/s  "
+                    f"ETA {eta}")
         else:
-            text += f" accesses  {_count(rate)}/s"
+            text += f" accesses  {approx_count(rate)}/s"
         return text
 
     def draw(self, now: float | None = None) -> None:
@@ -66,13 +69,6 @@ class ProgressBar:
             self.stream.write("\r" + " " * self.width + "\r")
             self.stream.flush()
             self.width = 0
-
-
-def _count(n: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{int(n)}"
 
 
 def _clock(seconds: float) -> str:

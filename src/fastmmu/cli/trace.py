@@ -114,7 +114,7 @@ def _plural(count: int, noun: str, plural: str = "") -> str:
 
 def _run_info(args: argparse.Namespace) -> int:
     from fastmmu.traces.base import TraceError
-    from fastmmu.units import approx_size
+    from fastmmu.units import approx_count, approx_size
 
     try:
         info = trace_info(args.input, args.format, skip_bad=args.skip_bad)
@@ -150,15 +150,8 @@ def _run_info(args: argparse.Namespace) -> int:
     for label, text in rows:
         print(f"  {label:<{width}}{text}")
     rate = info["records"] / info["seconds"] if info["seconds"] > 0 else 0.0
-    print(f"  read in {info['seconds']:.2f} s ({_rate(rate)} records/s)")
+    print(f"  read in {info['seconds']:.2f} s ({approx_count(rate, ' ')} records/s)")
     return EXIT_OK
-
-
-def _rate(per_second: float) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if per_second >= size:
-            return f"{per_second / size:.1f} {unit}"
-    return f"{per_second:.0f}"
 
 
 # -- convert ---------------------------------------------------------------------------
