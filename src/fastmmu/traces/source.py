@@ -37,7 +37,6 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 HEAD_BYTES = 1 << 16   # of decompressed content, to tell the format
 
 
-
 @dataclass(frozen=True)
 class TraceFormat:
     """One trace format: where its reader lives, and what to tell a user about it."""
