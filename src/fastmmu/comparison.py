@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -21,7 +22,9 @@ from fastmmu.hypervisor.machine import BatchHook, Machine
 from fastmmu.hypervisor.result import RunResult
 from fastmmu.observers import Timeline, chain
 from fastmmu.units import approx_count
-from fastmmu.workloads.scenario import Scenario, default_scenario
+from fastmmu.workloads.replay import TraceProgram
+from fastmmu.workloads.scenario import ProcessSpec, Scenario, default_scenario
+from fastmmu.workloads.spool import SpooledProgram
 
 
 def build(scenario: Scenario, mode: str, config: Config | None = None, *, record_faults: bool = False) -> Machine:
@@ -175,12 +178,25 @@ def compare(scenario: Scenario | None = None, modes: str | Iterable[str] = "all"
     scenario = scenario or default_scenario()
     config = config or Config()
     results: dict[str, RunResult] = {}
-    for index, mode in enumerate(parse_modes(modes)):
-        if on_mode is not None:
-            on_mode(mode, index)
-        results[mode] = run_mode(scenario, mode, config, max_accesses=max_accesses, on_batch=on_batch,
-                                 timeline_every=timeline_every, on_machine=on_machine)
-        if results[mode].interrupted or results[mode].error:  # keep what is done, run nothing more
-            break
+    with ExitStack() as spools:
+        shared = _read_once(scenario, spools)
+        for index, mode in enumerate(parse_modes(modes)):
+            if on_mode is not None:
+                on_mode(mode, index)
+            results[mode] = run_mode(shared, mode, config, max_accesses=max_accesses, on_batch=on_batch,
+                                     timeline_every=timeline_every, on_machine=on_machine)
+            if results[mode].interrupted or results[mode].error:  # keep what is done, run nothing more
+                break
     native = results["native"]
     return Comparison({m: r.with_baseline(native) for m, r in results.items()}, scenario, config)
+
+
+def _read_once(scenario: Scenario, spools: ExitStack) -> Scenario:
+    """The scenario with each trace-reading program spooled (``workloads.spool``): every mode replays
+    the same steps, and the trace is read and parsed once for all of them."""
+    vms = []
+    for vm in scenario.vms:
+        processes = [ProcessSpec(p.name, spools.enter_context(SpooledProgram(p.program)))
+                     if isinstance(p.program, TraceProgram) else p for p in vm.processes]
+        vms.append(replace(vm, processes=processes))
+    return replace(scenario, vms=vms)
