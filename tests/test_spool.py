@@ -85,7 +85,7 @@ def test_the_program_s_error_is_raised_at_the_same_step_of_every_pass():
     assert program.reads == 1
 
 
-def test_a_spool_that_cannot_be_written_keeps_the_steps_in_memory(monkeypatch):
+def test_a_spool_that_cannot_be_written_is_dropped_and_the_program_read_afresh(monkeypatch):
     import fastmmu.workloads.spool as spool
 
     def no_room(*args, **kwargs):
@@ -93,9 +93,14 @@ def test_a_spool_that_cannot_be_written_keeps_the_steps_in_memory(monkeypatch):
 
     monkeypatch.setattr(spool.tempfile, "TemporaryFile", no_room)
     original = batches(5)
-    spooled = SpooledProgram(Counting(original), memory_budget=0)
-    for _ in range(2):
-        assert all(same(a, b) for a, b in zip(original, list(spooled.steps()), strict=True))
+    program = Counting(original)
+    spooled = SpooledProgram(program, memory_budget=2000)   # the first two batches fit in memory
+    first = spooled.steps()
+    head = [next(first) for _ in range(2)]
+    assert all(same(a, b) for a, b in zip(original, list(spooled.steps()), strict=True))   # drops the spool
+    assert all(same(a, b) for a, b in zip(original, head + list(first), strict=True))
+    assert all(same(a, b) for a, b in zip(original, list(spooled.steps()), strict=True))
+    assert program.reads == 4 and spooled._file is None   # the first read, then one per pass after the drop
 
 
 def test_compare_reads_a_trace_once_with_the_results_of_reading_it_per_mode(monkeypatch):

@@ -11,8 +11,10 @@ Passes may overlap or stop early (``--max-accesses``, an interrupt): each pass
 replays what is spooled and, past it, takes the next steps from the first pass's
 iterator, spooling them as it goes.  An error the program raised (a malformed
 record) is raised again at the same step of every later pass, as a fresh read
-would.  If the spool file cannot be written (a full disk), the steps stay in
-memory instead.
+would.  The spool file lives in the temporary directory (``TMPDIR``) and is
+gone when the comparison ends, or the process does.  If it cannot be written
+(a full disk), the spool is dropped and every pass from then on reads the
+program afresh, as without a spool.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class SpooledProgram:
         self._in_memory = 0
         self._file: IO[bytes] | None = None
         self._end = 0                                # bytes written to the spool file
-        self._disk_failed = False
+        self._dropped = False                        # the spool could not be written: read afresh
 
     def __enter__(self) -> SpooledProgram:
         return self
@@ -61,17 +63,12 @@ class SpooledProgram:
         self.close()
 
     def close(self) -> None:
-        """Drop the spool (the temporary file goes with it)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._steps = []
-        self._finished = False
-        self._live = None
+        """Drop the spool (the temporary file goes with it): passes from now on read the program afresh."""
+        self._drop()
 
     def steps(self) -> Iterator[Step]:
         index = 0
-        while True:
+        while not self._dropped:
             if index < len(self._steps):
                 yield self._load(self._steps[index])
                 index += 1
@@ -83,9 +80,15 @@ class SpooledProgram:
                 step = self._next_live()
                 if step is None:
                     return
-                self._steps.append(self._store(step))
+                entry = self._store(step)
+                if not self._dropped:
+                    self._steps.append(entry)
                 index += 1
                 yield step
+        fresh = iter(self.program.steps())   # no spool: read the program again, past what this pass had
+        for _ in range(index):
+            next(fresh)
+        yield from fresh
 
     def _next_live(self) -> Step | None:
         if self._live is None:
@@ -103,7 +106,7 @@ class SpooledProgram:
         if not isinstance(step, Accesses):
             return step
         size = step.addresses.nbytes + step.kinds.nbytes
-        if self._in_memory + size <= self.memory_budget or self._disk_failed:
+        if self._in_memory + size <= self.memory_budget:
             self._in_memory += size
             return step
         try:
@@ -112,13 +115,19 @@ class SpooledProgram:
             self._file.seek(self._end)
             self._file.write(step.addresses.tobytes())
             self._file.write(step.kinds.tobytes())
-        except OSError:   # no room for the spool: keep this and the next batches in memory
-            self._disk_failed = True
-            self._in_memory += size
+        except OSError:   # no room for the spool: later passes read the program afresh
+            self._drop()
             return step
         entry = _OnDisk(self._end, len(step))
         self._end += size
         return entry
+
+    def _drop(self) -> None:
+        self._dropped = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._steps, self._live = [], None
 
     def _load(self, entry: Step | _OnDisk) -> Step:
         if not isinstance(entry, _OnDisk):
