@@ -275,3 +275,15 @@ def test_a_vm_stopped_by_the_hypervisor_reports_its_unfinished_processes():
     assert all(e["vm"] == "b" for e in result.stopped)          # VM a ran to its end
     again = machine.run()
     assert again.stopped == [] and not again.partial            # reported in the run it happened in, once
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_regions_a_chunk_touches_are_found_exactly_and_in_ascending_order(seed):
+    from fastmmu.workloads.replay import PEEL_REGIONS, _AddressSpace
+
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(1, 3 * PEEL_REGIONS))   # below and above the number peeled one by one
+    regions = rng.integers(0, 1 << 20, count, dtype=np.uint64)
+    addresses = (rng.choice(regions, 5000) << np.uint64(30)) | rng.integers(0, 1 << 30, 5000, dtype=np.uint64)
+    expected = np.unique(addresses >> np.uint64(30)).tolist()
+    assert _AddressSpace(30)._distinct_regions(addresses) == expected

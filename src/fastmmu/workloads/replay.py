@@ -32,6 +32,7 @@ from fastmmu.workloads.program import Accesses, Invlpg, Mmap, Munmap, Step
 
 CHUNK_RECORDS = 1 << 20
 FIRST_STREAM = "vm0/pid0"
+PEEL_REGIONS = 16   # distinct regions of a chunk found one pass each, before np.unique takes the rest
 
 
 @dataclass(frozen=True)
@@ -182,17 +183,7 @@ class _AddressSpace:
         self.regions: set[int] = set()            # regions known to be fully mapped
 
     def touch(self, addresses: np.ndarray) -> Iterator[Mmap]:
-        regions = addresses >> np.uint64(self.shift)
-        if self.regions:   # most chunks touch only regions already mapped: find the others cheaply
-            known = np.fromiter(self.regions, dtype=np.uint64, count=len(self.regions))
-            if len(known) <= 16:
-                seen = np.zeros(len(regions), dtype=bool)
-                for region in known:
-                    seen |= regions == region
-            else:
-                seen = np.isin(regions, known)
-            regions = regions[~seen]
-        for region in np.unique(regions).tolist():
+        for region in self._distinct_regions(addresses):
             if region in self.regions:
                 continue
             lo, hi = region << self.shift, (region + 1) << self.shift
@@ -200,6 +191,20 @@ class _AddressSpace:
                 yield Mmap(start, end - start, writable=True, executable=True)
             self._add(lo, hi)
             self.regions.add(region)
+
+    def _distinct_regions(self, addresses: np.ndarray) -> list[int]:
+        """The regions ``addresses`` touch, in ascending order.  A trace touches few regions, so each
+        is peeled off in one pass (one pass per region beats sorting the chunk for np.unique)."""
+        regions = addresses >> np.uint64(self.shift)
+        found: list[int] = []
+        while len(regions):
+            if len(found) == PEEL_REGIONS:   # a scattered trace: sort out the rest at once
+                found += np.unique(regions).tolist()
+                break
+            region = regions[0]
+            found.append(int(region))
+            regions = regions[regions != region]
+        return sorted(found)
 
     def event(self, event: Any) -> Iterator[Step]:
         name = type(event).__name__
