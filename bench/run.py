@@ -1,7 +1,7 @@
 """Benchmark fastmmu's compiled core and command line, optionally against hand-written C.
 
     python bench/run.py --reference ../shared/limit --quick    # every row (a-i), under two minutes
-    python bench/run.py --reference ../shared/limit            # every row, full size (about 4 minutes)
+    python bench/run.py --reference ../shared/limit            # every row, full size (4-5 minutes)
     python bench/run.py -n 2000000 -r 3 --rows a               # shorter; only the TLB rows; no C
     python bench/run.py --rows ef --no-c                       # rows e and f, fastmmu alone
 
@@ -47,7 +47,7 @@ LRU).  ``summary`` lists rows e-i's ratios and flags.  ``--quick`` runs every
 row in under two minutes on a 2-core shared machine: 1 M accesses, 5
 repetitions, 2**16 pages for g and h, a 4 M-line trace for i (made with 1000
 numbers); the full run (10 M accesses, 5 repetitions, 2**18 pages, a 25 M-line
-trace) takes about 4 minutes, plus about a minute for valgrind to make the
+trace) takes 4-5 minutes, plus about a minute for valgrind to make the
 trace the first time.  The C programs run first, then fastmmu, in the same
 run (row i alternates them).  The machine is shared and noisy: compare ratios
 (``ratio_min``, min over min, is the steadier one), never absolute times.
