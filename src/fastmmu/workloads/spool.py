@@ -2,8 +2,8 @@
 
 Each mode of a comparison runs the same programs from their first step.  A
 generated program is cheap to run again, but a trace would be read and parsed
-once per mode.  ``SpooledProgram`` keeps the steps of the first pass (small
-batches in memory, the rest in an unnamed temporary file, 9 bytes per access)
+once per mode.  ``SpooledProgram`` keeps the steps of the first pass (the first
+256 MiB in memory, the rest in an unnamed temporary file, 9 bytes per access)
 and hands every later pass the very same steps, so the results are those of
 reading the trace again, bit for bit, for a fraction of the work.
 
@@ -28,7 +28,9 @@ import numpy as np
 
 from fastmmu.workloads.program import Accesses, Program, Step
 
-MEMORY_BUDGET = 64 << 20   # bytes of accesses kept in memory before the rest goes to the spool file
+# Bytes of accesses kept in memory (about 28 M accesses) before the rest goes to the spool file: a
+# first write of a file costs about as much as parsing its trace again on this kind of machine.
+MEMORY_BUDGET = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -113,8 +115,8 @@ class SpooledProgram:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="fastmmu-spool-")
             self._file.seek(self._end)
-            self._file.write(step.addresses.tobytes())
-            self._file.write(step.kinds.tobytes())
+            self._file.write(memoryview(step.addresses))
+            self._file.write(memoryview(step.kinds))
         except OSError:   # no room for the spool: later passes read the program afresh
             self._drop()
             return step
