@@ -486,6 +486,21 @@ cdef inline uint32_t ept_attrs(const ept_xlate_t *x) noexcept nogil:
             | (<uint32_t>x.memtype << ATTR_MEMTYPE_SHIFT))
 
 
+# -- rights: the one encoding of a translation's W, U and XD in attrs ------------------------
+
+cdef inline uint32_t rights_attrs(uint64_t allow, uint64_t xd) noexcept nogil:
+    """attrs W, U and XD from entry bits accumulated over a walk: R/W and U/S ANDed (``allow``), XD
+    ORed (``xd``) (4.6).  A TLB entry's and a paging-structure-cache entry's rights alike."""
+    return (<uint32_t>(allow >> 1) & (ATTR_W | ATTR_U)) | (ATTR_XD if xd & PTE_NX else 0)
+
+
+cdef inline void rights_entry_bits(uint32_t attrs, uint64_t *allow, uint64_t *xd) noexcept nogil:
+    """rights_attrs inverted: the accumulated entry bits a walk resumes from at a paging-structure-
+    cache hit."""
+    allow[0] = (<uint64_t>(attrs & (ATTR_W | ATTR_U))) << 1
+    xd[0] = PTE_NX if attrs & ATTR_XD else 0
+
+
 # -- recording, results, commit (shared by the walkers) ----------------------------------
 
 cdef inline void _trace_add(walk_trace_t *trace, uint8_t dimension, int level, hpa_t address,
@@ -588,7 +603,7 @@ cdef inline void _commit(mem_t *m, gva_t va, walk_caches_t *caches, walk_pending
         if caches.psc[level] != NULL:
             tlb_fill(caches.psc[level], va, caches.psc[level].codes[0], caches.ctx,
                      (pend.vals[level] & ADDR_MASK) >> PAGE_SHIFT,
-                     (<uint32_t>(allow >> 1) & (ATTR_W | ATTR_U)) | (ATTR_XD if xd & PTE_NX else 0),
+                     rights_attrs(allow, xd),
                      _stamp(caches, &caches.psc_clock[level]))
     # Nested TLB: the EPT translations walked, in order, at most once per region it holds (the
     # size it would cache, tlb_code_for, and the address bits above it); none it cannot hold.
@@ -765,8 +780,7 @@ cdef inline int _psc_start(const paging_t *p, gva_t va, walk_caches_t *caches, u
         if caches.psc[level] != NULL and tlb_lookup(caches.psc[level], va, caches.ctx,
                                                     _stamp(caches, &caches.psc_clock[level]), &hit):
             table[0] = hit.frame << PAGE_SHIFT
-            allow[0] = (<uint64_t>(hit.attrs & (ATTR_W | ATTR_U))) << 1
-            xd[0] = PTE_NX if hit.attrs & ATTR_XD else 0
+            rights_entry_bits(hit.attrs, allow, xd)
             return level - 1
     return p.levels
 
@@ -785,8 +799,7 @@ cdef inline int _x86_entry_attention(const paging_t *p, pte_t e, int level, uint
 
 cdef inline uint32_t _x86_rights(pte_t leaf, uint64_t allow, uint64_t xd) noexcept nogil:
     """attrs W/U/XD and the key of a translation (4.6): R/W and U/S ANDed, XD ORed over its entries."""
-    return ((<uint32_t>(allow >> 1) & (ATTR_W | ATTR_U)) | (ATTR_XD if xd & PTE_NX else 0)
-            | (<uint32_t>((leaf >> PTE_PKEY_SHIFT) & 15) << ATTR_PKEY_SHIFT))
+    return rights_attrs(allow, xd) | (<uint32_t>((leaf >> PTE_PKEY_SHIFT) & 15) << ATTR_PKEY_SHIFT)
 
 
 cdef inline uint32_t _x86_leaf_flags(const paging_t *p, pte_t leaf, uint32_t access) noexcept nogil:
