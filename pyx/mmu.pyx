@@ -458,6 +458,20 @@ cdef enum:
     AHEAD_WINDOW = 256
 
 
+cdef inline Py_ssize_t _backoff(uint64_t done, uint32_t cnt) noexcept nogil:
+    """Accesses to run one by one after a group of ``cnt`` of which the kernel did the lanes ``done``:
+    GROUP_BACKOFF when it did fewer than half (large pages, execute-only EPT pages, flags to set...)."""
+    return GROUP_BACKOFF if popcount64(done) * 2 < cnt else 0
+
+
+cdef inline uint32_t _next_size(uint32_t size, uint32_t full, bint cut_short) noexcept nogil:
+    """The next group's size: after a group cut short by a full walk (which may have written memory),
+    smaller groups until they run through again, then back up to ``full``."""
+    if cut_short:
+        return size // 2 if size > 4 else 4
+    return size * 2 if size < full else size
+
+
 cdef int _run_plain(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
                     Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
     """Accesses pi[0] .. n-1 one by one (the fast paths on); the status of the one it stopped at."""
@@ -542,8 +556,7 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
             ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
         else:
             ok = _group_walk(self, va, kind, i, n, cnt, ghpa, <no_trace_t *>NULL)
-        if ok != (<uint64_t>1 << cnt) - 1 and popcount64(ok) * 2 < cnt:
-            plain = GROUP_BACKOFF
+        plain = _backoff(ok, cnt)
         slow = 0
         k = 0
         while k < cnt:
@@ -585,11 +598,7 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
             st[i] = <uint8_t>result
             self.counts.faults[result] += 1
             break
-        # A group cut short by a full walk: smaller groups until they run through again.
-        if slow:
-            size = size // 2 if size > 4 else 4
-        elif size < full:
-            size *= 2
+        size = _next_size(size, full, slow)
     self.counts.accesses += done
     _count_walks(self, refs, done)
     pi[0] = i
@@ -658,8 +667,7 @@ cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
         if ahead:
             cnt = <uint32_t>(n - i) if n - i < size else size
             ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
-            if popcount64(ok) * 2 < cnt:
-                plain = GROUP_BACKOFF
+            plain = _backoff(ok, cnt)
             if self.walk_cached:
                 # With paging-structure caches or a nested TLB the walks must go through them (a stale
                 # cached entry decides): the group's walks only brought their entries into the cache.
@@ -693,10 +701,7 @@ cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
             break
         # Walk the next group ahead only if enough of this one missed: a hit needs no walk.
         ahead = (self.counts.walks - walks) * AHEAD_MISSES >= <uint64_t>(i - group)
-        if slow:
-            size = size // 2 if size > 4 else 4
-        elif size < full:
-            size *= 2
+        size = _next_size(size, full, slow)
     pi[0] = i
     return result
 
@@ -903,7 +908,6 @@ cdef class MMU:
         cdef uint8_t[::1] st = status
         cdef Py_ssize_t i = start, n = va.shape[0]
         cdef walk_t w
-        cdef bint walked = 0, slow = 0
         cdef int result = WALK_OK
         if n == 0 or start == n:
             return BatchResult(int(start), Status.OK, None)
