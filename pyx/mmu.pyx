@@ -10,14 +10,20 @@ stops at the first access that is not translated, records why, and returns
 its index: the caller (the guest OS or the hypervisor, in Python) handles it
 and resumes from there.  ``fastmmu.reference.mmu`` is the same, readable.
 
-When the walkers' fast paths apply (no paging-structure cache, no nested TLB)
-and memory is flat, the walks are made a group at a time by the group
-kernels of paging.pxd, ahead of the accesses: ``_run_grouped`` with no TLB
-(every access walks), ``_run_ahead`` with TLBs (an access that misses takes
-its walk from the group).  The group kernels never write, so what they
-computed is exact until a full walk commits A/D flags; after one, the rest
-of the group is walked again.  Counters, LRU stamps and fills are those of
-the one-by-one loop.
+Runs of L1 hits are served by ``_run_hits`` with the L1 structure in
+locals; an access it cannot serve goes through ``_translate``.  A miss tries
+the walker's fast paths first: paging.pxd's, or with paging-structure caches
+or a nested TLB walk_cached.pxi's, which look the caches up without side
+effects and replay the lookups once the walk succeeds; anything else (A/D
+flags to set, a fault, a trace) takes the full walker.  With no TLB and no
+walk cache every access walks, a group at a time, by the group kernels of
+paging.pxd (``_run_quick``, ``_run_grouped``).  With TLBs and flat memory,
+``_run_ahead`` walks a group ahead by a group kernel while most accesses
+miss: without walk caches a miss takes its walk from there, with them the
+group's walks only bring the entries into the processor's caches.  The group
+kernels never write, so what they computed is exact until a full walk
+commits A/D flags; after one, the rest of the group is walked again.
+Counters, LRU stamps and fills are those of the one-by-one loop.
 """
 
 from libc.stdlib cimport free, realloc
@@ -30,6 +36,24 @@ import numpy as np
 from fastmmu._core.memory cimport HostMemory, mem_t
 from fastmmu._core.paging cimport (
     ATTR_D,
+    ATTR_EPT_R,
+    ATTR_EPT_W,
+    ATTR_EPT_X,
+    ATTR_FRACTURED,
+    ATTR_MEMTYPE_SHIFT,
+    MAX_NESTED_FILLS,
+    _commit,
+    _ept_fast,
+    _fast_bad_x86,
+    _fast_index,
+    _fast_out,
+    _page_address,
+    _x86_leaf_flags,
+    _x86_rights,
+    rights_entry_bits,
+    ept_attrs,
+    ept_xlate_t,
+    walk_pending_t,
     ATTR_G,
     ATTR_EPT_D,
     ATTR_EPT_SHIFT,
@@ -71,8 +95,19 @@ from fastmmu._core.paging cimport (
 from fastmmu._core.tlb cimport (
     CTX_GLOBAL,
     TLB,
+    TAG_SIZE_SHIFT,
+    VPN_MASK,
     tlb_code_for,
     tlb_ctx,
+    POLICY_LRU,
+    POLICY_PLRU,
+    TAG_VALID,
+    tlb_find,
+    tlb_find_in,
+    tlb_probe,
+    tlb_set_base,
+    tlb_touch,
+    tlb_want_tag,
     tlb_fill,
     tlb_hit_t,
     tlb_lookup,
@@ -81,6 +116,16 @@ from fastmmu._core.tlb cimport (
 )
 from fastmmu._core.types cimport (
     ACC_FETCH,
+    ACC_VALID_MASK,
+    ADDR_MASK,
+    EPT_RWX,
+    EPT_W,
+    PTE_D,
+    PTE_RW,
+    PTE_US,
+    gpa_t,
+    gva_t,
+    pte_t,
     ACC_WRITE,
     CR3_NOFLUSH,
     CR3_PCID_MASK,
@@ -112,24 +157,66 @@ _FAULT_NAMES = {1: "page_fault", 2: "gp", 3: "ept_violation", 4: "ept_misconfig"
 
 
 cdef inline bint _allowed(MMU self, uint32_t attrs, uint32_t access) noexcept nogil:
-    """Whether a cached translation may serve ``access`` without a walk."""
-    cdef uint32_t write = access & ACC_WRITE
-    if check_access(attrs, access, &self.paging) != 0:
-        return 0
-    if write and not (attrs & ATTR_D):
-        return 0
-    if not (attrs & (ept_access_need(access) << ATTR_EPT_SHIFT)):
-        return 0
-    return not (write and self.nested and self.ept.ad and not (attrs & ATTR_EPT_D))
+    """Whether a cached translation may serve ``access`` without a walk: its rights (check_access),
+    and the attrs bits the access needs (``hit_need``: the EPT right; for a write, D and EPT D)."""
+    cdef uint32_t need = self.hit_need[access & ACC_VALID_MASK]
+    return check_access(attrs, access, &self.paging) == 0 and (attrs & need) == need
+
+
+cdef inline void _prepare_hits(MMU self) noexcept nogil:
+    """``hit_need`` for the paging state in force, and which TLB structures may hold an entry
+    (``live``: a structure that holds none misses without a search, _probe)."""
+    cdef uint32_t access, need
+    cdef int index, i
+    cdef uint64_t pos
+    cdef uint8_t live
+    cdef tlb_t *t
+    self.l1_known_miss = 0
+    for access in range(16):
+        need = ept_access_need(access) << ATTR_EPT_SHIFT
+        if access & ACC_WRITE:
+            need |= ATTR_D
+            if self.nested and self.ept.ad:
+                need |= ATTR_EPT_D
+        self.hit_need[access] = need
+    for index in range(N_LEVELS):
+        for i in range(self.levels[index].n):
+            t = self.levels[index].t[i]
+            live = 0
+            for pos in range(t.sets * t.ways):
+                if t.tag[pos]:
+                    live |= 1 << ((t.tag[pos] >> TAG_SIZE_SHIFT) & 7)
+            self.levels[index].live[i] = live
+
+
+cdef inline bint _lookup(tlb_t *t, uint8_t live, uint64_t va, uint64_t ctx, uint64_t now,
+                         tlb_hit_t *hit) noexcept nogil:
+    """tlb_lookup, searching only the size codes the structure may hold (``live``): the same result."""
+    cdef uint32_t i
+    cdef uint8_t code
+    cdef uint64_t vpn
+    for i in range(t.nsizes):
+        code = t.codes[i]
+        if (live >> code) & 1:
+            vpn = (va >> t.shift[code]) & VPN_MASK
+            if tlb_probe(t, tlb_set_base(t, vpn), tlb_want_tag(code, vpn), ctx, now, hit):
+                t.counts.hits += 1
+                return 1
+    t.counts.misses += 1
+    return 0
 
 
 cdef inline bint _probe(MMU self, level_t *level, uint64_t va, uint32_t access, uint64_t ctx,
-                        tlb_hit_t *hit) noexcept nogil:
-    """Look ``va`` up in every structure of a level; drop hits whose rights do not allow ``access``."""
+                        tlb_hit_t *hit, bint known_miss) noexcept nogil:
+    """Look ``va`` up in every structure of a level; drop hits whose rights do not allow ``access``.
+    Only the size codes a structure may hold (``live``) are searched; ``known_miss``: the first
+    structure holds no entry for ``va`` (_run_hits searched it), it counts its miss unsearched."""
     cdef int i
     for i in range(level.n):
         level.clock[i][0] += 1
-        if tlb_lookup(level.t[i], va, ctx, level.clock[i][0] - 1, hit):
+        if i == 0 and known_miss:
+            level.t[0].counts.misses += 1
+        elif _lookup(level.t[i], level.live[i], va, ctx, level.clock[i][0] - 1, hit):
             if _allowed(self, hit.attrs, access):
                 return 1
             tlb_reject(level.t[i], hit.pos)      # a miss, for the level and for the structure
@@ -137,16 +224,88 @@ cdef inline bint _probe(MMU self, level_t *level, uint64_t va, uint32_t access, 
     return 0
 
 
+cdef Py_ssize_t _run_hits(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
+                          Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Accesses i, i+1, ... while each is _translate's commonest case, a hit in the first structure
+    of its L1 level that allows it (canonical address, no trapped frame), all of the L1 level of
+    access i: the index of the first that is not (n: all were).
+
+    The same side effects as _translate, with the structure's arrays, geometry, clock and the
+    counters in locals (the counters written back once): the loop of the hit rate that counts most.
+    """
+    cdef uint32_t access = kind[i] if i < n else 0
+    cdef int index = LEVEL_L1I if access & ACC_FETCH else LEVEL_L1D
+    cdef level_t *l1 = &self.levels[index]
+    cdef tlb_t *t
+    if i >= n or not l1.n or not (l1.live[0] >> l1.t[0].codes[0]) & 1 or l1.t[0].policy == POLICY_PLRU:
+        return i                        # (a PLRU touch writes the whole set: _translate does it)
+    t = l1.t[0]
+    cdef const uint64_t *tags = t.tag
+    cdef const uint64_t *ctxs = t.ctx
+    cdef const uint64_t *frames = t.frame
+    cdef const uint32_t *attrs = t.attrs
+    cdef uint64_t *stamps = t.stamp
+    cdef bint lru = t.policy == POLICY_LRU
+    cdef uint64_t ways = t.ways, set_mask = t.set_mask, sets = t.sets
+    cdef bint pow2 = t.pow2
+    cdef uint8_t code = t.codes[0]
+    cdef int shift = t.shift[code]
+    cdef uint64_t offset_mask = (<uint64_t>1 << shift) - 1
+    cdef uint64_t tag_bits = TAG_VALID | (<uint64_t>code << TAG_SIZE_SHIFT)
+    cdef uint64_t want_ctx = self.caches.ctx
+    cdef uint64_t now = l1.clock[0][0]
+    cdef int cshift = 63 - self.paging.canonical_shift
+    cdef const mem_t *m = &self.mem.c
+    cdef bint traps = m.ntraps != 0
+    cdef const paging_t *p = &self.paging
+    cdef const uint32_t *need = self.hit_need
+    cdef uint32_t fetch = access & ACC_FETCH, a
+    cdef Py_ssize_t start = i
+    cdef uint64_t v, vpn, base, pos, address
+    cdef bint single = t.nsizes == 1
+    while i < n:
+        v = va[i]
+        access = kind[i]
+        if (access & ACC_FETCH) != fetch or <uint64_t>((<int64_t>(v << cshift)) >> cshift) != v:
+            break
+        vpn = (v >> shift) & VPN_MASK
+        base = ((vpn & set_mask) if pow2 else (vpn % sets)) * ways
+        if not tlb_find_in(tags, ctxs, base, base + ways, tag_bits | vpn, want_ctx, &pos):
+            self.l1_known_miss = single     # the next _translate, on this access, need not search again
+            break
+        a = attrs[pos]
+        if check_access(a, access, p) != 0 or (a & need[access & ACC_VALID_MASK]) != need[access & ACC_VALID_MASK]:
+            break
+        address = (frames[pos] << PAGE_SHIFT) + (v & offset_mask)
+        if traps and m.trap[_clamp_frame(m, address >> PAGE_SHIFT)]:
+            break
+        if lru:
+            stamps[pos] = now
+        now += 1
+        hpa[i] = address
+        st[i] = WALK_OK
+        i += 1
+    l1.clock[0][0] = now
+    t.counts.hits += <uint64_t>(i - start)
+    self.counts.hits[index] += <uint64_t>(i - start)
+    self.counts.accesses += <uint64_t>(i - start)
+    return i
+
+
 cdef inline void _fill(MMU self, level_t *level, uint64_t va, uint8_t code, uint64_t ctx, uint64_t frame,
                        uint32_t attrs) noexcept nogil:
-    cdef int target = level.target[code]
+    cdef int target = level.target[code], use
     if target >= 0:
         level.clock[target][0] += 1
+        use = tlb_code_for(level.t[target], code)
+        if use >= 0:
+            level.live[target] |= 1 << use
         tlb_fill(level.t[target], va, code, ctx, frame, attrs, level.clock[target][0] - 1)
 
 
 cdef inline bint _fast_walks(MMU self) noexcept nogil:
-    """Whether the walker's fast paths apply: no paging-structure cache (nor, nested, nested TLB)."""
+    """Whether the walks use no walk cache: no paging-structure cache (nor, nested, nested TLB), so
+    that a group kernel's walk (from the root) is the walk itself."""
     cdef int level
     for level in range(2, 6):
         if self.caches.psc[level] != NULL:
@@ -161,16 +320,23 @@ cdef inline void _count_walks(MMU self, uint32_t refs, uint64_t count) noexcept 
     self.counts.histogram[refs if refs < HISTOGRAM_BUCKETS else HISTOGRAM_BUCKETS - 1] += count
 
 
+ctypedef struct ahead_walk_t:    # an access's walk made ahead by a group kernel (a 4 KiB page)
+    uint64_t hpa
+    uint32_t attrs
+    uint32_t refs
+
+
 cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa, walk_t *w,
-                           trace_kind *trace, bint *walked, bint fast, bint *slow, bint ahead,
-                           uint64_t ahead_hpa, uint32_t ahead_attrs, uint32_t ahead_refs) noexcept nogil:
+                           trace_kind *trace, const ahead_walk_t *ahead, bint *walked,
+                           bint *slow) noexcept nogil:
     """One access: the TLB levels, then a walk.  Returns a WALK_* status.
 
     ``w`` holds the walk's result when ``walked`` is set, else the page size
     and rights of the cached translation; ``hpa`` the address when not faulting.
-    ``fast``: the walker's fast paths apply (``_fast_walks``); ignored with a trace.
-    ``slow`` is set when the full walker ran (it may have written memory).  ``ahead``: this
-    access's walk (a 4 KiB page), made by a group kernel since memory last changed.
+    Without a trace the walker's fast paths are tried first (those of paging.pxd, or with walk
+    caches walk_cached.pxi's).  ``slow`` is set when the full walker ran (it may have written
+    memory).  ``ahead``: this access's walk, made by a group kernel since memory last changed
+    (NULL: none).
     """
     cdef uint64_t fast_hpa = 0
     cdef uint32_t fast_attrs = 0, fast_refs = 0
@@ -189,13 +355,14 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
         w.status = WALK_GP
         return WALK_GP
     if l1.n:
-        found = _probe(self, l1, va, access, ctx, &hit)
+        found = _probe(self, l1, va, access, ctx, &hit, self.l1_known_miss)
+        self.l1_known_miss = 0
         if found:
             self.counts.hits[l1_index] += 1
         else:
             self.counts.misses[l1_index] += 1
     if not found and self.levels[LEVEL_L2].n:
-        found = _probe(self, &self.levels[LEVEL_L2], va, access, ctx, &hit)
+        found = _probe(self, &self.levels[LEVEL_L2], va, access, ctx, &hit, 0)
         if found:
             self.counts.hits[LEVEL_L2] += 1
             _fill(self, l1, va, hit.code, ctx | (CTX_GLOBAL if hit.attrs & ATTR_G else 0), hit.frame,
@@ -211,34 +378,40 @@ cdef inline int _translate(MMU self, uint64_t va, uint32_t access, uint64_t *hpa
     else:
         walked[0] = 1
         if trace_kind is no_trace_t:
-            if fast:
-                if ahead:
-                    fast_hpa = ahead_hpa
-                    fast_attrs = ahead_attrs
-                    fast_shift = PAGE_SHIFT
-                    fast_refs = ahead_refs
-                    done = 1
-                elif self.nested:
-                    done = walk_nested_fast(&self.mem.c, &self.paging, &self.ept, va, access,
-                                            &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
+            if ahead != NULL:
+                fast_hpa = ahead.hpa
+                fast_attrs = ahead.attrs
+                fast_shift = PAGE_SHIFT
+                fast_refs = ahead.refs
+                done = 1
+            elif self.walk_cached:
+                if self.nested:
+                    done = walk_nested_cached(&self.mem.c, &self.paging, &self.ept, va, access, &self.caches,
+                                              &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
                 else:
-                    done = walk_native_fast(&self.mem.c, &self.paging, va, access,
-                                            &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
-                if done:
-                    _count_walks(self, fast_refs, 1)
-                    code = <uint8_t>((fast_shift - PAGE_SHIFT) // 9)
-                    frame = (fast_hpa >> fast_shift) << (fast_shift - PAGE_SHIFT)
-                    ctx |= CTX_GLOBAL if fast_attrs & ATTR_G else 0
-                    _fill(self, &self.levels[LEVEL_L2], va, code, ctx, frame, fast_attrs)
-                    _fill(self, l1, va, code, ctx, frame, fast_attrs)
-                    hpa[0] = fast_hpa
-                    if self.mem.c.ntraps and self.mem.c.trap[_clamp_frame(&self.mem.c, fast_hpa >> PAGE_SHIFT)]:
-                        w.status = WALK_TRAP
-                        w.page_shift = <uint8_t>fast_shift
-                        w.attrs = fast_attrs
-                        w.host_address = fast_hpa
-                        return WALK_TRAP
-                    return WALK_OK
+                    done = walk_native_cached(&self.mem.c, &self.paging, va, access, &self.caches,
+                                              &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
+            elif self.nested:
+                done = walk_nested_fast(&self.mem.c, &self.paging, &self.ept, va, access,
+                                        &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
+            else:
+                done = walk_native_fast(&self.mem.c, &self.paging, va, access,
+                                        &fast_hpa, &fast_attrs, &fast_shift, &fast_refs)
+            if done:
+                _count_walks(self, fast_refs, 1)
+                code = <uint8_t>((fast_shift - PAGE_SHIFT) // 9)
+                frame = (fast_hpa >> fast_shift) << (fast_shift - PAGE_SHIFT)
+                ctx |= CTX_GLOBAL if fast_attrs & ATTR_G else 0
+                _fill(self, &self.levels[LEVEL_L2], va, code, ctx, frame, fast_attrs)
+                _fill(self, l1, va, code, ctx, frame, fast_attrs)
+                hpa[0] = fast_hpa
+                if self.mem.c.ntraps and self.mem.c.trap[_clamp_frame(&self.mem.c, fast_hpa >> PAGE_SHIFT)]:
+                    w.status = WALK_TRAP
+                    w.page_shift = <uint8_t>fast_shift
+                    w.attrs = fast_attrs
+                    w.host_address = fast_hpa
+                    return WALK_TRAP
+                return WALK_OK
         slow[0] = 1
         if self.nested:
             status = walk_nested(&self.mem.c, &self.paging, &self.ept, va, access, &self.caches, trace, w)
@@ -279,6 +452,26 @@ cdef enum:
     GROUP_BACKOFF = 1024
     # After a quick group that failed, this many groups go to _run_grouped before the next try.
     QUICK_BACKOFF = 4
+    # _run_ahead walks a group ahead when at least 1 in AHEAD_MISSES accesses of the last one walked
+    # (AHEAD_MISSES_CACHED with walk caches), else it runs AHEAD_WINDOW accesses before it looks again.
+    # 1 in 2 for both cost row d Zipf 2.00 -> 1.26 of C; issue 12 row f Zipf measured 0.86 with 1 in 2.
+    AHEAD_MISSES = 8
+    AHEAD_MISSES_CACHED = 2
+    AHEAD_WINDOW = 256
+
+
+cdef inline Py_ssize_t _backoff(uint64_t done, uint32_t cnt) noexcept nogil:
+    """Accesses to run one by one after a group of ``cnt`` of which the kernel did the lanes ``done``:
+    GROUP_BACKOFF when it did fewer than half (large pages, execute-only EPT pages, flags to set...)."""
+    return GROUP_BACKOFF if popcount64(done) * 2 < cnt else 0
+
+
+cdef inline uint32_t _next_size(uint32_t size, uint32_t full, bint cut_short) noexcept nogil:
+    """The next group's size: after a group cut short by a full walk (which may have written memory),
+    smaller groups until they run through again, then back up to ``full``."""
+    if cut_short:
+        return size // 2 if size > 4 else 4
+    return size * 2 if size < full else size
 
 
 cdef int _run_plain(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
@@ -288,7 +481,10 @@ cdef int _run_plain(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
     cdef int result = WALK_OK
     cdef bint walked = 0, slow = 0
     while i < n:
-        result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow, 0, 0, 0, 0)
+        i = _run_hits(self, va, kind, hpa, st, i, n)
+        if i == n:
+            break
+        result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, NULL, &walked, &slow)
         st[i] = <uint8_t>result
         if result != WALK_OK:
             self.counts.faults[result] += 1
@@ -362,8 +558,7 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
             ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
         else:
             ok = _group_walk(self, va, kind, i, n, cnt, ghpa, <no_trace_t *>NULL)
-        if ok != (<uint64_t>1 << cnt) - 1 and popcount64(ok) * 2 < cnt:
-            plain = GROUP_BACKOFF
+        plain = _backoff(ok, cnt)
         slow = 0
         k = 0
         while k < cnt:
@@ -393,8 +588,7 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
             if k == cnt:
                 break
             # Lane k: the per-access path.
-            result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow,
-                                0, 0, 0, 0)
+            result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, NULL, &walked, &slow)
             if result != WALK_OK:
                 break
             st[i] = WALK_OK
@@ -406,11 +600,7 @@ cdef int _run_grouped(MMU self, const uint64_t *va, const uint8_t *kind, uint64_
             st[i] = <uint8_t>result
             self.counts.faults[result] += 1
             break
-        # A group cut short by a full walk: smaller groups until they run through again.
-        if slow:
-            size = size // 2 if size > 4 else 4
-        elif size < full:
-            size *= 2
+        size = _next_size(size, full, slow)
     self.counts.accesses += done
     _count_walks(self, refs, done)
     pi[0] = i
@@ -450,19 +640,25 @@ cdef int _run_quick(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
 
 cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t *hpa, uint8_t *st,
                     Py_ssize_t *pi, Py_ssize_t n, walk_t *w) noexcept nogil:
-    """The batch loop with TLBs and the fast paths on: the walks of the next GROUP_MAX accesses are
-    made ahead, together, before the accesses run one by one through the TLBs; a miss takes its
-    walk from there.  Only the fast paths' results are used, which depend on memory alone: after a
-    full walk (which may write memory) the rest of the group is walked again.
+    """The batch loop with TLBs and flat memory.  While most accesses miss, the walks of the next
+    group of accesses are made ahead, together, by a group kernel, before the accesses run one by
+    one through the TLBs: without walk caches a miss takes its walk from there (only the fast paths'
+    results are used, which depend on memory alone: after a full walk, which may write memory, the
+    rest of the group is walked again); with them (``walk_cached``) the group's walks only bring
+    the entries into the processor's caches, and every miss walks through the walk caches.  While
+    most accesses hit, no walk is made ahead: AHEAD_WINDOW accesses at a time, each miss walks alone.
     """
     cdef uint64_t ghpa[GROUP_MAX]
     cdef uint32_t gattrs[GROUP_MAX]
-    cdef Py_ssize_t i = pi[0]
-    cdef uint64_t ok
+    cdef Py_ssize_t i = pi[0], group, end
+    cdef uint64_t ok = 0
     cdef uint32_t k, cnt, full = _group_size(self), size = full, refs = group_refs(&self.paging, &self.ept, self.nested)
     cdef int result = WALK_OK
-    cdef bint walked = 0, slow = 0
+    cdef bint walked = 0, slow = 0, ahead = 1
+    cdef ahead_walk_t lane
+    cdef uint64_t walks
     cdef Py_ssize_t plain = 0
+    lane.refs = refs
     while i < n:
         if plain:
             result = _run_plain(self, va, kind, hpa, st, &i, i + plain if n - i > plain else n, w)
@@ -470,14 +666,33 @@ cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
             if result != WALK_OK:
                 break
             continue
-        cnt = <uint32_t>(n - i) if n - i < size else size
-        ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
-        if popcount64(ok) * 2 < cnt:
-            plain = GROUP_BACKOFF
+        if ahead:
+            cnt = <uint32_t>(n - i) if n - i < size else size
+            ok = _group_walk(self, va, kind, i, n, cnt, ghpa, gattrs)
+            plain = _backoff(ok, cnt)
+            if self.walk_cached:
+                # With paging-structure caches or a nested TLB the walks must go through them (a stale
+                # cached entry decides): the group's walks only brought their entries into the cache.
+                ok = 0
+        else:
+            cnt = <uint32_t>(n - i) if n - i < AHEAD_WINDOW else AHEAD_WINDOW
+            ok = 0
+        walks = self.counts.walks
         slow = 0
-        for k in range(cnt):
-            result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &walked, 1, &slow,
-                                (ok >> k) & 1, ghpa[k], gattrs[k], refs)
+        group = i
+        end = i + cnt
+        while i < end:
+            if not ahead:       # mostly hits: runs of them from locals (while most miss, the setup costs more)
+                i = _run_hits(self, va, kind, hpa, st, i, end)
+                if i == end:
+                    break
+            k = <uint32_t>(i - group)
+            if ok != 0 and (ok >> k) & 1:
+                lane.hpa = ghpa[k]
+                lane.attrs = gattrs[k]
+                result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, &lane, &walked, &slow)
+            else:
+                result = _translate(self, va[i], kind[i], &hpa[i], w, <no_trace_t *>NULL, NULL, &walked, &slow)
             st[i] = <uint8_t>result
             if result != WALK_OK:
                 break
@@ -487,12 +702,16 @@ cdef int _run_ahead(MMU self, const uint64_t *va, const uint8_t *kind, uint64_t 
         if result != WALK_OK:
             self.counts.faults[result] += 1
             break
-        if slow:
-            size = size // 2 if size > 4 else 4
-        elif size < full:
-            size *= 2
+        # Walk the next group ahead only if enough of this one missed: a hit needs no walk.  Without walk
+        # caches the group's walks replace the misses' own, with them they only prefetch: more must miss.
+        ahead = ((self.counts.walks - walks) * (AHEAD_MISSES_CACHED if self.walk_cached else AHEAD_MISSES)
+                 >= <uint64_t>(i - group))
+        size = _next_size(size, full, slow)
     pi[0] = i
     return result
+
+
+include "walk_cached.pxi"
 
 
 cdef inline uint8_t _hit_shift(const tlb_hit_t *hit) noexcept nogil:
@@ -694,7 +913,6 @@ cdef class MMU:
         cdef uint8_t[::1] st = status
         cdef Py_ssize_t i = start, n = va.shape[0]
         cdef walk_t w
-        cdef bint walked = 0, slow = 0
         cdef int result = WALK_OK
         if n == 0 or start == n:
             return BatchResult(int(start), Status.OK, None)
@@ -704,23 +922,18 @@ cdef class MMU:
                 return BatchResult(int(n), Status.OK, None)
             self._fault_invalidations(&w, result, va[i])
             return BatchResult(int(i), _STATUSES[result], self._fault_record(&w, result, va[i], NULL, False))
-        cdef bint fast = _fast_walks(self)
+        cdef bint uncached = _fast_walks(self)
+        self.walk_cached = not uncached
+        _prepare_hits(self)
         self._load_clocks()
         with nogil:
-            if fast and self.mem.c.flat and not self.levels[LEVEL_L1I].n and not self.levels[LEVEL_L1D].n \
+            if uncached and self.mem.c.flat and not self.levels[LEVEL_L1I].n and not self.levels[LEVEL_L1D].n \
                     and not self.levels[LEVEL_L2].n:
                 result = _run_quick(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
-            elif fast and self.mem.c.flat:
+            elif self.mem.c.flat:
                 result = _run_ahead(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
             else:
-                while i < n:
-                    result = _translate(self, va[i], kind[i], &hpa[i], &w, <no_trace_t *>NULL, &walked, fast,
-                                        &slow, 0, 0, 0, 0)
-                    st[i] = <uint8_t>result
-                    if result != WALK_OK:
-                        self.counts.faults[result] += 1
-                        break
-                    i += 1
+                result = _run_plain(self, &va[0], &kind[0], &hpa[0], &st[0], &i, n, &w)
         self._store_clocks()
         if result == WALK_OK:
             return BatchResult(int(n), Status.OK, None)
@@ -746,8 +959,9 @@ cdef class MMU:
         cdef uint64_t address = va
         cdef uint32_t kind = access
         walk_trace_clear(&refs)
+        _prepare_hits(self)
         self._load_clocks()
-        result = _translate(self, address, kind, &hpa, &w, &refs, &walked, 0, &slow, 0, 0, 0, 0)
+        result = _translate(self, address, kind, &hpa, &w, &refs, NULL, &walked, &slow)
         self._store_clocks()
         if result == WALK_TRAP and walked:   # the walk completed: its record, the trap's status
             self.counts.faults[result] += 1
@@ -843,6 +1057,7 @@ cdef class MMU:
         cdef ref_record_t *record
         if n > 0xFFFFFFFF:
             raise ValueError("addresses: a logged batch holds at most 2**32 - 1 accesses")
+        _prepare_hits(self)
         self._load_clocks()
         while i < n and result == WALK_OK:
             stop = min(n, i + _LOG_STEP)
@@ -850,7 +1065,7 @@ cdef class MMU:
             with nogil:
                 while i < stop:
                     walk_trace_clear(&refs)
-                    result = _translate(self, va[i], kind[i], &hpa[i], w, &refs, &walked, 0, &slow, 0, 0, 0, 0)
+                    result = _translate(self, va[i], kind[i], &hpa[i], w, &refs, NULL, &walked, &slow)
                     for k in range(refs.count):
                         record = &self._log[self._log_count]
                         record.address = refs.refs[k].address

@@ -47,6 +47,17 @@ SMALL = TLBConfig(
 # The same TLBs without paging-structure caches or nested TLB (the walkers' fast paths apply),
 # and no cache at all (the run loop's plain loop).
 TLB_ONLY = TLBConfig(l1i=SMALL.l1i, l1d=SMALL.l1d, l2=SMALL.l2)
+# Every structure LRU, as TLBConfig.skylake(): the run loop's L1 hit loop and the walkers' cached fast
+# paths (paging-structure caches, nested TLB) both apply; and a FIFO L1 D-TLB (a hit stamps nothing).
+LRU = TLBConfig(
+    l1i=SMALL.l1i,
+    l1d=(CacheGeometry(8, 4, ("4K",)), CacheGeometry(4, 2, ("2M",))),
+    l2=CacheGeometry(24, 4, ("4K", "2M")),
+    psc={"pde": CacheGeometry(4, 2), "pdpte": CacheGeometry(2, 2), "pml4e": CacheGeometry(2, 1)},
+    nested_tlb=CacheGeometry(6, 3, ("4K", "2M")),
+)
+FIFO_L1 = TLBConfig(l1i=LRU.l1i, l1d=(CacheGeometry(8, 4, ("4K",), policy="fifo"),), l2=LRU.l2, psc=LRU.psc,
+                    nested_tlb=LRU.nested_tlb)
 NO_CACHE = TLBConfig.none()
 # Linear pages the tests play with: a few 4 KiB pages spread over two PDs and
 # two PML4 entries, one 2 MiB page, and a kernel-half page.
@@ -327,15 +338,30 @@ class FiveLevelNoCacheMMUMachine(MMUMachine):
     tlb = NO_CACHE
 
 
+class LRUMMUMachine(MMUMachine):
+    tlb = LRU
+
+
+class NestedLRUMMUMachine(MMUMachine):
+    nested = True
+    tlb = LRU
+
+
+class NestedFifoL1MMUMachine(MMUMachine):
+    nested = True
+    tlb = FIFO_L1
+
+
 SETTINGS = settings(max_examples=150, stateful_step_count=30, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
 @pytest.mark.parametrize("machine", [MMUMachine, NestedMMUMachine, FiveLevelMMUMachine, TLBOnlyMMUMachine,
                                      NestedTLBOnlyMMUMachine, NoCacheMMUMachine, NestedNoCacheMMUMachine,
-                                     FiveLevelNoCacheMMUMachine],
+                                     FiveLevelNoCacheMMUMachine, LRUMMUMachine, NestedLRUMMUMachine,
+                                     NestedFifoL1MMUMachine],
                          ids=["native", "nested", "la57", "native-tlb-only", "nested-tlb-only", "native-no-cache",
-                              "nested-no-cache", "la57-no-cache"])
+                              "nested-no-cache", "la57-no-cache", "native-lru", "nested-lru", "nested-fifo-l1"])
 def test_compiled_mmu_matches_reference(machine: type[RuleBasedStateMachine]) -> None:
     from hypothesis.stateful import run_state_machine_as_test
 

@@ -3,9 +3,9 @@
 
 An MMU is one logical processor's translation hardware: TLB levels (L1
 instruction, L1 data, L2), paging-structure caches, a nested TLB, and the
-paging state (CR3, control bits, EPT pointer, VPID).  ``mmu_run`` translates
-a whole array of accesses without the GIL and stops at the first one that
-needs software, as KVM_RUN does.
+paging state (CR3, control bits, EPT pointer, VPID).  ``MMU.translate``
+translates a whole array of accesses without the GIL and stops at the first
+one that needs software, as KVM_RUN does.
 """
 
 from fastmmu._core.memory cimport HostMemory
@@ -28,6 +28,7 @@ ctypedef struct level_t:
     uint64_t *clock[MAX_PER_LEVEL]  # each structure's clock (TLB.clock): its next replacement stamp
     int n                        # how many (0: the level is absent)
     int8_t target[3]             # per size code (4K, 2M, 1G): which structure a fill goes to, -1 none
+    uint8_t live[MAX_PER_LEVEL]  # per structure: bit c set = it may hold entries of size code c (per batch)
 
 
 ctypedef struct mmu_counts_t:
@@ -57,6 +58,9 @@ cdef class MMU:
     cdef paging_t paging
     cdef ept_t ept
     cdef bint nested
+    cdef uint32_t hit_need[16]   # per access kind: the attrs bits a cached translation needs to serve it
+    cdef bint l1_known_miss      # _run_hits found no entry for the access it stopped at in its L1's first structure
+    cdef bint walk_cached        # translate(): the walks go through paging-structure caches or a nested TLB
     cdef uint32_t _vpid
     cdef mmu_counts_t counts
     cdef readonly object config  # the TLBConfig
