@@ -14,7 +14,6 @@ so the same program gives the same guest-visible history in every mode.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from fastmmu.arch import ADDR_MASK, CR3_NOFLUSH, PTE, Access, PFErr
 from fastmmu.guest.config import GuestConfig
 from fastmmu.guest.frames import HUGE_FRAMES, FrameAllocator
 from fastmmu.guest.port import PagingPort
+from fastmmu.guest.resident import ResidentPages
 from fastmmu.workloads.program import Accesses, Invlpg, Mmap, Munmap, Step, as_program
 
 # Plain ints: IntFlag arithmetic is slow on the fault path.
@@ -55,7 +55,7 @@ class Vma:
 
 @dataclass
 class Page:
-    """A resident page: where its leaf entry is (the kernel's reverse map)."""
+    """A resident page: where its leaf entry is (a view of the kernel's reverse map, ``ResidentPages``)."""
 
     process: Process
     va: int
@@ -72,7 +72,8 @@ class Process:
     pcid: int
     root: int  # gfn of the top-level table
     vmas: list[Vma] = field(default_factory=list)
-    pages: dict[int, Page] = field(default_factory=dict)  # page va -> resident page
+    kernel: GuestOS | None = field(default=None, repr=False, compare=False)
+    resident: int = 0  # pages resident (their records are the kernel's: ``pages``)
     swapped: set[int] = field(default_factory=set)  # page vas evicted to swap
     alive: bool = True
     exit_reason: str = ""
@@ -84,6 +85,13 @@ class Process:
     accesses_done: int = 0  # of its program, completed: where a process that was stopped stopped
     kinds_of: Accesses | None = None  # the batch whose user-mode kinds ``kinds`` holds (the run loop's)
     kinds: np.ndarray | None = None
+
+    @property
+    def pages(self) -> dict[int, Page]:
+        """Page va -> resident page, in the order they were mapped (built from the kernel's records)."""
+        if self.kernel is None or not self.resident:
+            return {}
+        return self.kernel.pages_of(self)
 
     def cr3(self, pcid_enabled: bool) -> int:
         return self.root << 12 | (self.pcid if pcid_enabled else 0)
@@ -109,7 +117,7 @@ class GuestOS:
         self.levels = self.config.levels
         self.processes: dict[int, Process] = {}
         self.current: Process | None = None
-        self.clock: OrderedDict[tuple[int, int], Page] = OrderedDict()
+        self.resident = ResidentPages(frames)  # the reverse map and the clock
         self._next_pid = 1
         self._free_pcids: list[int] = []
         self._next_pcid = 1
@@ -155,7 +163,7 @@ class GuestOS:
                 raise RuntimeError("guest: out of PCIDs (4095 live processes)")
             self.port.invpcid(1, pcid)  # a recycled PCID may still tag the old owner's translations
         pid, self._next_pid = self._next_pid, self._next_pid + 1
-        process = Process(pid, name or f"p{pid}", pcid, root)
+        process = Process(pid, name or f"p{pid}", pcid, root, kernel=self)
         if program is not None:
             process.steps = as_program(program).steps()
         self.processes[pid] = process
@@ -206,9 +214,8 @@ class GuestOS:
     def munmap(self, process: Process, base: int, length: int) -> None:
         """Unmap [base, base+length): free its pages, then the page tables left empty."""
         end = base + length
-        for va in sorted(v for v in process.pages if base <= v < end or (process.pages[v].huge
-                                                                          and v < end and base < v + HUGE)):
-            self._unmap_page(process.pages[va])
+        for gfn in self._pages_in(process, base, end):
+            self._unmap_page(process, gfn)
         process.swapped = {v for v in process.swapped if not base <= v < end}
         kept: list[Vma] = []
         for vma in process.vmas:  # cut the range out of the VMAs
@@ -230,8 +237,7 @@ class GuestOS:
         """The process ends: every page and every table is freed, its PCID recycled."""
         if not process.alive:
             return
-        for page in list(process.pages.values()):
-            self._unmap_page(page, invalidate=False)
+        self._unmap_all(process)
         self._free_tables(process, process.root, self.levels, 0, 0, self._width(), 0, self._width(),
                           invalidate=False)
         self._release_table(process.root)
@@ -281,7 +287,7 @@ class GuestOS:
             return False
         table, index = slot
         self._write(table, index, gfn << 12 | self._leaf_flags(vma))
-        self._track(Page(process, page_va, gfn, False, table, index))
+        self._track(process, gfn, page_va, table, index, False)
         return True
 
     def _leaf_flags(self, vma: Vma, huge: bool = False) -> int:
@@ -308,13 +314,13 @@ class GuestOS:
             self.stats["major_faults"] += 1
             process.swapped -= pages
         self.stats["huge_pages"] += 1
-        self._track(Page(process, start, base, True, table, index))
+        self._track(process, base, start, table, index, True)
         return True
 
-    def _track(self, page: Page) -> None:
+    def _track(self, process: Process, gfn: int, va: int, table: int, index: int, huge: bool) -> None:
         self.stats["resident_pages"] += 1
-        page.process.pages[page.va] = page
-        self.clock[(page.process.pid, page.va)] = page
+        process.resident += 1
+        self.resident.add(gfn, process.pid, va, table, index, huge)
 
     # -- page tables -------------------------------------------------------------------
 
@@ -393,36 +399,90 @@ class GuestOS:
     def _evict_one(self) -> bool:
         """The clock: a page whose accessed flag is set gets a second chance (the flag is
         cleared and the translation invalidated); the first one found clear is evicted."""
-        sweeps = 2 * len(self.clock) + 1
-        while self.clock and sweeps:
+        resident = self.resident
+        sweeps = 2 * resident.count + 1
+        while sweeps:
+            gfn = resident.first()
+            if gfn is None:
+                break
             sweeps -= 1
-            key, page = next(iter(self.clock.items()))
-            entry = self._read(page.table, page.index)
+            process = self.processes[resident.owner(gfn)]
+            table, index, huge = resident.leaf(gfn)
+            entry = self._read(table, index)
             if entry & _A:
-                self._write(page.table, page.index, entry & ~_A)
-                self._invalidate(page.process, page.va)
-                self.clock.move_to_end(key)
+                self._write(table, index, entry & ~_A)
+                self._invalidate(process, resident.page_va(gfn))
+                resident.to_tail(gfn)
                 continue
-            self._unmap_page(page)
-            if page.huge:
-                page.process.swapped.update(range(page.va, page.va + HUGE, 4096))
+            va = resident.page_va(gfn)
+            self._unmap_page(process, gfn)
+            if huge:
+                process.swapped.update(range(va, va + HUGE, 4096))
             else:
-                page.process.swapped.add(page.va)
+                process.swapped.add(va)
             self.stats["evictions"] += 1
             return True
         return False
 
-    def _unmap_page(self, page: Page, *, invalidate: bool = True) -> None:
-        self._write(page.table, page.index, 0)
+    def _unmap_page(self, process: Process, gfn: int, *, invalidate: bool = True) -> None:
+        resident = self.resident
+        table, index, huge = resident.leaf(gfn)
+        self._write(table, index, 0)
         if invalidate:
-            self._invalidate(page.process, page.va)
-        del page.process.pages[page.va]
+            self._invalidate(process, resident.page_va(gfn))
+        resident.remove(gfn)
+        process.resident -= 1
         self.stats["resident_pages"] -= 1
-        self.clock.pop((page.process.pid, page.va), None)
-        if page.huge:
-            self.frames.free_huge(page.gfn)
+        if huge:
+            self.frames.free_huge(gfn)
         else:
-            self.frames.free(page.gfn)
+            self.frames.free(gfn)
+
+    def _unmap_all(self, process: Process) -> None:
+        """Every page of an exiting process, in the order they were mapped: its leaf entries cleared
+        (in one call to the port: no invalidation, the PCID goes), its frames freed."""
+        gfns = self.resident.of_process(process.pid)
+        if not len(gfns):
+            return
+        slots = self.resident.slot[gfns]
+        tables = (slots >> np.uint64(10)).astype(np.int64)
+        indices = ((slots >> np.uint64(1)) & np.uint64(511)).astype(np.int64)
+        self.stats["pt_writes"] += len(gfns)
+        self.port.clear_ptes(tables, indices)
+        resident = self.resident
+        resident.pid[gfns] = 0
+        resident.stamp[gfns] = 0
+        resident.count -= len(gfns)
+        process.resident -= len(gfns)
+        self.stats["resident_pages"] -= len(gfns)
+        huge = (slots & np.uint64(1)).astype(bool)
+        if huge.any():
+            for base in gfns[huge].tolist():
+                self.frames.free_huge(base)
+            gfns = gfns[~huge]
+        self.frames.free_many(gfns)
+
+    def _pages_in(self, process: Process, base: int, end: int) -> list[int]:
+        """The frames of ``process``'s pages that overlap [base, end), by address."""
+        resident = self.resident
+        gfns = np.flatnonzero(resident.pid[:resident.high] == process.pid)
+        vas = resident.va[gfns]
+        huge = (resident.slot[gfns] & np.uint64(1)).astype(bool)
+        # base <= va < end, or a 2 MiB page with va < end and base < va + 2 MiB (no sum: it could wrap)
+        below_end = vas <= np.uint64(min(end, 1 << 64) - 1)
+        inside = below_end & ((vas >= np.uint64(base)) | (huge & (vas >= np.uint64(max(base - HUGE + 1, 0)))))
+        gfns, vas = gfns[inside], vas[inside]
+        return gfns[np.argsort(vas, kind="stable")].tolist()
+
+    def pages_of(self, process: Process) -> dict[int, Page]:
+        """Page va -> resident page of ``process``, in the order they were mapped (inspection)."""
+        out: dict[int, Page] = {}
+        resident = self.resident
+        for gfn in resident.of_process(process.pid).tolist():
+            table, index, huge = resident.leaf(gfn)
+            va = resident.page_va(gfn)
+            out[va] = Page(process, va, gfn, huge, table, index)
+        return out
 
     # -- the program -------------------------------------------------------------------
 

@@ -415,6 +415,22 @@ class DirectMode(Mode):
         self._store(self.layout.hfn(table_gfn), index, value)
         self._settle()
 
+    def _clear_ptes(self, tables: np.ndarray, indices: np.ndarray) -> None:
+        """Clearing leaf entries of tables that are tables at level 1 only, with no entry kept aside
+        and none with bit 7: each is one store of 0 (``_store`` links and unlinks nothing)."""
+        frames = self.layout.hfn_array(tables)
+        unique = np.unique(frames).tolist()
+        links, large = self.links, self.large
+        if self.special or self.splinters or any(links.get(f, 0) & _UPPER or f in large for f in unique):
+            super()._clear_ptes(tables, indices)
+            return
+        self._count_pt_writes(len(tables))
+        self.mem.write_entries(frames << np.uint64(12) | indices.astype(np.uint64) << np.uint64(3), 0)
+        self._settle()
+
+    def _count_pt_writes(self, count: int) -> None:
+        """Exits of ``count`` guest page-table writes (brute force traps them)."""
+
     def _store(self, frame: int, index: int, value: int) -> None:
         slot = frame << 9 | index
         mask = self.links.get(frame, 0)

@@ -6,6 +6,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from fastmmu._core.paging import walk_nested
 from fastmmu.arch import ADDR_MASK, CR3_NOFLUSH, CR3_PCID_MASK, PTE, Attr, FrameKind, Status
 from fastmmu.batch import BatchResult
@@ -205,6 +207,9 @@ class Shadow(Mode):
         self.cr3, self.current = value, space
         shadow_cr3 = space.root << 12 | (key[1] if pcide else 0)
         self.hw().mov_cr3(shadow_cr3 | (CR3_NOFLUSH if noflush and pcide else 0))
+
+    def _clear_ptes(self, tables: np.ndarray, indices: np.ndarray) -> None:
+        self._store_zeros(tables, indices)  # the guest's tables are plain memory here
 
     def _invlpg(self, va: int) -> None:
         dropped = self.current.unmap(va) if self.current is not None else []

@@ -1,0 +1,198 @@
+"""The guest kernel's per-frame records (``ResidentPages``), its frame stack and the bulk memory calls,
+each against a straightforward model: any wrong entry shows as a difference."""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+
+import fastmmu
+from fastmmu.arch import ADDR_MASK, PTE
+from fastmmu.guest.frames import FrameAllocator
+from fastmmu.guest.resident import ResidentPages
+from fastmmu.workloads.generators import Churn, Uniform, Zipf
+from fastmmu.workloads.program import StepList
+
+SEED = 20261207
+
+
+@pytest.mark.parametrize("seed", [SEED, SEED + 1, SEED + 2])
+def test_the_clock_queue_orders_pages_as_an_ordered_dict_with_move_to_end(seed):
+    rng = random.Random(seed)
+    resident = ResidentPages(300)
+    model: OrderedDict[int, tuple[int, int]] = OrderedDict()  # gfn -> (pid, va)
+    for step in range(5000):
+        op = rng.random()
+        if op < 0.45 and len(model) < 300:
+            gfn = rng.choice([g for g in range(300) if g not in model])
+            pid, va = rng.randrange(1, 5), rng.randrange(1 << 36) << 12
+            resident.add(gfn, pid, va, rng.randrange(1 << 20), rng.randrange(512), rng.random() < 0.1)
+            model[gfn] = (pid, va)
+        elif op < 0.7 and model:
+            gfn = rng.choice(list(model))
+            resident.remove(gfn)
+            del model[gfn]
+        elif model:
+            gfn = next(iter(model)) if rng.random() < 0.5 else rng.choice(list(model))
+            resident.to_tail(gfn)
+            model.move_to_end(gfn)
+        assert resident.first() == next(iter(model), None), f"seed {seed}, step {step}"
+        assert resident.count == len(model)
+        if step % 97 == 0:
+            assert resident.clock_order().tolist() == list(model), f"seed {seed}, step {step}"
+            for gfn, (pid, va) in model.items():
+                assert (resident.owner(gfn), resident.page_va(gfn)) == (pid, va)
+
+
+def test_a_page_records_its_leaf_slot_and_size():
+    resident = ResidentPages(1024)
+    resident.add(512, 3, 0x7F00_0020_0000, 0x3FF_FFFF, 511, True)
+    resident.add(7, 3, 0xFFFF_FFFF_FFFF_F000, 1, 0, False)
+    assert resident.leaf(512) == (0x3FF_FFFF, 511, True)
+    assert resident.leaf(7) == (1, 0, False)
+    assert resident.page_va(7) == 0xFFFF_FFFF_FFFF_F000
+    assert resident.of_process(3).tolist() == [512, 7]  # in the order mapped, not by frame
+
+
+def test_the_frame_stack_gives_what_a_list_would():
+    rng = random.Random(SEED)
+    frames = FrameAllocator(10, 5000)
+    model: list[int] = []
+    next_frame = 10
+    held: list[int] = []
+    for _ in range(20_000):
+        if rng.random() < 0.55:
+            gfn = frames.alloc()
+            if model:
+                expected = model.pop()
+            elif next_frame < 5000:
+                expected, next_frame = next_frame, next_frame + 1
+            else:
+                expected = None
+            assert gfn == expected
+            if gfn is not None:
+                held.append(gfn)
+        elif held:
+            if rng.random() < 0.1:
+                batch = [held.pop(rng.randrange(len(held))) for _ in range(min(len(held), rng.randrange(1, 50)))]
+                frames.free_many(np.array(batch, dtype=np.int64))
+                model.extend(batch)
+            else:
+                gfn = held.pop(rng.randrange(len(held)))
+                frames.free(gfn)
+                model.append(gfn)
+        assert frames._free == model
+        assert frames.available == len(model) + 5000 - next_frame
+
+
+def _leaves(vm, process):
+    """Every present leaf of ``process``'s tables, read from the tables themselves:
+    va -> (gfn, table gfn, index, huge)."""
+    out = {}
+    levels = vm.guest.levels
+    peek = vm.mode.peek_pte
+    stack = [(process.root, levels, 0)]
+    while stack:
+        table, level, base = stack.pop()
+        for index in range(512):
+            entry = peek(table, index)
+            if not entry & PTE.P:
+                continue
+            va = base | index << (12 + 9 * (level - 1))
+            if level == 1 or (level == 2 and entry & PTE.PS):
+                out[va] = ((entry & ADDR_MASK) >> 12, table, index, level == 2)
+            else:
+                stack.append(((entry & ADDR_MASK) >> 12, level - 1, va))
+    return out
+
+
+def _check_records(vm):
+    guest = vm.guest
+    resident = guest.resident
+    owners = set()
+    for process in guest.processes.values():
+        if not process.alive:
+            assert not process.pages and process.resident == 0
+            continue
+        recorded = {va: (page.gfn, page.table, page.index, page.huge) for va, page in process.pages.items()}
+        assert recorded == _leaves(vm, process), process.name
+        assert process.resident == len(recorded)
+        owners.update(page.gfn for page in process.pages.values())
+    assert sorted(resident.clock_order().tolist()) == sorted(owners)
+    assert resident.count == guest.stats["resident_pages"] == len(owners)
+    live = np.flatnonzero(resident.pid[:resident.high])
+    assert sorted(live.tolist()) == sorted(owners)
+
+
+@pytest.mark.parametrize("mode", ["native", "brute_force", "shadow", "nested"])
+def test_the_records_match_the_page_tables_through_eviction_munmap_and_exit(mode):
+    machine = fastmmu.Machine(host_memory="1GiB")
+    vm = machine.create_vm("6MiB", mode, guest={"huge_pages": False, "quantum": 700})
+    vm.spawn(Zipf(pages=900, n=6000, writes=0.3, seed=SEED))  # more than fits: the clock evicts
+    vm.spawn(Churn(pages=64, n=800, rounds=4, seed=SEED + 1, base=0x3000_0000_0000))
+    vm.spawn(Uniform(pages=200, n=3000, seed=SEED + 2, base=0x2000_0000_0000))
+    checked = 0
+
+    def check(vm_, process, *rest):
+        nonlocal checked
+        checked += 1
+        if checked % 7 == 0:
+            _check_records(vm_)
+
+    result = machine.run(on_batch=check)
+    assert not result.partial and vm.guest.stats["evictions"] > 0
+    assert checked > 20
+    _check_records(vm)
+
+
+def test_huge_pages_are_recorded_by_their_first_frame():
+    machine = fastmmu.Machine(host_memory="1GiB")
+    vm = machine.create_vm("64MiB", "native")
+    process = vm.spawn()
+    program = StepList([fastmmu.workloads.program.Mmap(0x4000_0000, 4 << 20, huge=True),
+                        fastmmu.workloads.program.Accesses(np.array([0x4000_0000, 0x4020_1000], dtype=np.uint64),
+                                                           0)])
+    vm.run(process, program, max_accesses=2)  # stops before the program's end: the process still lives
+    pages = vm.guest.pages_of(process)
+    assert all(page.huge and page.gfn % 512 == 0 for page in pages.values()) and len(pages) == 2
+    assert {va: (p.gfn, p.table, p.index, p.huge) for va, p in pages.items()} == _leaves(vm, process)
+
+
+def test_write_entries_and_read_entries_do_what_write_and_read_do_one_at_a_time():
+    rng = np.random.default_rng(SEED)
+    bulk, single = fastmmu.HostMemory("64MiB"), fastmmu.HostMemory("64MiB")
+    for mem in (bulk, single):
+        mem.alloc_at(np.arange(100, 140, dtype=np.uint64), owner=1, kind=2)
+    addresses = (rng.integers(100, 140, 3000).astype(np.uint64) << np.uint64(12)) \
+        | (rng.integers(0, 512, 3000).astype(np.uint64) << np.uint64(3))
+    values = rng.integers(0, 1 << 63, 3000, dtype=np.uint64)
+    values[::3] = 0
+    bulk.write_entries(addresses, values)
+    for address, value in zip(addresses.tolist(), values.tolist(), strict=True):
+        single.write(address, value)
+    assert np.array_equal(bulk.entries[100:140], single.entries[100:140])
+    assert bulk.table_frames == single.table_frames
+    assert bulk.read_entries(addresses).tolist() == [single.read(a) for a in addresses.tolist()]
+    bulk.write_entries(addresses[:10], 0)
+    assert not bulk.read_entries(addresses[:10]).any()
+
+
+def test_write_entries_checks_every_address_before_writing_any():
+    mem = fastmmu.HostMemory("64MiB")
+    mem.alloc_at(np.arange(100, 102, dtype=np.uint64), owner=1, kind=2)
+    good = 100 << 12
+    with pytest.raises(ValueError, match="write_entries: frame 0x66 .* is not allocated"):
+        mem.write_entries(np.array([good, 102 << 12], dtype=np.uint64), 5)
+    assert mem.read(good) == 0
+    with pytest.raises(ValueError, match="not 8-byte aligned"):
+        mem.write_entries(np.array([good, good + 4], dtype=np.uint64), 5)
+    with pytest.raises(ValueError, match="beyond host memory"):
+        mem.read_entries(np.array([1 << 40], dtype=np.uint64))
+    with pytest.raises(ValueError, match="2 values for 1 addresses"):
+        mem.write_entries(np.array([good], dtype=np.uint64), np.array([1, 2], dtype=np.uint64))
+    with pytest.raises(ValueError, match="non-negative"):
+        mem.write_entries(np.array([-8]), 0)
+    assert mem.read(good) == 0
