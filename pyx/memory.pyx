@@ -400,10 +400,13 @@ cdef class HostMemory:
         arr = _address_array(addresses)
         cdef const uint64_t[::1] addr = arr
         cdef Py_ssize_t i, n = addr.shape[0]
-        if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        cdef bint one = isinstance(values, (int, np.integer)) and not isinstance(values, bool)
+        cdef pte_t same = 0
+        if one:  # one value for all: no array of it
             if not 0 <= values < (1 << 64):
                 raise ValueError(f"write_entries: value {values:#x} is not a 64-bit value")
-            vals = np.full(n, values, dtype=np.uint64)
+            same = values
+            vals = np.zeros(1, dtype=np.uint64)
         else:
             vals = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1)
             if vals.shape[0] != n:
@@ -415,12 +418,14 @@ cdef class HostMemory:
             if (self.c.frame_info[pfn] & 0xFF) == FRAME_FREE:
                 raise ValueError(f"write_entries: frame {pfn:#x} (address {addr[i]:#x}) is not allocated")
         cdef uint64_t row
+        cdef pte_t v
         for i in range(n):
             pfn = addr[i] >> PAGE_SHIFT
-            if value[i] == 0 and self.c.slot_of[pfn] == 0:
+            v = same if one else value[i]
+            if v == 0 and self.c.slot_of[pfn] == 0:
                 continue
             row = self._ensure_row(pfn)
-            self.c.entries[(row << 9) | ((addr[i] >> 3) & 511)] = value[i]
+            self.c.entries[(row << 9) | ((addr[i] >> 3) & 511)] = v
 
     def read_frame(self, pfn_t pfn):
         """A copy of the 512 entries of frame ``pfn``."""

@@ -22,39 +22,42 @@ SEED = 20261207
 @pytest.mark.parametrize("seed", [SEED, SEED + 1, SEED + 2])
 def test_the_clock_queue_orders_pages_as_an_ordered_dict_with_move_to_end(seed):
     rng = random.Random(seed)
-    resident = ResidentPages(300)
-    model: OrderedDict[int, tuple[int, int]] = OrderedDict()  # gfn -> (pid, va)
+    resident = ResidentPages(100)  # more pages than frames: the records grow (a hostile guest's case)
+    model: OrderedDict[int, tuple[int, int, int]] = OrderedDict()  # record -> (pid, va, gfn)
     for step in range(5000):
         op = rng.random()
         if op < 0.45 and len(model) < 300:
-            gfn = rng.choice([g for g in range(300) if g not in model])
-            pid, va = rng.randrange(1, 5), rng.randrange(1 << 36) << 12
-            resident.add(gfn, pid, va, rng.randrange(1 << 20), rng.randrange(512), rng.random() < 0.1)
-            model[gfn] = (pid, va)
+            gfn, pid, va = rng.randrange(100), rng.randrange(1, 5), rng.randrange(1 << 36) << 12
+            record = resident.add(gfn, pid, va, rng.randrange(1 << 20), rng.randrange(512), rng.random() < 0.1)
+            assert record not in model
+            model[record] = (pid, va, gfn)
         elif op < 0.7 and model:
-            gfn = rng.choice(list(model))
-            resident.remove(gfn)
-            del model[gfn]
+            record = rng.choice(list(model))
+            resident.remove(record)
+            del model[record]
         elif model:
-            gfn = next(iter(model)) if rng.random() < 0.5 else rng.choice(list(model))
-            resident.to_tail(gfn)
-            model.move_to_end(gfn)
+            record = next(iter(model)) if rng.random() < 0.5 else rng.choice(list(model))
+            resident.to_tail(record)
+            model.move_to_end(record)
         assert resident.first() == next(iter(model), None), f"seed {seed}, step {step}"
         assert resident.count == len(model)
         if step % 97 == 0:
             assert resident.clock_order().tolist() == list(model), f"seed {seed}, step {step}"
-            for gfn, (pid, va) in model.items():
-                assert (resident.owner(gfn), resident.page_va(gfn)) == (pid, va)
+            for record, (pid, va, gfn) in model.items():
+                assert (resident.owner(record), resident.page_va(record), resident.frame(record)) == (pid, va, gfn)
 
 
 def test_a_page_records_its_leaf_slot_and_size():
     resident = ResidentPages(1024)
-    resident.add(512, 3, 0x7F00_0020_0000, 0x3FF_FFFF, 511, True)
-    resident.add(7, 3, 0xFFFF_FFFF_FFFF_F000, 1, 0, False)
-    assert resident.leaf(512) == (0x3FF_FFFF, 511, True)
-    assert resident.leaf(7) == (1, 0, False)
-    assert resident.page_va(7) == 0xFFFF_FFFF_FFFF_F000
-    assert resident.of_process(3).tolist() == [512, 7]  # in the order mapped, not by frame
+    huge = resident.add(512, 3, 0x7F00_0020_0000, 0x3FF_FFFF, 511, True)
+    small = resident.add(7, 3, 0xFFFF_FFFF_FFFF_F000, 1, 0, False)
+    resident.remove(huge)
+    again = resident.add(9, 3, 0x5000, 2, 5, False)  # reuses the record given back
+    assert again == huge
+    assert resident.leaf(again) == (2, 5, False) and resident.frame(again) == 9
+    assert resident.leaf(small) == (1, 0, False)
+    assert resident.page_va(small) == 0xFFFF_FFFF_FFFF_F000
+    assert resident.of_process(3).tolist() == [small, again]  # in the order mapped
 
 
 def test_the_frame_stack_gives_what_a_list_would():
@@ -121,10 +124,10 @@ def _check_records(vm):
         assert recorded == _leaves(vm, process), process.name
         assert process.resident == len(recorded)
         owners.update(page.gfn for page in process.pages.values())
-    assert sorted(resident.clock_order().tolist()) == sorted(owners)
+    assert sorted(resident.gfn[resident.clock_order()].tolist()) == sorted(owners)
     assert resident.count == guest.stats["resident_pages"] == len(owners)
     live = np.flatnonzero(resident.pid[:resident.high])
-    assert sorted(live.tolist()) == sorted(owners)
+    assert sorted(resident.gfn[live].tolist()) == sorted(owners)
 
 
 @pytest.mark.parametrize("mode", ["native", "brute_force", "shadow", "nested"])
@@ -196,3 +199,33 @@ def test_write_entries_checks_every_address_before_writing_any():
     with pytest.raises(ValueError, match="non-negative"):
         mem.write_entries(np.array([-8]), 0)
     assert mem.read(good) == 0
+
+
+@pytest.mark.parametrize("mode", ["native", "brute_force", "shadow", "nested"])
+def test_a_teardown_in_small_chunks_and_blocks_does_what_one_in_a_single_chunk_does(mode, monkeypatch):
+    from fastmmu.guest import os as guest_os
+    from fastmmu.guest import resident as resident_module
+
+    def run(chunk, block):
+        monkeypatch.setattr(guest_os, "TEARDOWN_CHUNK", chunk)
+        monkeypatch.setattr(resident_module, "_SCAN_BLOCK", block)
+        machine = fastmmu.Machine(host_memory="1GiB")
+        vm = machine.create_vm("6MiB", mode, guest={"quantum": 300})
+        vm.spawn(Zipf(pages=700, n=3000, writes=0.3, seed=SEED))  # evicts: frames are reused out of order
+        vm.spawn(Uniform(pages=100, n=2000, seed=SEED + 1, base=0x2000_0000_0000))
+        result = machine.run()
+        return (vm.guest.frames._free, dict(vm.guest.stats), dict(vm.exits), result.stats["tlb"],
+                machine.mem.content_frames().tolist())
+
+    assert run(5, 3) == run(1 << 20, 1 << 20)
+
+
+def test_replace_gives_the_new_frame_the_old_ones_place_in_both_orders():
+    resident = ResidentPages(64)
+    a, b, c = (resident.add(gfn, 1, va, 9, va >> 12, False) for gfn, va in ((3, 0x1000), (4, 0x2000), (5, 0x3000)))
+    resident.to_tail(a)  # clock: b, c, a
+    resident.replace(resident.find(1, 0x2000), 40, 10, 7, False)
+    assert resident.of_process(1).tolist() == [a, b, c]
+    assert resident.clock_order().tolist() == [b, c, a]
+    assert resident.frame(b) == 40 and resident.leaf(b) == (10, 7, False) and resident.page_va(b) == 0x2000
+    assert resident.count == 3

@@ -4,7 +4,7 @@ It hands out frames lowest-first from a bump pointer, then reuses freed ones
 last-freed-first, so the same calls give the same frames in every mode (the
 transparency tests rely on it).  It holds no per-frame array, so a 64 GiB
 guest costs nothing until it is used; the freed frames wait on a stack of
-8 bytes a frame (a list of Python ints cost 36: a process of 16 M pages that
+4 bytes a frame (a list of Python ints cost 36: a process of 16 M pages that
 exits would free half a gigabyte of them).
 """
 
@@ -16,10 +16,13 @@ HUGE_FRAMES = 512  # 4 KiB frames in a 2 MiB page
 
 
 class _Stack:
-    """A last-in-first-out stack of frame numbers in a growable int64 array."""
+    """A last-in-first-out stack of frame numbers in a growable array (uint32 when they fit)."""
 
-    def __init__(self) -> None:
-        self._items = np.zeros(64, dtype=np.int64)
+    def __init__(self, end: int) -> None:
+        self._dtype = np.dtype(np.uint32 if end <= 1 << 32 else np.int64)
+        # Room for every frame, allocated once (calloc: committed only as it fills), so that a
+        # teardown of millions of frames grows nothing.
+        self._items = np.zeros(max(end, 64), dtype=self._dtype)
         self._view = self._items.data  # scalar access without numpy's per-item boxing
         self.size = 0
 
@@ -48,7 +51,7 @@ class _Stack:
         return self._items[:self.size].tolist()
 
     def _grow(self, needed: int) -> None:
-        items = np.zeros(max(needed, 2 * len(self._items)), dtype=np.int64)
+        items = np.zeros(max(needed, 2 * len(self._items)), dtype=self._dtype)
         items[:self.size] = self._items[:self.size]
         self._items, self._view = items, items.data
 
@@ -59,7 +62,7 @@ class FrameAllocator:
             raise ValueError(f"frames [{first:#x}, {end:#x}): not a range")
         self.first, self.end = first, end
         self._next = first
-        self._free_stack = _Stack()
+        self._free_stack = _Stack(end)
         self._free_huge: list[int] = []
 
     @property

@@ -40,6 +40,7 @@ _RW = int(PTE.RW)
 _US = int(PTE.US)
 
 TABLE_FLAGS = int(_P | _RW | _US)
+TEARDOWN_CHUNK = 1 << 15  # pages an exit clears per call to the port (bounds its temporary arrays)
 HUGE = 2 << 20
 MAX_PCID = 4095
 
@@ -74,6 +75,9 @@ class Process:
     vmas: list[Vma] = field(default_factory=list)
     kernel: GuestOS | None = field(default=None, repr=False, compare=False)
     resident: int = 0  # pages resident (their records are the kernel's: ``pages``)
+    # The page addresses resident, as a 512-bit mask per 2 MiB of address space (a page is known by
+    # its address: mapping an address already resident replaces that page's record)
+    resident_bits: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
     swapped: set[int] = field(default_factory=set)  # page vas evicted to swap
     alive: bool = True
     exit_reason: str = ""
@@ -214,8 +218,8 @@ class GuestOS:
     def munmap(self, process: Process, base: int, length: int) -> None:
         """Unmap [base, base+length): free its pages, then the page tables left empty."""
         end = base + length
-        for gfn in self._pages_in(process, base, end):
-            self._unmap_page(process, gfn)
+        for record in self._pages_in(process, base, end):
+            self._unmap_page(process, record)
         process.swapped = {v for v in process.swapped if not base <= v < end}
         kept: list[Vma] = []
         for vma in process.vmas:  # cut the range out of the VMAs
@@ -319,8 +323,23 @@ class GuestOS:
 
     def _track(self, process: Process, gfn: int, va: int, table: int, index: int, huge: bool) -> None:
         self.stats["resident_pages"] += 1
+        bits, region, bit = process.resident_bits, va >> 21, 1 << ((va >> 12) & 511)
+        mask = bits.get(region, 0)
+        if mask & bit:  # the address is resident already (its tables were rewritten behind the kernel's
+            # back): the new page takes the old one's record and place; the old frame is lost to the process
+            self.resident.replace(self.resident.find(process.pid, va), gfn, table, index, huge)  # (old frame kept)
+            return
+        bits[region] = mask | bit
         process.resident += 1
         self.resident.add(gfn, process.pid, va, table, index, huge)
+
+    def _untrack(self, process: Process, va: int) -> None:
+        bits, region = process.resident_bits, va >> 21
+        mask = bits[region] & ~(1 << ((va >> 12) & 511))
+        if mask:
+            bits[region] = mask
+        else:
+            del bits[region]
 
     # -- page tables -------------------------------------------------------------------
 
@@ -402,20 +421,20 @@ class GuestOS:
         resident = self.resident
         sweeps = 2 * resident.count + 1
         while sweeps:
-            gfn = resident.first()
-            if gfn is None:
+            record = resident.first()
+            if record is None:
                 break
             sweeps -= 1
-            process = self.processes[resident.owner(gfn)]
-            table, index, huge = resident.leaf(gfn)
+            process = self.processes[resident.owner(record)]
+            table, index, huge = resident.leaf(record)
             entry = self._read(table, index)
             if entry & _A:
                 self._write(table, index, entry & ~_A)
-                self._invalidate(process, resident.page_va(gfn))
-                resident.to_tail(gfn)
+                self._invalidate(process, resident.page_va(record))
+                resident.to_tail(record)
                 continue
-            va = resident.page_va(gfn)
-            self._unmap_page(process, gfn)
+            va = resident.page_va(record)
+            self._unmap_page(process, record)
             if huge:
                 process.swapped.update(range(va, va + HUGE, 4096))
             else:
@@ -424,13 +443,15 @@ class GuestOS:
             return True
         return False
 
-    def _unmap_page(self, process: Process, gfn: int, *, invalidate: bool = True) -> None:
+    def _unmap_page(self, process: Process, record: int, *, invalidate: bool = True) -> None:
         resident = self.resident
-        table, index, huge = resident.leaf(gfn)
+        table, index, huge = resident.leaf(record)
+        va, gfn = resident.page_va(record), resident.frame(record)
         self._write(table, index, 0)
         if invalidate:
-            self._invalidate(process, resident.page_va(gfn))
-        resident.remove(gfn)
+            self._invalidate(process, va)
+        self._untrack(process, va)
+        resident.remove(record)
         process.resident -= 1
         self.stats["resident_pages"] -= 1
         if huge:
@@ -440,21 +461,24 @@ class GuestOS:
 
     def _unmap_all(self, process: Process) -> None:
         """Every page of an exiting process, in the order they were mapped: its leaf entries cleared
-        (in one call to the port: no invalidation, the PCID goes), its frames freed."""
-        gfns = self.resident.of_process(process.pid)
-        if not len(gfns):
-            return
-        slots = self.resident.slot[gfns]
+        (through the port's ``clear_ptes``, a chunk at a time: no invalidation, the PCID goes), its
+        frames freed."""
+        order = self.resident.of_process(process.pid, process.resident)
+        process.resident_bits.clear()
+        for start in range(0, len(order), TEARDOWN_CHUNK):
+            self._unmap_run(process, order[start:start + TEARDOWN_CHUNK])
+
+    def _unmap_run(self, process: Process, records: np.ndarray) -> None:
+        resident = self.resident
+        slots = resident.slot[records]
+        gfns = resident.gfn[records]
         tables = (slots >> np.uint64(10)).astype(np.int64)
         indices = ((slots >> np.uint64(1)) & np.uint64(511)).astype(np.int64)
-        self.stats["pt_writes"] += len(gfns)
+        self.stats["pt_writes"] += len(records)
         self.port.clear_ptes(tables, indices)
-        resident = self.resident
-        resident.pid[gfns] = 0
-        resident.stamp[gfns] = 0
-        resident.count -= len(gfns)
-        process.resident -= len(gfns)
-        self.stats["resident_pages"] -= len(gfns)
+        resident.remove_many(records)
+        process.resident -= len(records)
+        self.stats["resident_pages"] -= len(records)
         huge = (slots & np.uint64(1)).astype(bool)
         if huge.any():
             for base in gfns[huge].tolist():
@@ -463,25 +487,25 @@ class GuestOS:
         self.frames.free_many(gfns)
 
     def _pages_in(self, process: Process, base: int, end: int) -> list[int]:
-        """The frames of ``process``'s pages that overlap [base, end), by address."""
+        """The records of ``process``'s pages that overlap [base, end), by address."""
         resident = self.resident
-        gfns = np.flatnonzero(resident.pid[:resident.high] == process.pid)
-        vas = resident.va[gfns]
-        huge = (resident.slot[gfns] & np.uint64(1)).astype(bool)
+        records = np.flatnonzero(resident.pid[:resident.high] == process.pid)
+        vas = resident.va[records]
+        huge = (resident.slot[records] & np.uint64(1)).astype(bool)
         # base <= va < end, or a 2 MiB page with va < end and base < va + 2 MiB (no sum: it could wrap)
         below_end = vas <= np.uint64(min(end, 1 << 64) - 1)
         inside = below_end & ((vas >= np.uint64(base)) | (huge & (vas >= np.uint64(max(base - HUGE + 1, 0)))))
-        gfns, vas = gfns[inside], vas[inside]
-        return gfns[np.argsort(vas, kind="stable")].tolist()
+        records, vas = records[inside], vas[inside]
+        return records[np.argsort(vas, kind="stable")].tolist()
 
     def pages_of(self, process: Process) -> dict[int, Page]:
         """Page va -> resident page of ``process``, in the order they were mapped (inspection)."""
         out: dict[int, Page] = {}
         resident = self.resident
-        for gfn in resident.of_process(process.pid).tolist():
-            table, index, huge = resident.leaf(gfn)
-            va = resident.page_va(gfn)
-            out[va] = Page(process, va, gfn, huge, table, index)
+        for record in resident.of_process(process.pid).tolist():
+            table, index, huge = resident.leaf(record)
+            va = resident.page_va(record)
+            out[va] = Page(process, va, resident.frame(record), huge, table, index)
         return out
 
     # -- the program -------------------------------------------------------------------
