@@ -229,3 +229,28 @@ def test_replace_gives_the_new_frame_the_old_ones_place_in_both_orders():
     assert resident.clock_order().tolist() == [b, c, a]
     assert resident.frame(b) == 40 and resident.leaf(b) == (10, 7, False) and resident.page_va(b) == 0x2000
     assert resident.count == 3
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_runs_of_gives_of_process_in_runs_with_or_without_reused_records(reuse, monkeypatch):
+    from fastmmu.guest import resident as resident_module
+
+    monkeypatch.setattr(resident_module, "_SCAN_BLOCK", 7)
+    rng = random.Random(SEED)
+    resident = ResidentPages(500)
+    records = [resident.add(gfn, 1 + gfn % 3, gfn << 12, 0, 0, False) for gfn in range(200)]
+    if reuse:  # records given back and taken again: their numbers are no longer in mapping order
+        for record in rng.sample(records, 50):
+            resident.remove(record)
+        for gfn in range(300, 350):
+            resident.add(gfn, 1 + gfn % 3, gfn << 12, 0, 0, False)
+    for pid in (1, 2, 3):
+        expected = resident.of_process(pid).tolist()
+        count = len(expected)
+        runs = []
+        for run in resident.runs_of(pid, count, 9):
+            assert 0 < len(run) <= 9
+            runs.extend(run.tolist())
+            resident.remove_many(np.asarray(run, dtype=np.int64))  # consumed before the next is asked for
+        assert runs == expected
+    assert resident.count == 0 and resident.high == 0

@@ -22,6 +22,7 @@ operations and no object per page.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,9 @@ class ResidentPages:
         self.pid[records] = _FREE
         self.stamp[records] = 0
         self.count -= len(records)
+        if not self.count:  # nothing left: start over (a teardown then fills no free stack)
+            self.high = self._free_count = self._head = self._tail = 0
+            return
         self._free[self._free_count:self._free_count + len(records)] = records
         self._free_count += len(records)
 
@@ -197,6 +201,38 @@ class ResidentPages:
         self._clock = len(live)
 
     # -- a process's pages -----------------------------------------------------------
+
+    def runs_of(self, pid: int, count: int, size: int) -> Iterator[np.ndarray]:
+        """``of_process`` in runs of at most ``size`` records.  When record numbers are already in
+        mapping order (a process whose pages were never given back while it ran: the common case)
+        the runs are found a block at a time with no key per page; a run may be consumed (its
+        records removed) before the next is asked for."""
+        last, in_order = 0, True
+        for lo in range(0, self.high, _SCAN_BLOCK):
+            found = np.flatnonzero(self.pid[lo:lo + _SCAN_BLOCK] == pid)
+            if len(found):
+                stamps = self.mapped[found + lo]
+                if stamps[0] <= last or (len(stamps) > 1 and not (stamps[1:] > stamps[:-1]).all()):
+                    in_order = False
+                    break
+                last = int(stamps[-1])
+        if not in_order:
+            order = self.of_process(pid, count)
+            for start in range(0, len(order), size):
+                yield order[start:start + size]
+            return
+        pending: list[np.ndarray] = []
+        held = 0
+        for lo in range(0, self.high, _SCAN_BLOCK):
+            found = np.flatnonzero(self.pid[lo:lo + _SCAN_BLOCK] == pid)
+            if len(found):
+                pending.append(found + lo)
+                held += len(found)
+            while held >= size or (held and lo + _SCAN_BLOCK >= self.high):
+                run = np.concatenate(pending)
+                yield run[:size]
+                rest = run[size:]
+                pending, held = ([rest] if len(rest) else []), len(rest)
 
     def of_process(self, pid: int, count: int | None = None) -> np.ndarray:
         """The records of ``pid``'s resident pages, in the order they were mapped (no two pages have

@@ -208,6 +208,10 @@ class DirectMode(Mode):
         self.walk_flushes = 0
         self.splinters_built = 0
         self.address_limit = 1 << self.mem.maxphyaddr
+        # Host frame - guest frame where the layout is one run (gfn_of without the call), else None
+        self._identity = self.layout.base if self.layout.base is not None and self.layout.backing == "contiguous" \
+            else None
+        self._identity_end = (self._identity or 0) + self.frames
 
     # -- what an entry is to the hardware -----------------------------------------------
 
@@ -256,7 +260,10 @@ class DirectMode(Mode):
             real = self.mem.read(slot << 3)
             if not real & _P:
                 return real
-            gfn = self.layout.gfn_of((real & ADDR_MASK) >> 12)
+            frame = (real & ADDR_MASK) >> 12
+            identity = self._identity
+            gfn = frame - identity if identity is not None and identity <= frame < self._identity_end \
+                else self.layout.gfn_of(frame)
             if gfn is None:
                 raise RuntimeError(f"simulator bug: real entry {real:#x} of {self.vm.name} maps a frame it "
                                    "does not own")

@@ -70,12 +70,14 @@ class Nested(Mode):
         super()._new_table(gfn)
 
     def _read_pte(self, table_gfn: int, index: int) -> int:
-        self._touch(table_gfn)
-        return super()._read_pte(table_gfn, index)
+        if not self.ept.is_mapped[table_gfn]:  # (the port checked the frame: _touch's check is not needed)
+            self._touch(table_gfn)
+        return self.mem.read(self.layout.hfn(table_gfn) << 12 | index << 3)
 
     def _write_pte(self, table_gfn: int, index: int, value: int) -> None:
-        self._touch(table_gfn)
-        super()._write_pte(table_gfn, index, value)
+        if not self.ept.is_mapped[table_gfn]:
+            self._touch(table_gfn)
+        self.mem.write(self.layout.hfn(table_gfn) << 12 | index << 3, value)
 
     def _clear_ptes(self, tables: np.ndarray, indices: np.ndarray) -> None:
         _, first = np.unique(tables, return_index=True)
