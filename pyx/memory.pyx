@@ -377,6 +377,56 @@ cdef class HostMemory:
             self.c.entries[base + i] = value
             value += step
 
+    def read_entries(self, addresses):
+        """The 64-bit entries at host-physical ``addresses`` (a uint64 array), as ``read`` of each.
+
+        The bulk path of the hypervisor's bookkeeping (a process's leaf entries at its exit)."""
+        arr = _address_array(addresses)
+        cdef const uint64_t[::1] addr = arr
+        cdef Py_ssize_t i, n = addr.shape[0]
+        for i in range(n):
+            self._checked_frame(addr[i], "read_entries")
+        out = np.empty(n, dtype=np.uint64)
+        cdef uint64_t[::1] values = out
+        for i in range(n):
+            values[i] = self.c.entries[(self._row(addr[i] >> PAGE_SHIFT) << 9) | ((addr[i] >> 3) & 511)]
+        return out
+
+    def write_entries(self, addresses, values):
+        """Store ``values[i]`` at host-physical ``addresses[i]``, in order, as ``write`` of each; every
+        address is checked before anything is written.  ``values``: a uint64 array, or one int for all.
+
+        The bulk path of the guest kernel's teardown (every leaf entry of an exiting process)."""
+        arr = _address_array(addresses)
+        cdef const uint64_t[::1] addr = arr
+        cdef Py_ssize_t i, n = addr.shape[0]
+        cdef bint one = isinstance(values, (int, np.integer)) and not isinstance(values, bool)
+        cdef pte_t same = 0
+        if one:  # one value for all: no array of it
+            if not 0 <= values < (1 << 64):
+                raise ValueError(f"write_entries: value {values:#x} is not a 64-bit value")
+            same = values
+            vals = np.zeros(1, dtype=np.uint64)
+        else:
+            vals = np.ascontiguousarray(values, dtype=np.uint64).reshape(-1)
+            if vals.shape[0] != n:
+                raise ValueError(f"write_entries: {vals.shape[0]} values for {n} addresses")
+        cdef const uint64_t[::1] value = vals
+        cdef pfn_t pfn
+        for i in range(n):
+            pfn = self._checked_frame(addr[i], "write_entries")
+            if (self.c.frame_info[pfn] & 0xFF) == FRAME_FREE:
+                raise ValueError(f"write_entries: frame {pfn:#x} (address {addr[i]:#x}) is not allocated")
+        cdef uint64_t row
+        cdef pte_t v
+        for i in range(n):
+            pfn = addr[i] >> PAGE_SHIFT
+            v = same if one else value[i]
+            if v == 0 and self.c.slot_of[pfn] == 0:
+                continue
+            row = self._ensure_row(pfn)
+            self.c.entries[(row << 9) | ((addr[i] >> 3) & 511)] = v
+
     def read_frame(self, pfn_t pfn):
         """A copy of the 512 entries of frame ``pfn``."""
         _check_pfn(self, pfn, "read_frame")
@@ -595,3 +645,13 @@ def kind_name(int kind) -> str:
 
 # Whether this module was built with FASTMMU_CYTHON_DEBUG=1 (checks on); `fastmmu info` reports it.
 BUILD_DEBUG = FASTMMU_DEBUG
+
+
+def _address_array(addresses):
+    """``addresses`` as a contiguous 1-D uint64 array (a ValueError for anything else)."""
+    arr = np.asarray(addresses)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "ui"):
+        raise ValueError("addresses: expected a 1-D array of host-physical addresses")
+    if arr.size and arr.dtype.kind == "i" and (arr < 0).any():
+        raise ValueError("addresses: expected non-negative host-physical addresses")
+    return np.ascontiguousarray(arr, dtype=np.uint64)

@@ -97,7 +97,14 @@ class PortLog:
             exit_(process, reason)
             self.events.append(("exit_end", process.pid))
 
+        def clear_ptes(tables, indices):  # the teardown's writes, one call for all
+            for table, index in zip(tables.tolist(), indices.tolist(), strict=True):
+                self.events.append(("write", table, index, mode.peek_pte(table, index), 0))
+            clear(tables, indices)
+
+        clear = mode.clear_ptes
         mode.write_pte, mode.invlpg, mode.invpcid, mode.load_cr3 = write_pte, inv_page, inv_pcid, cr3
+        mode.clear_ptes = clear_ptes
         guest.exit = exit_process
 
     def of(self, kind):
@@ -425,7 +432,8 @@ def test_exit_frees_every_frame_and_table_and_recycles_the_pcid():
     assert not process.alive and process.exit_reason == "exit"
     assert guest.frames.available == available
     assert guest.stats["page_tables"] == 0 and guest.stats["resident_pages"] == 0
-    assert not guest.clock and not process.pages and not process.swapped
+    assert not guest.resident.count and not len(guest.resident.clock_order()) and not process.pages
+    assert not process.swapped
     assert ("invpcid", 1, process.pcid, 0) in log.events
     assert guest.current is None
     log.clear()

@@ -14,7 +14,6 @@ so the same program gives the same guest-visible history in every mode.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from fastmmu.arch import ADDR_MASK, CR3_NOFLUSH, PTE, Access, PFErr
 from fastmmu.guest.config import GuestConfig
 from fastmmu.guest.frames import HUGE_FRAMES, FrameAllocator
 from fastmmu.guest.port import PagingPort
+from fastmmu.guest.resident import ResidentPages
 from fastmmu.workloads.program import Accesses, Invlpg, Mmap, Munmap, Step, as_program
 
 # Plain ints: IntFlag arithmetic is slow on the fault path.
@@ -40,6 +40,7 @@ _RW = int(PTE.RW)
 _US = int(PTE.US)
 
 TABLE_FLAGS = int(_P | _RW | _US)
+TEARDOWN_CHUNK = 1 << 15  # pages an exit clears per call to the port (bounds its temporary arrays)
 HUGE = 2 << 20
 MAX_PCID = 4095
 
@@ -55,7 +56,7 @@ class Vma:
 
 @dataclass
 class Page:
-    """A resident page: where its leaf entry is (the kernel's reverse map)."""
+    """A resident page: where its leaf entry is (a view of the kernel's reverse map, ``ResidentPages``)."""
 
     process: Process
     va: int
@@ -72,7 +73,11 @@ class Process:
     pcid: int
     root: int  # gfn of the top-level table
     vmas: list[Vma] = field(default_factory=list)
-    pages: dict[int, Page] = field(default_factory=dict)  # page va -> resident page
+    kernel: GuestOS | None = field(default=None, repr=False, compare=False)
+    resident: int = 0  # pages resident (their records are the kernel's: ``pages``)
+    # The page addresses resident, as a 512-bit mask per 2 MiB of address space (a page is known by
+    # its address: mapping an address already resident replaces that page's record)
+    resident_bits: dict[int, int] = field(default_factory=dict, repr=False, compare=False)
     swapped: set[int] = field(default_factory=set)  # page vas evicted to swap
     alive: bool = True
     exit_reason: str = ""
@@ -84,6 +89,13 @@ class Process:
     accesses_done: int = 0  # of its program, completed: where a process that was stopped stopped
     kinds_of: Accesses | None = None  # the batch whose user-mode kinds ``kinds`` holds (the run loop's)
     kinds: np.ndarray | None = None
+
+    @property
+    def pages(self) -> dict[int, Page]:
+        """Page va -> resident page, in the order they were mapped (built from the kernel's records)."""
+        if self.kernel is None or not self.resident:
+            return {}
+        return self.kernel.pages_of(self)
 
     def cr3(self, pcid_enabled: bool) -> int:
         return self.root << 12 | (self.pcid if pcid_enabled else 0)
@@ -109,7 +121,7 @@ class GuestOS:
         self.levels = self.config.levels
         self.processes: dict[int, Process] = {}
         self.current: Process | None = None
-        self.clock: OrderedDict[tuple[int, int], Page] = OrderedDict()
+        self.resident = ResidentPages(frames)  # the reverse map and the clock
         self._next_pid = 1
         self._free_pcids: list[int] = []
         self._next_pcid = 1
@@ -155,7 +167,7 @@ class GuestOS:
                 raise RuntimeError("guest: out of PCIDs (4095 live processes)")
             self.port.invpcid(1, pcid)  # a recycled PCID may still tag the old owner's translations
         pid, self._next_pid = self._next_pid, self._next_pid + 1
-        process = Process(pid, name or f"p{pid}", pcid, root)
+        process = Process(pid, name or f"p{pid}", pcid, root, kernel=self)
         if program is not None:
             process.steps = as_program(program).steps()
         self.processes[pid] = process
@@ -206,9 +218,8 @@ class GuestOS:
     def munmap(self, process: Process, base: int, length: int) -> None:
         """Unmap [base, base+length): free its pages, then the page tables left empty."""
         end = base + length
-        for va in sorted(v for v in process.pages if base <= v < end or (process.pages[v].huge
-                                                                          and v < end and base < v + HUGE)):
-            self._unmap_page(process.pages[va])
+        for record in self._pages_in(process, base, end):
+            self._unmap_page(process, record)
         process.swapped = {v for v in process.swapped if not base <= v < end}
         kept: list[Vma] = []
         for vma in process.vmas:  # cut the range out of the VMAs
@@ -230,8 +241,7 @@ class GuestOS:
         """The process ends: every page and every table is freed, its PCID recycled."""
         if not process.alive:
             return
-        for page in list(process.pages.values()):
-            self._unmap_page(page, invalidate=False)
+        self._unmap_all(process)
         self._free_tables(process, process.root, self.levels, 0, 0, self._width(), 0, self._width(),
                           invalidate=False)
         self._release_table(process.root)
@@ -281,7 +291,7 @@ class GuestOS:
             return False
         table, index = slot
         self._write(table, index, gfn << 12 | self._leaf_flags(vma))
-        self._track(Page(process, page_va, gfn, False, table, index))
+        self._track(process, gfn, page_va, table, index, False)
         return True
 
     def _leaf_flags(self, vma: Vma, huge: bool = False) -> int:
@@ -308,22 +318,39 @@ class GuestOS:
             self.stats["major_faults"] += 1
             process.swapped -= pages
         self.stats["huge_pages"] += 1
-        self._track(Page(process, start, base, True, table, index))
+        self._track(process, base, start, table, index, True)
         return True
 
-    def _track(self, page: Page) -> None:
+    def _track(self, process: Process, gfn: int, va: int, table: int, index: int, huge: bool) -> None:
         self.stats["resident_pages"] += 1
-        page.process.pages[page.va] = page
-        self.clock[(page.process.pid, page.va)] = page
+        bits, region, bit = process.resident_bits, va >> 21, 1 << ((va >> 12) & 511)
+        mask = bits.get(region, 0)
+        if mask & bit:  # the address is resident already (its tables were rewritten behind the kernel's
+            # back): the new page takes the old one's record and place; the old frame is lost to the process
+            self.resident.replace(self.resident.find(process.pid, va), gfn, table, index, huge)  # (old frame kept)
+            return
+        bits[region] = mask | bit
+        process.resident += 1
+        self.resident.add(gfn, process.pid, va, table, index, huge)
+
+    def _untrack(self, process: Process, va: int) -> None:
+        bits, region = process.resident_bits, va >> 21
+        mask = bits[region] & ~(1 << ((va >> 12) & 511))
+        if mask:
+            bits[region] = mask
+        else:
+            del bits[region]
 
     # -- page tables -------------------------------------------------------------------
 
     def _table_at(self, process: Process, va: int, *, level: int, create: bool) -> int | None:
         """The frame of the table at ``level`` covering ``va`` (made on the way when ``create``)."""
         table = process.root
+        stats, port = self.stats, self.port
         for current in range(self.levels, level, -1):
             index = (va >> (12 + 9 * (current - 1))) & 511
-            entry = self._read(table, index)
+            stats["pt_reads"] += 1  # (self._read, inlined: three of these on every fault)
+            entry = port.read_pte(table, index)
             if entry & _P:
                 if current <= 3 and entry & _PS:
                     return None  # a large page covers it
@@ -393,36 +420,94 @@ class GuestOS:
     def _evict_one(self) -> bool:
         """The clock: a page whose accessed flag is set gets a second chance (the flag is
         cleared and the translation invalidated); the first one found clear is evicted."""
-        sweeps = 2 * len(self.clock) + 1
-        while self.clock and sweeps:
+        resident = self.resident
+        sweeps = 2 * resident.count + 1
+        while sweeps:
+            record = resident.first()
+            if record is None:
+                break
             sweeps -= 1
-            key, page = next(iter(self.clock.items()))
-            entry = self._read(page.table, page.index)
+            process = self.processes[resident.owner(record)]
+            table, index, huge = resident.leaf(record)
+            entry = self._read(table, index)
             if entry & _A:
-                self._write(page.table, page.index, entry & ~_A)
-                self._invalidate(page.process, page.va)
-                self.clock.move_to_end(key)
+                self._write(table, index, entry & ~_A)
+                self._invalidate(process, resident.page_va(record))
+                resident.to_tail(record)
                 continue
-            self._unmap_page(page)
-            if page.huge:
-                page.process.swapped.update(range(page.va, page.va + HUGE, 4096))
+            va = resident.page_va(record)
+            self._unmap_page(process, record)
+            if huge:
+                process.swapped.update(range(va, va + HUGE, 4096))
             else:
-                page.process.swapped.add(page.va)
+                process.swapped.add(va)
             self.stats["evictions"] += 1
             return True
         return False
 
-    def _unmap_page(self, page: Page, *, invalidate: bool = True) -> None:
-        self._write(page.table, page.index, 0)
+    def _unmap_page(self, process: Process, record: int, *, invalidate: bool = True) -> None:
+        resident = self.resident
+        table, index, huge = resident.leaf(record)
+        va, gfn = resident.page_va(record), resident.frame(record)
+        self._write(table, index, 0)
         if invalidate:
-            self._invalidate(page.process, page.va)
-        del page.process.pages[page.va]
+            self._invalidate(process, va)
+        self._untrack(process, va)
+        resident.remove(record)
+        process.resident -= 1
         self.stats["resident_pages"] -= 1
-        self.clock.pop((page.process.pid, page.va), None)
-        if page.huge:
-            self.frames.free_huge(page.gfn)
+        if huge:
+            self.frames.free_huge(gfn)
         else:
-            self.frames.free(page.gfn)
+            self.frames.free(gfn)
+
+    def _unmap_all(self, process: Process) -> None:
+        """Every page of an exiting process, in the order they were mapped: its leaf entries cleared
+        (through the port's ``clear_ptes``, a chunk at a time: no invalidation, the PCID goes), its
+        frames freed."""
+        process.resident_bits.clear()
+        for records in self.resident.runs_of(process.pid, process.resident, TEARDOWN_CHUNK):
+            self._unmap_run(process, records)
+
+    def _unmap_run(self, process: Process, records: np.ndarray) -> None:
+        resident = self.resident
+        slots = resident.slot[records]
+        gfns = resident.gfn[records]
+        tables = (slots >> np.uint64(10)).astype(np.int64)
+        indices = ((slots >> np.uint64(1)) & np.uint64(511)).astype(np.int64)
+        self.stats["pt_writes"] += len(records)
+        self.port.clear_ptes(tables, indices)
+        resident.remove_many(records)
+        process.resident -= len(records)
+        self.stats["resident_pages"] -= len(records)
+        huge = (slots & np.uint64(1)).astype(bool)
+        if huge.any():
+            for base in gfns[huge].tolist():
+                self.frames.free_huge(base)
+            gfns = gfns[~huge]
+        self.frames.free_many(gfns)
+
+    def _pages_in(self, process: Process, base: int, end: int) -> list[int]:
+        """The records of ``process``'s pages that overlap [base, end), by address."""
+        resident = self.resident
+        records = np.flatnonzero(resident.pid[:resident.high] == process.pid)
+        vas = resident.va[records]
+        huge = (resident.slot[records] & np.uint64(1)).astype(bool)
+        # base <= va < end, or a 2 MiB page with va < end and base < va + 2 MiB (no sum: it could wrap)
+        below_end = vas <= np.uint64(min(end, 1 << 64) - 1)
+        inside = below_end & ((vas >= np.uint64(base)) | (huge & (vas >= np.uint64(max(base - HUGE + 1, 0)))))
+        records, vas = records[inside], vas[inside]
+        return records[np.argsort(vas, kind="stable")].tolist()
+
+    def pages_of(self, process: Process) -> dict[int, Page]:
+        """Page va -> resident page of ``process``, in the order they were mapped (inspection)."""
+        out: dict[int, Page] = {}
+        resident = self.resident
+        for record in resident.of_process(process.pid).tolist():
+            table, index, huge = resident.leaf(record)
+            va = resident.page_va(record)
+            out[va] = Page(process, va, resident.frame(record), huge, table, index)
+        return out
 
     # -- the program -------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+
 ENTRIES = 512
 U64 = (1 << 64) - 1
 
@@ -90,6 +92,9 @@ class PagingPort(Protocol):
 
     def write_pte(self, table_gfn: int, index: int, value: int) -> None:
         """Write entry ``index`` (0..511) of the table in frame ``table_gfn``: any 64-bit value."""
+
+    def clear_ptes(self, table_gfns: np.ndarray, indices: np.ndarray) -> None:
+        """``write_pte(table, index, 0)`` of each pair, in order, in one call (a process's teardown)."""
 
     def peek_pte(self, table_gfn: int, index: int) -> int:
         """The entry as ``read_pte`` would return it, with no exit or other effect (inspection only)."""

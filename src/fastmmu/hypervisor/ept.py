@@ -32,6 +32,11 @@ class VmEpt(EptTable):
         self.max_frames = max_frames
         self.frames: list[int] = []
         self.mapped = np.zeros(vm.memory.frames, dtype=bool)  # guest frames mapped
+        self.is_mapped = self.mapped.data  # the same, read one frame at a time without numpy's boxing
+        # The host address of the last-level table of each 2 MiB of guest-physical memory, once made
+        # (0: not yet): the tables are never freed before the EPT, so a 4 KiB violation is one store.
+        self._leaf_tables = np.zeros(-(-vm.memory.frames // 512), dtype=np.uint64)
+        self._leaf_table = self._leaf_tables.data
         super().__init__(vm.machine.mem, levels, ad=ad)
 
     def _new_table(self) -> int:
@@ -50,8 +55,12 @@ class VmEpt(EptTable):
                         self.map(base << 12, frame << 12, EPT.RWX, page_size=size)
                         self.mapped[base:base + frames] = True
                         return
-        self.map(gfn << 12, self._frame(gfn) << 12, EPT.RWX)
-        self.mapped[gfn] = True
+        table = self._leaf_table[gfn >> 9]
+        if not table:  # the tables on the way are made as EptTable.map makes them
+            table = self._table_at(gfn << 12, 1, create=True, table_flags=int(EPT.RWX))
+            self._leaf_table[gfn >> 9] = table
+        self.mem.write(table + 8 * (gfn & 511), self._frame(gfn) << 12 | _LEAF)
+        self.is_mapped[gfn] = True
 
     def map_all(self) -> None:
         """Map every guest frame, a 2 MiB chunk at a time."""

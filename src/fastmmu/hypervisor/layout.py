@@ -132,6 +132,19 @@ class VMMemory:
             self.backed_frames += 1
         return frame
 
+    def hfn_array(self, gfns: np.ndarray) -> np.ndarray:
+        """``hfn`` of each of ``gfns`` (checked guest frames), as a uint64 array."""
+        gfns = np.asarray(gfns, dtype=np.int64)
+        if self._direct:
+            return gfns.astype(np.uint64) + np.uint64(self._base)
+        if self._backed is not None and not self._backed[gfns].all():  # some to back now: one at a time
+            return np.array([self.hfn(g) for g in gfns.tolist()], dtype=np.uint64)
+        if self._overcommit is not None:
+            return self._overcommit[gfns]
+        if self._perm is not None:
+            return self._perm[gfns].astype(np.uint64) + np.uint64(self._base)
+        return gfns.astype(np.uint64) + np.uint64(self._base)
+
     def hfns(self, gfn: int, count: int) -> np.ndarray:
         """The host frames of guest frames [gfn, gfn + count), backing them now if they are not yet."""
         self.check(gfn)

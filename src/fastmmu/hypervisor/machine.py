@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from fastmmu.arch import FrameKind
+from fastmmu.arch import FrameKind, Status
 from fastmmu.guest.config import GuestConfig
 from fastmmu.guest.os import GuestOS, Process, user_kinds
 from fastmmu.guest.port import GuestMemoryError
@@ -32,6 +32,7 @@ from fastmmu.tlbconfig import TLBConfig
 from fastmmu.units import format_size
 from fastmmu.workloads.program import Accesses, ProgramError, as_program
 
+_OK = Status.OK
 GAUGES = ("page_tables", "resident_pages")  # guest stats that are levels, not counts
 MAX_RETRIES = 16  # the same access faulting this often in a row means the VM cannot make progress
 GIB = 1 << 30
@@ -340,23 +341,25 @@ class Machine:
             count = stop - start
             out = np.zeros(count, dtype=np.uint64)
             status = np.zeros(count, dtype=np.uint8)
+            address_of, kind_of = addresses.data, kinds.data  # one access at a time, as Python ints
             index, retries = 0, 0
             while index < count and process.alive:
                 if mode.stale_walks:
                     mode.forget_cached_walks()
                 result = mmu.translate(addresses, kinds, out=out, status=status, start=index)
-                if on_batch is not None and result.stopped > index:
-                    on_batch(vm, process, addresses, kinds, out, index, result.stopped)
-                done += result.stopped - index
-                self._done += result.stopped - index
-                process.accesses_done += result.stopped - index
-                if result.complete:
+                stopped = result.stopped
+                if on_batch is not None and stopped > index:
+                    on_batch(vm, process, addresses, kinds, out, index, stopped)
+                done += stopped - index
+                self._done += stopped - index
+                process.accesses_done += stopped - index
+                if result.status is _OK:
                     index = count
                     break
-                if result.stopped != index:
+                if stopped != index:
                     retries = 0
-                index = result.stopped
-                outcome = mode.on_fault(process, result, int(addresses[index]), int(kinds[index]))
+                index = stopped
+                outcome = mode.on_fault(process, result, address_of[index], kind_of[index])
                 if outcome is Outcome.DONE:
                     if on_batch is not None:
                         on_batch(vm, process, addresses, kinds, out, index, index + 1)

@@ -34,6 +34,7 @@ CHUNK = 1 << 20
 USER_TOP = 1 << 56         # the top of the lower canonical half of LA57: a generator's region ends below it
 MAX_TABLE_PAGES = 1 << 26  # zipf and working_sets hold a table per page: 512 MiB of it at most
 MAX_CHUNK = 1 << 26
+_BLOCK = 1 << 16  # accesses generated per numpy call inside a chunk: bounds the temporaries
 
 
 # -- parameters ----------------------------------------------------------------------------
@@ -127,7 +128,14 @@ STRIDE = "bytes between accesses: a multiple of 8, at most the region"
 
 
 def _kinds(rng: np.random.Generator, count: int, writes: float) -> np.ndarray:
-    return (rng.random(count) < writes).astype(np.uint8)
+    """READ or WRITE per access, a ``writes`` share of them writes.  Drawn a block at a time (the same
+    numbers as one draw: the generator's stream does not depend on how it is split), so that no
+    8-byte float per access is held at once."""
+    out = np.empty(count, dtype=np.uint8)
+    for at in range(0, count, _BLOCK):
+        size = min(_BLOCK, count - at)
+        np.less(rng.random(size), writes, out=out[at:at + size], casting="unsafe")
+    return out
 
 
 def _offsets(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -151,7 +159,7 @@ def _scan_offsets(start: int, count: int, stride: int, span: int) -> np.ndarray:
     """``(i * stride) % span`` for i in [start, start + count), exactly: products are taken in
     blocks short enough never to pass 2**64, each block's first offset in Python integers."""
     out = np.empty(count, dtype=np.uint64)
-    block = max(1, min(count, ((1 << 64) - 1) // stride))
+    block = max(1, min(count, _BLOCK, ((1 << 64) - 1) // stride))
     steps = (np.arange(block, dtype=np.uint64) * np.uint64(stride)) % np.uint64(span)
     for at in range(0, count, block):
         size = min(block, count - at)
@@ -238,8 +246,10 @@ class Sequential:
         span = self.pages << 12
         for start in range(0, self.n, self.chunk):  # (the start matters here: the scan goes on)
             count = min(self.chunk, self.n - start)
-            offsets = _scan_offsets(start, count, self.stride, span)
-            yield Accesses(np.uint64(self.base) + offsets, _kinds(rng, count, self.writes))
+            addresses = _scan_offsets(start, count, self.stride, span)
+            addresses += np.uint64(self.base)  # in place: no second array held while the batch runs
+            yield Accesses(addresses, _kinds(rng, count, self.writes))
+            del addresses
 
 
 @generator

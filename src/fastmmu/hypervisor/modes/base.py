@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from enum import Enum
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import numpy as np
+
 from fastmmu.arch import CR3_NOFLUSH, Status, is_canonical
 from fastmmu.batch import BatchResult
 from fastmmu.cpu import CpuState, EptConfig
@@ -168,6 +170,22 @@ class Mode:
             value = check_u64(value, "write_pte: value")
         self._write_pte(table_gfn, index, value)
 
+    def clear_ptes(self, table_gfns: np.ndarray, indices: np.ndarray) -> None:
+        """``write_pte(table, index, 0)`` for each pair, in order, in one call (an exiting process's
+        leaf entries: millions of them for a large one)."""
+        tables = np.asarray(table_gfns, dtype=np.int64)
+        entries = np.asarray(indices, dtype=np.int64)
+        if tables.shape != entries.shape or tables.ndim != 1:
+            raise ValueError("clear_ptes: expected two 1-D arrays of the same length")
+        if not len(tables):
+            return
+        if int(tables.min()) < 0 or int(tables.max()) >= self.frames or int(entries.min()) < 0 \
+                or int(entries.max()) >= ENTRIES:  # the first bad pair gets write_pte's error, after the good ones
+            for table, index in zip(tables.tolist(), entries.tolist(), strict=True):
+                self.write_pte(table, index, 0)
+            return
+        self._clear_ptes(tables, entries)
+
     def peek_pte(self, table_gfn: int, index: int) -> int:
         """The entry as the guest would read it, without any exit or side effect (inspection)."""
         if type(index) is not int or not 0 <= index < ENTRIES or type(table_gfn) is not int \
@@ -226,6 +244,17 @@ class Mode:
 
     def _peek_pte(self, table_gfn: int, index: int) -> int:
         return Mode._read_pte(self, table_gfn, index)
+
+    def _clear_ptes(self, tables: np.ndarray, indices: np.ndarray) -> None:
+        """The checked pairs of ``clear_ptes``; a mode whose ``_write_pte`` is a plain store may use
+        ``_store_zeros`` instead of this loop."""
+        for table, index in zip(tables.tolist(), indices.tolist(), strict=True):
+            self._write_pte(table, index, 0)
+
+    def _store_zeros(self, tables: np.ndarray, indices: np.ndarray) -> None:
+        """``Mode._write_pte(table, index, 0)`` of each pair, as one store."""
+        frames = self.layout.hfn_array(tables)
+        self.mem.write_entries(frames << np.uint64(12) | indices.astype(np.uint64) << np.uint64(3), 0)
 
     def _load_cr3(self, value: int) -> None:
         raise NotImplementedError

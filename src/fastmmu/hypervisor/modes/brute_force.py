@@ -50,6 +50,9 @@ class BruteForce(DirectMode):
         self.exit("pt_write")
         super()._write_pte(table_gfn, index, value)
 
+    def _count_pt_writes(self, count: int) -> None:
+        self.exit("pt_write", count)
+
     def on_protect(self, frame: int) -> None:
         self.mem.set_trap(frame, True)
 

@@ -208,6 +208,10 @@ class DirectMode(Mode):
         self.walk_flushes = 0
         self.splinters_built = 0
         self.address_limit = 1 << self.mem.maxphyaddr
+        # Host frame - guest frame where the layout is one run (gfn_of without the call), else None
+        self._identity = self.layout.base if self.layout.base is not None and self.layout.backing == "contiguous" \
+            else None
+        self._identity_end = (self._identity or 0) + self.frames
 
     # -- what an entry is to the hardware -----------------------------------------------
 
@@ -256,7 +260,10 @@ class DirectMode(Mode):
             real = self.mem.read(slot << 3)
             if not real & _P:
                 return real
-            gfn = self.layout.gfn_of((real & ADDR_MASK) >> 12)
+            frame = (real & ADDR_MASK) >> 12
+            identity = self._identity
+            gfn = frame - identity if identity is not None and identity <= frame < self._identity_end \
+                else self.layout.gfn_of(frame)
             if gfn is None:
                 raise RuntimeError(f"simulator bug: real entry {real:#x} of {self.vm.name} maps a frame it "
                                    "does not own")
@@ -414,6 +421,22 @@ class DirectMode(Mode):
     def _write_pte(self, table_gfn: int, index: int, value: int) -> None:
         self._store(self.layout.hfn(table_gfn), index, value)
         self._settle()
+
+    def _clear_ptes(self, tables: np.ndarray, indices: np.ndarray) -> None:
+        """Clearing leaf entries of tables that are tables at level 1 only, with no entry kept aside
+        and none with bit 7: each is one store of 0 (``_store`` links and unlinks nothing)."""
+        frames = self.layout.hfn_array(tables)
+        unique = np.unique(frames).tolist()
+        links, large = self.links, self.large
+        if self.special or self.splinters or any(links.get(f, 0) & _UPPER or f in large for f in unique):
+            super()._clear_ptes(tables, indices)
+            return
+        self._count_pt_writes(len(tables))
+        self.mem.write_entries(frames << np.uint64(12) | indices.astype(np.uint64) << np.uint64(3), 0)
+        self._settle()
+
+    def _count_pt_writes(self, count: int) -> None:
+        """Exits of ``count`` guest page-table writes (brute force traps them)."""
 
     def _store(self, frame: int, index: int, value: int) -> None:
         slot = frame << 9 | index

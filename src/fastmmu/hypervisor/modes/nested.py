@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from fastmmu.arch import EPT, Status
 from fastmmu.batch import BatchResult
 from fastmmu.cpu import CpuState, EptConfig
@@ -54,8 +56,9 @@ class Nested(Mode):
 
     def _touch(self, gfn: int) -> None:
         """The guest's kernel touches guest frame ``gfn`` itself (its page tables)."""
-        self.layout.check(gfn)
-        if not self.ept.mapped[gfn]:
+        if not 0 <= gfn < self.frames:
+            self.layout.check(gfn)
+        if not self.ept.is_mapped[gfn]:
             self.exit("ept_violation")
             self.violations += 1
             self.ept.map_frame(gfn)
@@ -67,12 +70,20 @@ class Nested(Mode):
         super()._new_table(gfn)
 
     def _read_pte(self, table_gfn: int, index: int) -> int:
-        self._touch(table_gfn)
-        return super()._read_pte(table_gfn, index)
+        if not self.ept.is_mapped[table_gfn]:  # (the port checked the frame: _touch's check is not needed)
+            self._touch(table_gfn)
+        return self.mem.read(self.layout.hfn(table_gfn) << 12 | index << 3)
 
     def _write_pte(self, table_gfn: int, index: int, value: int) -> None:
-        self._touch(table_gfn)
-        super()._write_pte(table_gfn, index, value)
+        if not self.ept.is_mapped[table_gfn]:
+            self._touch(table_gfn)
+        self.mem.write(self.layout.hfn(table_gfn) << 12 | index << 3, value)
+
+    def _clear_ptes(self, tables: np.ndarray, indices: np.ndarray) -> None:
+        _, first = np.unique(tables, return_index=True)
+        for table in tables[np.sort(first)].tolist():  # each table touched, in the order the loop would
+            self._touch(table)
+        self._store_zeros(tables, indices)
 
     def _load_cr3(self, value: int) -> None:
         self.cr3 = value & ~_CR3_NOFLUSH

@@ -6,6 +6,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from fastmmu._core.paging import walk_nested
 from fastmmu.arch import ADDR_MASK, CR3_NOFLUSH, CR3_PCID_MASK, PTE, Attr, FrameKind, Status
 from fastmmu.batch import BatchResult
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
     from fastmmu.guest.os import Process
     from fastmmu.hypervisor.machine import VM
 
+_OK = Status.OK
+_PAGE_FAULT = Status.PAGE_FAULT
 _TABLE = int(_P | _RW | _US)
 _HUGE_FRAMES = 512
 
@@ -175,6 +179,7 @@ class Shadow(Mode):
         self.idle: ShadowSpace | None = None
         self.tables_built = 0
         self.hits = self.misses = self.evictions = 0
+        self._walk_cpu: CpuState | None = None
         # The hypervisor's map of the VM's memory, in EPT format, so that its software walks of
         # guest tables run in the compiled walker.  Overcommitted VMs have no fixed map: they use
         # the reference walker.
@@ -205,6 +210,9 @@ class Shadow(Mode):
         self.cr3, self.current = value, space
         shadow_cr3 = space.root << 12 | (key[1] if pcide else 0)
         self.hw().mov_cr3(shadow_cr3 | (CR3_NOFLUSH if noflush and pcide else 0))
+
+    def _clear_ptes(self, tables: np.ndarray, indices: np.ndarray) -> None:
+        self._store_zeros(tables, indices)  # the guest's tables are plain memory here
 
     def _invlpg(self, va: int) -> None:
         dropped = self.current.unmap(va) if self.current is not None else []
@@ -249,14 +257,20 @@ class Shadow(Mode):
             try:
                 return make()
             except HostExhausted:
-                if self._evict():
-                    continue
-                if self.current is not None and len(self.current.frames) > 1:  # last resort: start over
-                    self.current.clear()
-                    self.hw().flush()  # the TLBs and paging-structure caches still lead into them
-                    self.evictions += 1
-                    continue
-                raise
+                if not self._make_room():
+                    raise
+
+    def _make_room(self) -> bool:
+        """Give frames back to the pool after ``HostExhausted``: a cached shadow, else (last resort)
+        the current one's tables; False when there is nothing to give."""
+        if self._evict():
+            return True
+        if self.current is not None and len(self.current.frames) > 1:  # last resort: start over
+            self.current.clear()
+            self.hw().flush()  # the TLBs and paging-structure caches still lead into them
+            self.evictions += 1
+            return True
+        return False
 
     # -- the hardware side -------------------------------------------------------------
 
@@ -275,19 +289,21 @@ class Shadow(Mode):
             self.hits += 1
 
     def on_fault(self, process: Process, result: BatchResult, va: int, access: int) -> Outcome:
-        if result.status != Status.PAGE_FAULT or self.current is None or self.cr3 is None:
+        if result.status is not _PAGE_FAULT or self.current is None or self.cr3 is None:
             return super().on_fault(process, result, va, access)
-        cpu = self.cpu_state(self.cr3)
+        cpu = self._walk_cpu
+        if cpu is None or cpu.cr3 != self.cr3:  # the state the walks use, made once per CR3
+            cpu = self._walk_cpu = self.cpu_state(self.cr3)
         if self.physmap is not None:
             walk = walk_nested(self.mem, cpu, self.physmap.config, va, access)
-            gpa = walk.fault_address if walk.status != Status.OK else walk.guest_physical_address
+            gpa = walk.fault_address if walk.status is not _OK else walk.guest_physical_address
         else:
             walk = software_walk(self.read_pte, self.write_pte, cpu, va, access, self.mem.maxphyaddr)
             gpa = walk.host_address
-        if walk.status == Status.PAGE_FAULT:
+        if walk.status is _PAGE_FAULT:
             self.exit("fault_injection")
             return self.deliver_page_fault(process, va, walk.error_code)
-        if walk.status != Status.OK or gpa >> 12 >= self.layout.frames:
+        if walk.status is not _OK or gpa >> 12 >= self.layout.frames:
             self.stop_beyond_memory(va, gpa)
         self.exit("hidden_fault")
         attrs = walk.attrs
@@ -304,7 +320,12 @@ class Shadow(Mode):
         if frame is None:
             frame = self.layout.hfn(gpa >> 12)
         space = self.current
-        self._with_memory(lambda: space.map(va, frame, int(flags), leaf_level, guest_size))
+        try:  # (not through _with_memory: no closure on the path of every fault)
+            space.map(va, frame, flags, leaf_level, guest_size)
+        except HostExhausted:
+            if not self._make_room():
+                raise
+            self._with_memory(lambda: space.map(va, frame, flags, leaf_level, guest_size))
         return Outcome.RETRY
 
     def _guest_page_size(self, va: int) -> int:
