@@ -65,6 +65,8 @@ MAX_LEVELS = 8
 
 def check_int(value: Any, what: str, low: int, high: int, expected: str | None = None) -> int:
     """``value`` as an int in ``low..high``; a TypeError or ValueError that names ``what`` otherwise."""
+    if type(value) is int and low <= value <= high:   # the common case, first: every INVLPG checks three
+        return value
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{what}: expected an integer, got {value!r}")
     value = operator.index(value)
@@ -96,6 +98,9 @@ def check_type(value: Any, instruction: str, allowed: Sequence[int]) -> int:
 
 
 def check_ctx(pcid: Any, vpid: Any, eptag: Any) -> tuple[int, int, int]:
+    if (type(pcid) is int and type(vpid) is int and type(eptag) is int and 0 <= pcid <= MAX_PCID
+            and 0 <= vpid <= MAX_VPID and 0 <= eptag <= MAX_EPTAG):
+        return pcid, vpid, eptag
     return (
         check_int(pcid, "pcid", 0, MAX_PCID),
         check_int(vpid, "vpid", 0, MAX_VPID),
