@@ -260,9 +260,36 @@ cdef Py_ssize_t _run_hits(MMU self, const uint64_t *va, const uint8_t *kind, uin
     cdef const paging_t *p = &self.paging
     cdef const uint32_t *need = self.hit_need
     cdef uint32_t fetch = access & ACC_FETCH, a
+    cdef uint32_t allowed_attrs = 0xFFFFFFFF, allowed_access = 0xFFFFFFFF   # the last pair checked and allowed
     cdef Py_ssize_t start = i
     cdef uint64_t v, vpn, base, pos, address
     cdef bint single = t.nsizes == 1
+    if lru and pow2 and not traps:
+        # The same loop for the commonest structure (LRU, a power-of-two set count) and memory without
+        # traps: no test of those in the loop, fewer values live in it (issue 12 row e sequential,
+        # TLBConfig.skylake(): 3.2 -> 2.85 ns, 3 runs each, back to back).
+        while i < n:
+            v = va[i]
+            access = kind[i]
+            if (access & ACC_FETCH) != fetch or <uint64_t>((<int64_t>(v << cshift)) >> cshift) != v:
+                break
+            vpn = (v >> shift) & VPN_MASK
+            base = (vpn & set_mask) * ways
+            if not tlb_find_in(tags, ctxs, base, base + ways, tag_bits | vpn, want_ctx, &pos):
+                self.l1_known_miss = single
+                break
+            a = attrs[pos]
+            if a != allowed_attrs or access != allowed_access:     # as below
+                if check_access(a, access, p) != 0 or (a & need[access & ACC_VALID_MASK]) != need[access & ACC_VALID_MASK]:
+                    break
+                allowed_attrs = a
+                allowed_access = access
+            stamps[pos] = now
+            now += 1
+            hpa[i] = (frames[pos] << PAGE_SHIFT) + (v & offset_mask)
+            st[i] = WALK_OK
+            i += 1
+        n = i           # (the loop below does not run)
     while i < n:
         v = va[i]
         access = kind[i]
@@ -274,8 +301,13 @@ cdef Py_ssize_t _run_hits(MMU self, const uint64_t *va, const uint8_t *kind, uin
             self.l1_known_miss = single     # the next _translate, on this access, need not search again
             break
         a = attrs[pos]
-        if check_access(a, access, p) != 0 or (a & need[access & ACC_VALID_MASK]) != need[access & ACC_VALID_MASK]:
-            break
+        if a != allowed_attrs or access != allowed_access:
+            # The check is a function of (attrs, access) alone while the loop runs (nothing changes the
+            # paging state here): made once per pair (issue 12 row e sequential, skylake: 3.7 -> 3.2 ns).
+            if check_access(a, access, p) != 0 or (a & need[access & ACC_VALID_MASK]) != need[access & ACC_VALID_MASK]:
+                break
+            allowed_attrs = a
+            allowed_access = access
         address = (frames[pos] << PAGE_SHIFT) + (v & offset_mask)
         if traps and m.trap[_clamp_frame(m, address >> PAGE_SHIFT)]:
             break

@@ -366,3 +366,38 @@ def test_compiled_mmu_matches_reference(machine: type[RuleBasedStateMachine]) ->
     from hypothesis.stateful import run_state_machine_as_test
 
     run_state_machine_as_test(machine, settings=SETTINGS)
+
+
+@pytest.mark.parametrize("tlb", [LRU, TLBConfig.skylake()], ids=["lru", "skylake"])
+@pytest.mark.parametrize("smap", [False, True], ids=["no-smap", "smap"])
+def test_hit_loop_checks_every_access_kind(tlb: TLBConfig, smap: bool) -> None:
+    """The L1 hit loop checks an entry's rights once per (attrs, access kind) pair and reuses the answer
+    while both repeat (bench row e sequential): runs of hits on one entry broken by a write to a page not
+    yet dirty (it must walk, to set D), by user and supervisor accesses (SMAP), and by a second entry
+    with other rights (read-only).  Counters, outputs and table contents as the reference model's."""
+    twin = Twin(False, 4)
+    twin.build(1)
+    read_only = PAGES_4K[2]
+    for pt in twin.tables[0] + twin.tables[1]:
+        pt.map(read_only, 0x3F0 << 12, PTE.P | PTE.US)        # remapped: user, not writable
+    mmus = []
+    for side, mem in enumerate(twin.mems):
+        cpu = CpuState(cr3=twin.tables[side][0].root, cr4_smap=smap, cr4_smep=smap)
+        mmus.append((CompiledMMU if side == 0 else ReferenceMMU)(mem, tlb=tlb, cpu=cpu, vpid=1))
+    pages = [PAGES_4K[1], PAGES_4K[1], read_only, PAGES_4K[1], read_only]
+    kinds = [Access.READ, Access.USER, Access.WRITE, Access.USER | Access.WRITE, Access.READ]
+    rows = [(pages[(i // 7) % len(pages)] + (i * 40) % 4096, kinds[(i // 5) % len(kinds)]) for i in range(400)]
+    addresses = np.array([va for va, _ in rows], dtype=np.uint64)
+    access = np.array([kind for _, kind in rows], dtype=np.uint8)
+    start = 0
+    while start < len(addresses):
+        results = []
+        for mmu in mmus:
+            out = np.zeros(len(addresses), dtype=np.uint64)
+            result = mmu.translate(addresses, access, out=out, start=start)
+            results.append((result.stopped, int(result.status), result.fault, out[start:result.stopped].tolist()))
+        assert results[0] == results[1]
+        assert mmus[0].counters() == mmus[1].counters()
+        start = results[0][0] + 1
+    for frame in twin.table_frames():
+        assert twin.mems[0].read_frame(frame).tolist() == list(twin.mems[1].read_frame(frame))
