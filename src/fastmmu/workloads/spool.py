@@ -115,8 +115,8 @@ class SpooledProgram:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="fastmmu-spool-")
             self._file.seek(self._end)
-            self._file.write(memoryview(step.addresses))
-            self._file.write(memoryview(step.kinds))
+            self._file.write(step.addresses.data)
+            self._file.write(step.kinds.data)
         except OSError:   # no room for the spool: later passes read the program afresh
             self._drop()
             return step
