@@ -126,6 +126,7 @@ cdef class TLB:
             self.c.codes[i] = geometry.codes[i] if i < self.c.nsizes else 0
             self.c.shift[i] = geometry.shifts[i]
         self.c.rng = geometry.seed
+        self.c.live = 0
         memset(&self.c.counts, 0, sizeof(self.c.counts))
         self.name = name
         self.kind = geometry.kind
@@ -394,9 +395,10 @@ ctypedef void (*run_loop_t)(tlb_t **levels, int nlevels, const uint64_t *addr, u
 
 cdef inline void _keep_counters(tlb_t *dst, const tlb_t *src) noexcept nogil:
     """What a run on a copy of ``dst`` changed besides the shared arrays: the counters (one struct, so
-    that none is forgotten: ``fractured`` once was) and the random policy's state."""
+    that none is forgotten: ``fractured`` once was), the random policy's state and the sizes held."""
     dst.counts = src.counts
     dst.rng = src.rng
+    dst.live = src.live
 
 
 cdef inline void _refill(tlb_t *upper, const tlb_t *lower, const tlb_hit_t *hit, uint64_t va,
@@ -441,6 +443,7 @@ cdef inline bint _lru_fill(tlb_t *t, uint64_t base, uint64_t want, uint64_t ctx,
     cdef uint64_t pos = tlb_oldest_way(t.stamp, base, t.ways)
     cdef bint evicted = t.tag[pos] != 0
     t.tag[pos] = want
+    t.live |= <uint8_t>(1 << ((want >> TAG_SIZE_SHIFT) & 7))
     t.ctx[pos] = ctx
     t.frame[pos] = frame
     t.attrs[pos] = attrs

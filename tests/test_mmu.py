@@ -425,3 +425,27 @@ def test_an_ept_violation_on_a_guest_table_keeps_the_combined_entries(backend):
     assert (violation.status, violation.fault_address) == (Status.EPT_VIOLATION, pte_gpa)
     assert not violation.exit_qualification & ExitQual.FINAL_TRANSLATION
     assert mmu.structures()["psc.pde"].contents() == pde_cache
+
+
+def test_a_structure_emptied_and_refilled_between_batches_is_searched_again(backend):
+    # Each structure records which page sizes it may hold, so that a batch skips the searches that
+    # cannot hit: a flush of everything clears that record and a fill must set it again.
+    tlb = TLBConfig(l1d=(CacheGeometry(16, 4, ("4K",)), CacheGeometry(8, 4, ("2M",))),
+                    l2=CacheGeometry(64, 8, ("4K", "2M")))
+    memory_class, mmu_class = backend
+    mem = memory_class("64MiB")
+    pt = PageTable(mem, kind=FrameKind.GUEST_PT)
+    pt.map(VA, 0x200000, RW_USER | PTE.A | PTE.D, page_size="2M")
+    mmu = mmu_class(mem, tlb=tlb, cpu=CpuState(cr3=pt.root))
+    big = mmu.structures()["l1d[1]"]
+
+    def l1_hits_after_one_access() -> int:
+        addresses, kinds, out, status = batch([VA + 0x1234])
+        assert mmu.translate(addresses, kinds, out=out, status=status).complete
+        return mmu.counters()["l1d"]["hits"]
+
+    assert [l1_hits_after_one_access() for _ in range(2)] == [0, 1]     # a walk, then an L1 hit
+    big.flush()                                  # the L1's 2 MiB structure is empty again...
+    assert not big.contents()
+    assert [l1_hits_after_one_access() for _ in range(2)] == [1, 2]     # ...refilled from the L2, and hit
+    assert mmu.counters()["l2"]["hits"] == 1

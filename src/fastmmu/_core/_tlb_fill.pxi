@@ -78,6 +78,7 @@ cdef inline void tlb_write(tlb_t *t, uint64_t base, uint64_t pos, uint64_t tag, 
     """Overwrite way ``pos`` (of the set starting at ``base``) with a new entry, as a fill."""
     t.counts.evictions += t.tag[pos] != 0
     t.tag[pos] = tag
+    t.live |= <uint8_t>(1 << ((tag >> TAG_SIZE_SHIFT) & 7))
     t.ctx[pos] = ctx
     t.frame[pos] = frame
     t.attrs[pos] = attrs

@@ -54,4 +54,6 @@ cdef inline uint64_t tlb_invalidate(tlb_t *t, uint32_t how, uint64_t ctx, uint64
                 t.stamp[pos] = 0
                 removed += 1
     t.counts.invalidated += removed
+    if how == 0:             # everything went
+        t.live = 0
     return removed

@@ -125,6 +125,8 @@ ctypedef struct tlb_t:
     uint8_t shift[4]       # per size code: address shift (12, 21, 30, or the region's)
     uint64_t rng           # xorshift64 state, POLICY_RANDOM
     tlb_counts_t counts
+    uint8_t live           # bit c set: may hold entries of size code c (a superset: every write of an
+                           # entry sets its bit, only a flush of everything clears them)
 
 
 ctypedef struct tlb_hit_t:
