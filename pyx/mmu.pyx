@@ -164,10 +164,8 @@ cdef inline bint _allowed(MMU self, uint32_t attrs, uint32_t access) noexcept no
 
 
 cdef inline void _prepare_hits(MMU self) noexcept nogil:
-    """``hit_need`` for the paging state in force, and which TLB structures may hold an entry
-    (``live``: a structure that holds none misses without a search, _probe)."""
+    """``hit_need`` for the paging state in force."""
     cdef uint32_t access, need
-    cdef int index, i
     self.l1_known_miss = 0
     for access in range(16):
         need = ept_access_need(access) << ATTR_EPT_SHIFT
@@ -176,22 +174,17 @@ cdef inline void _prepare_hits(MMU self) noexcept nogil:
             if self.nested and self.ept.ad:
                 need |= ATTR_EPT_D
         self.hit_need[access] = need
-    for index in range(N_LEVELS):
-        for i in range(self.levels[index].n):
-            # The structure's own record, kept by every write of an entry: a batch that stops at
-            # each access (a page fault per page, issue 12 row g) no longer scans ~1,800 entries.
-            self.levels[index].live[i] = self.levels[index].t[i].live
 
 
-cdef inline bint _lookup(tlb_t *t, uint8_t live, uint64_t va, uint64_t ctx, uint64_t now,
-                         tlb_hit_t *hit) noexcept nogil:
-    """tlb_lookup, searching only the size codes the structure may hold (``live``): the same result."""
+cdef inline bint _lookup(tlb_t *t, uint64_t va, uint64_t ctx, uint64_t now, tlb_hit_t *hit) noexcept nogil:
+    """tlb_lookup, searching only the size codes the structure may hold (``t.live``, which every write
+    of an entry keeps): the same result."""
     cdef uint32_t i
     cdef uint8_t code
     cdef uint64_t vpn
     for i in range(t.nsizes):
         code = t.codes[i]
-        if (live >> code) & 1:
+        if (t.live >> code) & 1:
             vpn = (va >> t.shift[code]) & VPN_MASK
             if tlb_probe(t, tlb_set_base(t, vpn), tlb_want_tag(code, vpn), ctx, now, hit):
                 t.counts.hits += 1
@@ -203,14 +196,14 @@ cdef inline bint _lookup(tlb_t *t, uint8_t live, uint64_t va, uint64_t ctx, uint
 cdef inline bint _probe(MMU self, level_t *level, uint64_t va, uint32_t access, uint64_t ctx,
                         tlb_hit_t *hit, bint known_miss) noexcept nogil:
     """Look ``va`` up in every structure of a level; drop hits whose rights do not allow ``access``.
-    Only the size codes a structure may hold (``live``) are searched; ``known_miss``: the first
+    Only the size codes a structure may hold (``tlb_t.live``) are searched; ``known_miss``: the first
     structure holds no entry for ``va`` (_run_hits searched it), it counts its miss unsearched."""
     cdef int i
     for i in range(level.n):
         level.clock[i][0] += 1
         if i == 0 and known_miss:
             level.t[0].counts.misses += 1
-        elif _lookup(level.t[i], level.live[i], va, ctx, level.clock[i][0] - 1, hit):
+        elif _lookup(level.t[i], va, ctx, level.clock[i][0] - 1, hit):
             if _allowed(self, hit.attrs, access):
                 return 1
             tlb_reject(level.t[i], hit.pos)      # a miss, for the level and for the structure
@@ -231,7 +224,7 @@ cdef Py_ssize_t _run_hits(MMU self, const uint64_t *va, const uint8_t *kind, uin
     cdef int index = LEVEL_L1I if access & ACC_FETCH else LEVEL_L1D
     cdef level_t *l1 = &self.levels[index]
     cdef tlb_t *t
-    if i >= n or not l1.n or not (l1.live[0] >> l1.t[0].codes[0]) & 1 or l1.t[0].policy == POLICY_PLRU:
+    if i >= n or not l1.n or not (l1.t[0].live >> l1.t[0].codes[0]) & 1 or l1.t[0].policy == POLICY_PLRU:
         return i                        # (a PLRU touch writes the whole set: _translate does it)
     t = l1.t[0]
     cdef const uint64_t *tags = t.tag
@@ -320,12 +313,9 @@ cdef Py_ssize_t _run_hits(MMU self, const uint64_t *va, const uint8_t *kind, uin
 
 cdef inline void _fill(MMU self, level_t *level, uint64_t va, uint8_t code, uint64_t ctx, uint64_t frame,
                        uint32_t attrs) noexcept nogil:
-    cdef int target = level.target[code], use
+    cdef int target = level.target[code]
     if target >= 0:
         level.clock[target][0] += 1
-        use = tlb_code_for(level.t[target], code)
-        if use >= 0:
-            level.live[target] |= 1 << use
         tlb_fill(level.t[target], va, code, ctx, frame, attrs, level.clock[target][0] - 1)
 
 

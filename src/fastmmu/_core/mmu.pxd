@@ -28,7 +28,6 @@ ctypedef struct level_t:
     uint64_t *clock[MAX_PER_LEVEL]  # each structure's clock (TLB.clock): its next replacement stamp
     int n                        # how many (0: the level is absent)
     int8_t target[3]             # per size code (4K, 2M, 1G): which structure a fill goes to, -1 none
-    uint8_t live[MAX_PER_LEVEL]  # per structure: bit c set = it may hold entries of size code c (per batch)
 
 
 ctypedef struct mmu_counts_t:
